@@ -1,0 +1,5 @@
+import sys
+
+from cggm_seg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""cggm_seg.data"""
