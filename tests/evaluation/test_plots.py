@@ -7,7 +7,6 @@ def test_plot_balance_history_writes_png(tmp_path):
     history = [
         {"iteration": i, "eps_t1": 0.1 * i, "eps_t2": 0.05 * i, "B_t1": 0.8, "B_t2": 1.2} for i in range(9)
     ]
-    history = [dict(h, eps_t2=0.9 - h["eps_t2"]) for h in history]
     png = plot_balance_history(history, ["t1", "t2"], tmp_path / "b.png", title="test")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
