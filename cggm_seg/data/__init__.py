@@ -1,1 +1,57 @@
-"""cggm_seg.data"""
+"""cggm_seg.data: BraTS case discovery, datalists, label/region transforms and dataset checks."""
+
+from cggm_seg.data.check import CheckReport, Problem, check_dataset
+from cggm_seg.data.datalist import DEFAULT_FRACTIONS, SPLITS, load_datalist, make_datalist, write_datalist
+from cggm_seg.data.discovery import (
+    Case,
+    case_id_of,
+    describe_layout,
+    detect_layout,
+    discover_cases,
+    require_complete,
+)
+from cggm_seg.data.layouts import LAYOUTS, MODALITIES, REGIONS, Layout, get_layout
+
+# The transforms need torch and MONAI (seconds to import): load them on first use, so that the
+# `cggm-seg check` and `datalist` commands, which import this package, start at once.
+_TRANSFORMS = (
+    "label_to_regions",
+    "regions_to_label",
+    "order_modalities",
+    "ConvertToRegionsd",
+    "RegionsToLabeld",
+    "OrderModalitiesd",
+    "load_transforms",
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _TRANSFORMS:
+        from cggm_seg.data import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "MODALITIES",
+    "REGIONS",
+    "LAYOUTS",
+    "Layout",
+    "get_layout",
+    "Case",
+    "discover_cases",
+    "detect_layout",
+    "describe_layout",
+    "case_id_of",
+    "require_complete",
+    "SPLITS",
+    "DEFAULT_FRACTIONS",
+    "make_datalist",
+    "write_datalist",
+    "load_datalist",
+    *_TRANSFORMS,
+    "Problem",
+    "CheckReport",
+    "check_dataset",
+]
