@@ -57,7 +57,8 @@ def markdown(
         f"{cases} cases after one warm-up; `PhantomConfig(spacing={spacing})`, volume "
         f"{' x '.join(map(str, shape))}, layout `{layout}`, seed {seed}.",
         f"Machine: {os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, "
-        f"numpy {np.__version__}.",
+        f"numpy {np.__version__}; load average {os.getloadavg()[0]:.1f} when it finished "
+        "(other processes share the cores).",
         "",
         "| seconds per case | median | min | max |",
         "|---|---|---|---|",

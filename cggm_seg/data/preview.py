@@ -186,7 +186,7 @@ def render_case_preview(case_path: str | Path, png_path: str | Path, n_slices: i
     windows = {m: _window(case.images[m]) for m in MODALITIES}
 
     columns = [*MODALITIES, "label"]
-    fig = Figure(figsize=(2.0 * len(columns), 2.3 * len(zs) + 0.6), dpi=100)
+    fig = Figure(figsize=(2.0 * len(columns), 2.3 * len(zs) + 0.8), dpi=100)
     axes = fig.subplots(len(zs), len(columns), squeeze=False)
     for row, z in enumerate(zs):
         for col, name in enumerate(columns):
@@ -208,11 +208,11 @@ def render_case_preview(case_path: str | Path, png_path: str | Path, n_slices: i
                 ax.text(0.02, 0.02, f"z={z}", color="w", fontsize=8, transform=ax.transAxes)
     handles = [Patch(color=colour, label=name) for _, name, colour in _REGION_STYLE]
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
-    fig.suptitle(f"{case.case_id} ({case.layout})", fontsize=11)
+    fig.suptitle(f"{case.case_id} ({case.layout})", fontsize=11, y=1 - 0.08 / fig.get_figheight(), va="top")
     fig.subplots_adjust(
         left=0.01,
         right=0.99,
-        top=1 - 0.45 / fig.get_figheight(),
+        top=1 - 0.6 / fig.get_figheight(),
         bottom=0.35 / fig.get_figheight(),
         wspace=0.03,
         hspace=0.05,
