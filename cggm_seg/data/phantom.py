@@ -32,6 +32,7 @@ import argparse
 import functools
 import json
 import math
+import numbers
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from cggm_seg.data.layouts import MODALITIES, Layout, get_layout
+from cggm_seg.data.layouts import LAYOUTS, MODALITIES, Layout, get_layout
 
 __all__ = [
     "CONTRAST_TABLE",
@@ -123,7 +124,7 @@ class PhantomConfig:
     vary_anatomy: bool = True
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.spacing, (int, float)) and 0.5 <= self.spacing <= 8.0):
+        if not (_is_number(self.spacing) and 0.5 <= self.spacing <= 8.0):
             raise ValueError(f"spacing must be a number of mm between 0.5 and 8, got {self.spacing!r}")
         self.spacing = float(self.spacing)
         for knob in ("noise", "contrast"):
@@ -136,19 +137,13 @@ class PhantomConfig:
                     f"{knob} names unknown sequence(s) {unknown}; expected some of {list(MODALITIES)}"
                 )
             for name, value in values.items():
-                if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                if not (_is_number(value) and math.isfinite(value) and value >= 0):
                     raise ValueError(f"{knob}[{name!r}] must be a finite number >= 0, got {value!r}")
             setattr(self, knob, {name: float(value) for name, value in values.items()})
-        for name in (
-            "necrosis_radius_mm",
-            "rim_thickness_mm",
-            "oedema_extent_mm",
-            "noise_level",
-            "gamma",
-            "wm_intensity",
-        ):
-            low, high = _check_range(name, getattr(self, name))
-            setattr(self, name, (low, high))
+        for name in ("necrosis_radius_mm", "rim_thickness_mm", "oedema_extent_mm", "noise_level"):
+            setattr(self, name, _check_range(name, getattr(self, name)))
+        for name in ("gamma", "wm_intensity"):
+            setattr(self, name, _check_range(name, getattr(self, name), positive=True))
         if not 0.0 <= self.bias < 1.0:
             raise ValueError(f"bias must be in [0, 1), got {self.bias!r}")
         if not 0.0 <= self.intensity_jitter < 0.2:
@@ -163,13 +158,18 @@ class PhantomConfig:
         return self.contrast.get(modality, 1.0)
 
 
-def _check_range(name: str, value: Sequence[float]) -> tuple[float, float]:
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_range(name: str, value: Sequence[float], positive: bool = False) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a (low, high) pair of numbers, got {value!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
-        raise ValueError(f"{name} must satisfy 0 <= low <= high, got {value!r}")
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high) or (positive and low == 0):
+        bound = "0 < low" if positive else "0 <= low"
+        raise ValueError(f"{name} must be a (low, high) range with {bound} <= high, got {value!r}")
     return low, high
 
 
@@ -328,6 +328,8 @@ def _ramp(distance_inside_mm: np.ndarray, spacing: float) -> np.ndarray:
 
 def _component_at(mask: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
     """The connected component of ``mask`` that holds ``index``, grown by one voxel (its soft edge)."""
+    if not mask[index]:
+        return np.zeros_like(mask)
     components, _ = ndi.label(mask)
     return ndi.binary_dilation(components == components[index])
 
@@ -590,13 +592,15 @@ def write_phantom_dataset(
         The case ids written, in order (``BraTS2021_00000``, ``BraTS-GLI-00000-000``, ``BRATS_000``).
 
     Raises:
-        ValueError: ``cases`` < 1, or an unknown layout.
+        ValueError: ``cases`` < 1, a negative ``seed``, or an unknown layout.
         FileExistsError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
     """
     from tqdm.auto import tqdm
 
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ValueError(f"cases must be an integer >= 1, got {cases!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     layout = get_layout(layout)
     config = config or PhantomConfig()
     out_dir = Path(out_dir)
@@ -654,7 +658,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     parser.add_argument("--cases", type=int, help="number of cases to generate")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2.0)")
-    parser.add_argument("--layout", default="brats2021", choices=["brats2021", "brats2023", "msd"])
+    parser.add_argument("--layout", default="brats2021", choices=sorted(LAYOUTS))
     parser.add_argument(
         "--noise",
         type=_knob,

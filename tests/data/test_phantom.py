@@ -189,8 +189,12 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         PhantomConfig(spacing=0.0)
     with pytest.raises(ValueError, match="necrosis_radius_mm"):
         PhantomConfig(necrosis_radius_mm=(10.0, 5.0))
+    with pytest.raises(ValueError, match="gamma.*0 < low"):
+        PhantomConfig(gamma=(0.0, 1.0))
     with pytest.raises(ValueError, match="cases must be an integer >= 1"):
         write_phantom_dataset(tmp_path / "none", cases=0)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        write_phantom_dataset(tmp_path / "none", cases=1, seed=-1)
     with pytest.raises(ValueError, match="unknown BraTS layout"):
         write_phantom_dataset(tmp_path / "none", cases=1, layout="brats2015")
     busy = tmp_path / "busy"
