@@ -1,0 +1,115 @@
+"""One call from a dataset folder to checked, split datalists: what a bundle runs before training.
+
+``prepare_dataset`` is the boundary where user data enters a training run:
+
+1. the folder does not exist and lies under the cggm_seg cache (the bundle's default): the
+   phantom dataset is generated there, once (written to a temporary folder and renamed, so an
+   interrupted or concurrent run never sees half a dataset);
+2. ``check_dataset`` runs on the folder and any problem stops the run with the full report;
+3. the cases are split with the seeded, id-stable rule of :func:`make_datalist`, and the
+   datalist is written into the run folder (never into the dataset folder, which may be
+   read-only and is not ours to modify).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cggm_seg.data.check import check_dataset
+from cggm_seg.data.datalist import DEFAULT_FRACTIONS, load_datalist, make_datalist, write_datalist
+from cggm_seg.data.discovery import discover_cases
+
+__all__ = ["cache_root", "default_phantom_dir", "prepare_dataset", "DatasetCheckError"]
+
+
+class DatasetCheckError(ValueError):
+    """The dataset failed ``cggm-seg check``; the message is the whole report."""
+
+
+def cache_root() -> Path:
+    """Where generated data is cached: ``$CGGM_SEG_CACHE``, else ``~/.cache/cggm_seg``."""
+    env = os.environ.get("CGGM_SEG_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cggm_seg"
+
+
+def default_phantom_dir(
+    cases: int = 24, seed: int = 0, layout: str = "brats2021", spacing: float = 2.0
+) -> str:
+    """The cache folder of the default phantom dataset with these settings (not created here)."""
+    return str(cache_root() / f"phantom-{layout}-{cases}cases-seed{seed}-{spacing:g}mm")
+
+
+def _generate_phantom(folder: Path, cases: int, seed: int, layout: str, spacing: float) -> None:
+    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_phantom_dataset(tmp, cases, seed=seed, layout=layout, config=PhantomConfig(spacing=spacing))
+    try:
+        tmp.rename(folder)
+    except OSError:
+        # another process finished the same dataset first: theirs is identical (same seed)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not folder.is_dir():
+            raise
+
+
+def prepare_dataset(
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    layout: str | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    phantom_cases: int = 24,
+    phantom_seed: int = 0,
+    phantom_layout: str = "brats2021",
+    phantom_spacing: float = 2.0,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Check ``dataset_dir``, split it, write ``output_dir/datalist.json`` and return the splits.
+
+    Args:
+        dataset_dir: a BraTS 2018-2021, BraTS 2023 or MSD Task01 folder. A missing folder under
+            :func:`cache_root` is filled with the phantom dataset first.
+        output_dir: the run folder; ``datalist.json`` is written there.
+        layout: the dataset layout, or None to detect it.
+        seed: split seed.
+        fractions: train / validation / test fractions.
+        phantom_cases, phantom_seed, phantom_layout, phantom_spacing: the phantom to generate
+            when ``dataset_dir`` is a missing cache folder.
+        check: run ``check_dataset`` first (turn off only for data checked already).
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...], "layout": name,
+        "datalist": path}`` with entries ``{"image", "label", "case_id", "layout"}`` and absolute paths.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` does not exist (and is not a cache folder).
+        DatasetCheckError: the dataset has problems; the message lists them all.
+    """
+    dataset_dir = Path(dataset_dir).expanduser()
+    if not dataset_dir.exists():
+        if cache_root() in dataset_dir.parents:
+            _generate_phantom(dataset_dir, phantom_cases, phantom_seed, phantom_layout, phantom_spacing)
+        else:
+            raise FileNotFoundError(
+                f"dataset_dir {dataset_dir} does not exist; give a BraTS 2018-2021, BraTS 2023 or MSD "
+                "Task01 folder with --dataset_dir, or leave it out to use the generated phantom dataset"
+            )
+    if check:
+        report = check_dataset(dataset_dir, layout=layout)
+        if not report.ok:
+            raise DatasetCheckError(f"the dataset failed its check, nothing was trained:\n{report.format()}")
+        layout = report.layout or layout
+    datalist = make_datalist(discover_cases(dataset_dir, layout), seed=seed, fractions=fractions)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = write_datalist(datalist, output_dir / "datalist.json")
+    splits: dict[str, Any] = {s: load_datalist(path, s) for s in ("training", "validation", "test")}
+    splits["layout"] = datalist["layout"]
+    splits["datalist"] = str(path)
+    return splits
