@@ -85,7 +85,17 @@ def _read_msd(image_path: Path) -> CaseVolumes:
     images = {m: data[..., layout.msd_channels.index(m)] for m in MODALITIES}
     label_path = image_path.parent.parent / "labelsTr" / image_path.name
     label = _to_brats2021(_load_ras(label_path), "msd") if label_path.is_file() else None
-    return CaseVolumes(_strip_ext(image_path.name), "msd", images, label)
+    return _checked(CaseVolumes(_strip_ext(image_path.name), "msd", images, label), image_path)
+
+
+def _checked(case: CaseVolumes, where: Path) -> CaseVolumes:
+    """``case``, once every volume is known to share one 3D shape."""
+    shapes = {name: image.shape for name, image in case.images.items()}
+    if case.label is not None:
+        shapes["seg"] = case.label.shape
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 3:
+        raise ValueError(f"{where}: expected 3D volumes of one shape, got {shapes}")
+    return case
 
 
 def read_case(path: str | Path) -> CaseVolumes:
@@ -118,7 +128,7 @@ def read_case(path: str | Path) -> CaseVolumes:
             images = {m: _load_ras(p).astype(np.float32) for m, p in files.items()}
             seg = _find(path, layout, layout.label_suffix)
             label = _to_brats2021(_load_ras(seg), layout.name) if seg is not None else None
-            return CaseVolumes(path.name, layout.name, images, label)
+            return _checked(CaseVolumes(path.name, layout.name, images, label), path)
     expected = "; ".join(
         f"{name}: <case>{lay.separator}{{{','.join(lay.suffixes[m] for m in MODALITIES)}}}.nii.gz"
         for name, lay in LAYOUTS.items()
@@ -203,7 +213,8 @@ def render_case_preview(case_path: str | Path, png_path: str | Path, n_slices: i
                     overlay[label == value] = (*colour, 0.6)
                 ax.imshow(overlay, origin="lower", interpolation="nearest")
             if row == 0:
-                ax.set_title("label / FLAIR" if name == "label" else _TITLES[name], fontsize=10)
+                label_title = "label / FLAIR" if case.label is not None else "FLAIR (no label)"
+                ax.set_title(label_title if name == "label" else _TITLES[name], fontsize=10)
             if col == 0:
                 ax.text(0.02, 0.02, f"z={z}", color="w", fontsize=8, transform=ax.transAxes)
     handles = [Patch(color=colour, label=name) for _, name, colour in _REGION_STYLE]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 from matplotlib import image as mpimg
@@ -56,5 +57,12 @@ def test_unreadable_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "empty_case").mkdir()
     with pytest.raises(ValueError, match="no BraTS case files found"):
         read_case(tmp_path / "empty_case")
+    mismatched = tmp_path / "BraTS2021_00009"
+    mismatched.mkdir()
+    for suffix, shape in (("t1", (8, 8, 8)), ("t1ce", (8, 8, 8)), ("t2", (8, 8, 8)), ("flair", (8, 8, 6))):
+        image = nib.Nifti1Image(np.ones(shape, dtype=np.float32), np.eye(4))
+        nib.save(image, mismatched / f"BraTS2021_00009_{suffix}.nii.gz")
+    with pytest.raises(ValueError, match="BraTS2021_00009: expected 3D volumes of one shape"):
+        read_case(mismatched)
     with pytest.raises(ValueError, match="n_slices"):
         render_case_preview(tmp_path / "empty_case", tmp_path / "x.png", n_slices=0)
