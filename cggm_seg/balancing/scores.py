@@ -1,0 +1,258 @@
+"""Per-modality task scores eps: how well one unimodal head does on the current batch.
+
+CGGM (METHOD.md 1.3) measures each head's performance eps_i every iteration and balances the
+modalities on its change; OGM-GE (METHOD.md 2.3) compares the heads' true-class probabilities.
+Every score here has the same signature::
+
+    score(logits, target) -> 0-dim float tensor (detached, on ``logits.device``)
+
+so a user can plug in their own. Scores are computed without gradients. Pick one by name with
+:func:`get_score` (``get_score("hard_dice", smooth=1e-3)`` binds keyword arguments).
+
+===================================  ==============  ============================================
+name                                 task            value
+===================================  ==============  ============================================
+``soft_dice``                        segmentation    mean Dice of ``sigmoid(logits)``
+``hard_dice``                        segmentation    mean Dice of ``sigmoid(logits) > 0.5``
+``region_true_class_probability``    segmentation    mean of ``p`` where target 1, ``1 - p`` where 0
+``accuracy``                         classification  fraction of correct argmax predictions
+``true_class_probability``           classification  mean softmax probability of the true class
+``inverse_mae``                      regression      ``1 / (1 + MAE)``
+``sign_accuracy``                    regression      fraction with ``(pred >= 0) == (target >= 0)``
+===================================  ==============  ============================================
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ScoreFn",
+    "SCORES",
+    "dice_score",
+    "region_true_class_probability",
+    "accuracy",
+    "true_class_probability",
+    "inverse_mae",
+    "sign_accuracy",
+    "get_score",
+]
+
+#: A score: ``(logits, target) -> 0-dim float tensor``.
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_same_shape(logits: torch.Tensor, target: torch.Tensor, what: str) -> None:
+    if logits.shape != target.shape:
+        raise ValueError(
+            f"{what} expects logits and target of the same shape (B, C, *spatial), "
+            f"got {tuple(logits.shape)} and {tuple(target.shape)}."
+        )
+    if logits.ndim < 2:
+        raise ValueError(f"{what} expects (B, C, *spatial) tensors, got shape {tuple(logits.shape)}.")
+
+
+def _select_channels(x: torch.Tensor, channels: Sequence[int] | None) -> torch.Tensor:
+    return x if channels is None else x[:, list(channels)]
+
+
+@torch.no_grad()
+def dice_score(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    hard: bool = False,
+    smooth: float = 1e-5,
+    channels: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Mean Dice over region channels and batch, from sigmoid logits.
+
+    Per sample b and channel c, with ``p = sigmoid(logits)`` (or ``p > 0.5`` when ``hard``) and
+    ``t = target``::
+
+        dice[b, c] = (2 * sum(p * t) + smooth) / (sum(p) + sum(t) + smooth)
+
+    then the mean over b and c. The smooth term (MONAI DiceLoss's 1e-5) makes an empty
+    prediction of an empty region count as 1, and keeps every value defined.
+
+    Args:
+        logits: ``B x C x *spatial`` region logits (TC, WT, ET for BraTS).
+        target: ``B x C x *spatial`` binary region masks (bool or float), same shape.
+        hard: threshold the probabilities at 0.5 instead of using them as they are.
+        smooth: added to numerator and denominator. Defaults to 1e-5.
+        channels: indices of the region channels to average over; ``None`` = all.
+
+    Returns:
+        0-dim float tensor in [0, 1].
+
+    Raises:
+        ValueError: the shapes differ or have fewer than 2 dimensions.
+    """
+    _check_same_shape(logits, target, "dice_score")
+    prob = torch.sigmoid(_select_channels(logits, channels).float())
+    if hard:
+        prob = (prob > 0.5).float()
+    truth = _select_channels(target, channels).float()
+    dims = tuple(range(2, prob.ndim))
+    intersection = (prob * truth).sum(dims)
+    denominator = prob.sum(dims) + truth.sum(dims)
+    return ((2.0 * intersection + smooth) / (denominator + smooth)).mean()
+
+
+@torch.no_grad()
+def region_true_class_probability(
+    logits: torch.Tensor, target: torch.Tensor, channels: Sequence[int] | None = None
+) -> torch.Tensor:
+    """OGM-GE's score for segmentation: the mean probability given to the true class of each voxel.
+
+    With ``p = sigmoid(logits)``: ``p`` where the target is 1, ``1 - p`` where it is 0, averaged over
+    voxels, region channels and batch (the voxel-wise analogue of OGM-GE's ``softmax(...)[y]``).
+
+    Args:
+        logits: ``B x C x *spatial`` region logits.
+        target: ``B x C x *spatial`` binary region masks, same shape.
+        channels: indices of the region channels to average over; ``None`` = all.
+
+    Returns:
+        0-dim float tensor in [0, 1].
+    """
+    _check_same_shape(logits, target, "region_true_class_probability")
+    prob = torch.sigmoid(_select_channels(logits, channels).float())
+    truth = _select_channels(target, channels).float() > 0.5
+    return torch.where(truth, prob, 1.0 - prob).mean()
+
+
+def _class_targets(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Normalise classification inputs: (logits, class indices, binary-with-one-logit flag)."""
+    if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
+        return logits.reshape(-1).float(), target.reshape(-1).float(), True
+    if logits.ndim != 2:
+        raise ValueError(f"classification scores expect B x C logits, got shape {tuple(logits.shape)}.")
+    if target.shape == logits.shape:  # one-hot or soft labels
+        target = target.argmax(dim=1)
+    if target.shape != logits.shape[:1]:
+        raise ValueError(
+            f"classification target must be B class indices or B x C one-hot, got {tuple(target.shape)} "
+            f"for logits {tuple(logits.shape)}."
+        )
+    return logits.float(), target.long(), False
+
+
+@torch.no_grad()
+def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Classification accuracy.
+
+    Args:
+        logits: ``B x C`` class logits, or ``B`` / ``B x 1`` binary logits (positive when > 0).
+        target: ``B`` class indices (or ``B x C`` one-hot); for binary logits ``B`` labels in {0, 1}.
+
+    Returns:
+        0-dim float tensor in [0, 1].
+    """
+    logits, target, binary = _class_targets(logits, target)
+    pred = (logits > 0).float() if binary else logits.argmax(dim=1)
+    return (pred == target).float().mean()
+
+
+@torch.no_grad()
+def true_class_probability(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean predicted probability of the true class (OGM-GE's ``softmax(...)[y]``, batch mean).
+
+    Args:
+        logits: ``B x C`` class logits (softmax), or ``B`` / ``B x 1`` binary logits (sigmoid).
+        target: ``B`` class indices (or ``B x C`` one-hot); for binary logits ``B`` labels in {0, 1}.
+
+    Returns:
+        0-dim float tensor in [0, 1].
+    """
+    logits, target, binary = _class_targets(logits, target)
+    if binary:
+        prob = torch.sigmoid(logits)
+        return torch.where(target > 0.5, prob, 1.0 - prob).mean()
+    return F.softmax(logits, dim=1).gather(1, target[:, None]).mean()
+
+
+def _flat_regression(
+    pred: torch.Tensor, target: torch.Tensor, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if pred.numel() != target.numel():
+        raise ValueError(
+            f"{what} expects one prediction per target, "
+            f"got shapes {tuple(pred.shape)} and {tuple(target.shape)}."
+        )
+    return pred.reshape(-1).float(), target.reshape(-1).float()
+
+
+@torch.no_grad()
+def inverse_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Bounded regression score ``1 / (1 + MAE)``: 1 for a perfect fit, towards 0 as errors grow.
+
+    Args:
+        pred: ``B`` or ``B x 1`` predictions.
+        target: the same number of targets.
+
+    Returns:
+        0-dim float tensor in (0, 1].
+    """
+    pred, target = _flat_regression(pred, target, "inverse_mae")
+    return 1.0 / (1.0 + (pred - target).abs().mean())
+
+
+@torch.no_grad()
+def sign_accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Fraction of predictions on the right side of zero, ``(pred >= 0) == (target >= 0)``.
+
+    The non-negative / negative binary accuracy used for CMU-MOSI sentiment scores.
+
+    Args:
+        pred: ``B`` or ``B x 1`` predictions.
+        target: the same number of targets.
+
+    Returns:
+        0-dim float tensor in [0, 1].
+    """
+    pred, target = _flat_regression(pred, target, "sign_accuracy")
+    return ((pred >= 0) == (target >= 0)).float().mean()
+
+
+#: The scores :func:`get_score` knows, by name.
+SCORES: dict[str, ScoreFn] = {
+    "soft_dice": dice_score,
+    "hard_dice": functools.partial(dice_score, hard=True),
+    "region_true_class_probability": region_true_class_probability,
+    "accuracy": accuracy,
+    "true_class_probability": true_class_probability,
+    "inverse_mae": inverse_mae,
+    "sign_accuracy": sign_accuracy,
+}
+
+
+def get_score(name: str | ScoreFn, **kwargs: object) -> ScoreFn:
+    """The score called ``name`` (see :data:`SCORES`), with ``kwargs`` bound.
+
+    Args:
+        name: a key of :data:`SCORES`, or a callable ``(logits, target) -> tensor`` returned as is
+            (with ``kwargs`` bound when given).
+        kwargs: keyword arguments of the score, e.g. ``smooth`` or ``channels`` for the Dice.
+
+    Raises:
+        ValueError: unknown name.
+        TypeError: a keyword the score does not take.
+    """
+    if callable(name):
+        fn: ScoreFn = name
+    elif name in SCORES:
+        fn = SCORES[name]
+    else:
+        raise ValueError(f"unknown score {name!r}; available: {sorted(SCORES)}.")
+    if not kwargs:
+        return fn
+    try:
+        inspect.signature(fn).bind_partial(None, None, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"score {name!r} does not take {sorted(kwargs)}: {err}") from None
+    return functools.partial(fn, **kwargs)
