@@ -1,0 +1,33 @@
+"""Averaging per-modality scores over torch.distributed ranks, so that every rank balances alike."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["mean_over_ranks"]
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over all ranks of the default process group.
+
+    Without an initialised process group (or with one rank) ``values`` is returned unchanged.
+    Every rank must call this the same number of times (it is a collective).
+
+    Args:
+        values: a tensor of any shape (per-modality scores: shape ``M``).
+
+    Returns:
+        A new tensor on ``values.device`` with the rank mean, identical on every rank.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    # NCCL only reduces CUDA tensors; gloo and others take CPU tensors.
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    reduced = values.detach().to(device).clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return (reduced / dist.get_world_size()).to(values.device)

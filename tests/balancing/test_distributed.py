@@ -1,0 +1,74 @@
+"""Two gloo ranks with different batches must end with identical B (scores averaged over ranks)."""
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cggm_seg.balancing.ogmge import discrepancy_ratios, ogm_coefficients
+from cggm_seg.balancing.tracker import BalanceTracker
+
+MODALITIES = ("t1", "t2", "flair")
+SCORES = {  # per rank: the heads' scores on that rank's local batches
+    0: [(0.50, 0.40, 0.30), (0.55, 0.42, 0.31), (0.58, 0.47, 0.33), (0.61, 0.48, 0.36)],
+    1: [(0.30, 0.40, 0.50), (0.31, 0.45, 0.52), (0.33, 0.46, 0.60), (0.34, 0.50, 0.61)],
+}
+
+
+def _run(rows):
+    tracker = BalanceTracker(MODALITIES, ema=0.5, tau=0.0)
+    return [tracker.update(dict(zip(MODALITIES, row))).tolist() for row in rows]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=30),
+    )
+    try:
+        tracker_b = _run(SCORES[rank])
+        s = torch.tensor(SCORES[rank][-1], dtype=torch.float64)
+        from cggm_seg.balancing.distributed import mean_over_ranks
+
+        k = ogm_coefficients(discrepancy_ratios(mean_over_ranks(s)), alpha=0.8).tolist()
+        torch.save({"B": tracker_b, "k": k}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ranks_with_different_batches_get_identical_b(tmp_path):
+    # Plain subprocesses (not mp.spawn): the ranks import torch and this module only, not pytest.
+    tests_dir = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
+    port = _free_port()
+    code = (
+        "import sys; from balancing.test_distributed import _worker; _worker(int(sys.argv[1]), 2, {}, {!r})"
+    )
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", code.format(port, str(tmp_path)), str(r)], env=env)
+        for r in (0, 1)
+    ]
+    assert [p.wait(timeout=60) for p in ranks] == [0, 0]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0 == r1
+    mean_rows = [tuple((a + b) / 2 for a, b in zip(x, y)) for x, y in zip(SCORES[0], SCORES[1])]
+    expected = _run(mean_rows)
+    for got, want in zip(r0["B"], expected):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-12, atol=1e-12)
+    assert r0["B"][-1] != _run(SCORES[0])[-1] and r0["B"][-1] != _run(SCORES[1])[-1]
+    assert len(set(r0["B"][-1])) > 1  # a real, non-neutral B

@@ -1,0 +1,170 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cggm_seg.balancing.tracker import GUARDED_DEFAULTS, BalanceTracker, balance_coefficients
+
+F64 = torch.float64
+
+
+def _b(*deltas, rho=1.0):
+    return balance_coefficients(torch.tensor(deltas, dtype=F64), rho).tolist()
+
+
+def test_formula_matches_hand_values_for_two_three_and_four_modalities():
+    # B_i = rho * sum_{k != i} d_k / sum_k d_k
+    assert _b(0.02, 0.01) == pytest.approx([1 / 3, 2 / 3], rel=1e-12)
+    assert _b(0.1, 0.2, 0.3, rho=1.3) == pytest.approx([1.3 * 5 / 6, 1.3 * 4 / 6, 1.3 * 3 / 6], rel=1e-12)
+    assert _b(0.04, 0.01, 0.03, 0.02) == pytest.approx([0.6, 0.9, 0.7, 0.8], rel=1e-12)
+    # equal progress: rho * (M - 1) / M each; the sum is always rho * (M - 1)
+    assert _b(0.01, 0.01, 0.01, 0.01) == pytest.approx([0.75] * 4, rel=1e-12)
+    assert sum(_b(0.3, -0.1, 0.05, rho=1.3)) == pytest.approx(1.3 * 2, rel=1e-12)
+    # the slowest modality is boosted the most, the fastest held back the most
+    b = _b(0.04, 0.01, 0.03, 0.02)
+    assert max(b) == b[1] and min(b) == b[0]
+
+
+def test_formula_is_bare_for_mixed_signs_and_zero_sum():
+    assert _b(0.03, -0.01) == pytest.approx([-0.5, 1.5], rel=1e-12)
+    assert _b(0.25, -0.25) == [-math.inf, math.inf]
+    with pytest.raises(ValueError, match="M >= 2"):
+        balance_coefficients(torch.tensor([0.1]))
+
+
+def test_paper_preset_is_the_formula_on_raw_scores():
+    scores = [(0.50, 0.40, 0.30), (0.55, 0.42, 0.36), (0.57, 0.47, 0.35), (0.60, 0.47, 0.31)]
+    tracker = BalanceTracker(["a", "b", "c"], rho=1.3, preset="paper")
+    assert tracker.update(scores[0]).tolist() == [1.3, 1.3, 1.3]  # no change measured yet: neutral
+    for prev, cur in zip(scores, scores[1:]):
+        b = tracker.update(dict(zip("abc", cur)))
+        d = [c - p for c, p in zip(cur, prev)]
+        expected = [1.3 * (sum(d) - d[i]) / sum(d) for i in range(3)]
+        assert b.tolist() == pytest.approx(expected, rel=1e-12)
+        assert tracker.delta.tolist() == pytest.approx(d, rel=1e-12)
+    assert (tracker.B < 0).any()  # mixed signs in the last step: the bare formula goes negative
+
+
+def test_paper_preset_takes_no_guards():
+    with pytest.raises(ValueError, match="preset='paper'.*ema"):
+        BalanceTracker(["a", "b"], preset="paper", ema=0.5)
+    with pytest.raises(ValueError, match="renormalize"):
+        BalanceTracker(["a", "b"], preset="paper", renormalize=True)
+    paper = BalanceTracker(["a", "b"], preset="paper")
+    paper.update([0.5, 0.5])
+    assert paper.update([0.75, 0.25]).isinf().all()  # sum d == 0: comparison only
+
+
+def test_guarded_falls_back_to_neutral_when_sum_is_near_zero():
+    tracker = BalanceTracker(["a", "b", "c"], rho=1.3, ema=0.0, tau=1e-3)
+    tracker.update([0.5, 0.5, 0.5])
+    b = tracker.update([0.6, 0.45, 0.4495])  # d sum = -5e-4
+    assert b.tolist() == pytest.approx([1.3, 1.3, 1.3])
+    b = tracker.update([0.62, 0.46, 0.4595])  # d = (0.02, 0.01, 0.01): the formula
+    assert b.tolist() == pytest.approx([1.3 * 0.5, 1.3 * 0.75, 1.3 * 0.75])
+
+
+def test_guarded_mixed_signs_are_clamped_never_negative():
+    tracker = BalanceTracker(["a", "b"], ema=0.0)
+    tracker.update([0.5, 0.5])
+    b = tracker.update([0.53, 0.49])  # raw formula: (-0.5, 1.5)
+    assert b.tolist() == pytest.approx([GUARDED_DEFAULTS["b_min"], 1.5])
+    tracker.update([0.53, 0.49])
+    b = tracker.update([0.50, 0.53])  # d = (-0.03, 0.04): raw (4, -3)
+    assert b.tolist() == pytest.approx([GUARDED_DEFAULTS["b_max"], GUARDED_DEFAULTS["b_min"]])
+
+
+def test_clamp_then_renormalize_then_clamp():
+    tracker = BalanceTracker(["a", "b", "c", "d"], ema=0.0, b_min=0.2, b_max=2.0, renormalize=True)
+    tracker.update([0.5, 0.5, 0.5, 0.5])
+    b = tracker.update([0.54, 0.51, 0.53, 0.52])  # raw (0.6, 0.9, 0.7, 0.8), mean 0.75
+    assert b.tolist() == pytest.approx([0.8, 1.2, 14 / 15, 16 / 15])
+    assert b.mean().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="b_min <= 1 <= b_max"):
+        BalanceTracker(["a", "b"], b_min=1.5, b_max=2.0, renormalize=True)
+
+
+def test_ema_smooths_scores_and_warmup_holds_neutral():
+    tracker = BalanceTracker(["a", "b"], ema=0.5, warmup=2, tau=0.0)
+    tracker.update([0.2, 0.4])
+    assert tracker.eps.tolist() == [0.2, 0.4]
+    b = tracker.update([0.4, 0.4])  # eps = (0.3, 0.4), d = (0.1, 0): still warming up
+    assert tracker.eps.tolist() == pytest.approx([0.3, 0.4])
+    assert tracker.delta.tolist() == pytest.approx([0.1, 0.0])
+    assert b.tolist() == [1.0, 1.0]
+    b = tracker.update([0.3, 0.6])  # eps = (0.3, 0.5), d = (0, 0.1): the formula -> (1, 0)
+    assert b.tolist() == pytest.approx([1.0, GUARDED_DEFAULTS["b_min"]])
+    assert tracker.step == 3
+
+
+def test_non_finite_scores_do_not_poison_the_average():
+    tracker = BalanceTracker(["a", "b"], ema=0.0, tau=0.0)
+    tracker.update([0.5, 0.5])
+    assert tracker.update([math.nan, 0.6]).tolist() == [1.0, 1.0]
+    assert tracker.eps.tolist() == [0.5, 0.5] and tracker.delta.tolist() == [0.0, 0.0]
+    assert tracker.update([0.52, 0.51]).tolist() == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_update_checks_the_modalities():
+    tracker = BalanceTracker(["t1", "t2"])
+    with pytest.raises(ValueError, match="one entry per modality"):
+        tracker.update({"t1": 0.5, "flair": 0.5})
+    with pytest.raises(ValueError, match="expected 2 scores"):
+        tracker.update([0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="two distinct"):
+        BalanceTracker(["t1", "t1"])
+    with pytest.raises(ValueError, match="b_min"):
+        BalanceTracker(["t1", "t2"], b_min=0.0)
+
+
+score = st.one_of(
+    st.sampled_from([0.0, 1.0, 0.5, math.nan, math.inf, -math.inf]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(0.0, 1.0),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    m=st.integers(2, 5),
+    data=st.data(),
+    ema=st.sampled_from([0.0, 0.5, 0.9]),
+    tau=st.sampled_from([0.0, 1e-4, 1.0]),
+    rho=st.sampled_from([0.5, 1.0, 1.3, 7.0]),
+    b_min=st.floats(0.01, 1.0),
+    b_max=st.floats(1.0, 10.0),
+    renormalize=st.booleans(),
+    warmup=st.integers(0, 3),
+)
+def test_guarded_b_is_always_finite_and_bounded(m, data, ema, tau, rho, b_min, b_max, renormalize, warmup):
+    tracker = BalanceTracker(
+        [f"m{i}" for i in range(m)], rho, ema, tau, b_min, b_max, renormalize=renormalize, warmup=warmup
+    )
+    rows = data.draw(
+        st.lists(st.one_of(st.lists(score, min_size=m, max_size=m), st.just([0.5] * m)), max_size=12)
+    )
+    for row in rows:
+        b = tracker.update(row)
+        assert torch.isfinite(b).all()
+        assert (b >= b_min).all() and (b <= b_max).all()
+        assert b.shape == (m,)
+
+
+def test_state_dict_roundtrip_resumes_identically(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(12, 3, generator=g, dtype=F64).cumsum(0) / 12
+    original = BalanceTracker(["a", "b", "c"], rho=1.3, warmup=2, renormalize=True)
+    for row in scores[:6]:
+        original.update(row)
+    torch.save(original.state_dict(), tmp_path / "tracker.pt")
+    resumed = BalanceTracker(["a", "b", "c"], rho=1.3, warmup=2, renormalize=True)
+    resumed.load_state_dict(torch.load(tmp_path / "tracker.pt", weights_only=True))
+    for row in scores[6:]:
+        assert torch.equal(original.update(row), resumed.update(row))
+    assert torch.equal(original.eps, resumed.eps) and original.step == resumed.step == 12
+    assert list(original.history) == list(resumed.history)
+    assert resumed.history[-1]["iteration"] == 12 and set(resumed.history[-1]) >= {"eps_a", "d_b", "B_c"}
+    with pytest.raises(ValueError, match="the state is for"):
+        BalanceTracker(["x", "y", "z"]).load_state_dict(original.state_dict())
