@@ -1,1 +1,28 @@
-"""cggm_seg.networks"""
+"""Multimodal networks (one encoder per modality, a fusion module, a last layer ``final``) and the
+light per-modality heads that CGGM and OGM-GE observe them with.
+
+Every network here follows one contract (see :mod:`cggm_seg.networks.multi_branch`): one input
+tensor in, one tensor out; per-modality encoders in ``model.encoders``; ``model.branch_names()``;
+last layer ``model.final``.
+"""
+
+from cggm_seg.networks.heads import TASKS, ClassificationHead, RegressionHead, SegmentationHead, make_heads
+from cggm_seg.networks.multi_branch import FUSIONS, Fusion, MultiBranchNet
+from cggm_seg.networks.multi_encoder import PRESETS, ModalityEncoder, MultiEncoderSegNet
+from cggm_seg.networks.multi_view import MultiViewNet, ViewEncoder
+
+__all__ = [
+    "FUSIONS",
+    "PRESETS",
+    "TASKS",
+    "ClassificationHead",
+    "Fusion",
+    "ModalityEncoder",
+    "MultiBranchNet",
+    "MultiEncoderSegNet",
+    "MultiViewNet",
+    "RegressionHead",
+    "SegmentationHead",
+    "ViewEncoder",
+    "make_heads",
+]

@@ -1,0 +1,199 @@
+"""Light unimodal heads: predict the task from one modality's encoder features alone.
+
+CGGM (Guo et al., NeurIPS 2024) gives each modality a head f_i that observes its encoder phi_i and
+never trains it: every head here detaches its input features in ``forward``, so a head loss sends
+no gradient into the encoder whatever the caller passes. Heads are deliberately light (a few
+thousand parameters for segmentation, not a decoder) and end in a layer ``final`` of exactly the
+shape of the fused model's ``final``, so CGGM's direction term compares gradients like with like.
+
+Use :func:`make_heads` to build one head per modality with shapes read from the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.utils import get_act_layer
+from torch import nn
+
+__all__ = ["TASKS", "SegmentationHead", "ClassificationHead", "RegressionHead", "make_heads"]
+
+#: The tasks :func:`make_heads` builds heads for.
+TASKS: tuple[str, ...] = ("segmentation", "classification", "regression")
+
+
+class SegmentationHead(nn.Module):
+    """Light segmentation head on multi-scale 3D features: 1x1x1 conv per scale, upsample, sum.
+
+    Args:
+        in_channels: channels of each feature map, fine to coarse (e.g. the network's
+            ``feature_channels``).
+        hidden: channels after each scale's 1x1x1 convolution; also the input channels of
+            ``final``, so set it to the fused model's ``final_channels``.
+        out_channels: output channels. Defaults to 3 (TC, WT, ET).
+        strides: downsampling factor of each feature map relative to the input image, used to
+            infer the output size. Defaults to ``2 ** i`` for the i-th map.
+        act: activation after the sum. Defaults to ``("RELU", {"inplace": True})``.
+
+    Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them)
+    and optionally ``spatial_size`` (the output's ``[D, H, W]``; default: the finest map's size
+    times its stride) -> logits ``B x out_channels x D x H x W``. The features are detached first.
+
+    Attributes:
+        final: ``nn.Conv3d(hidden, out_channels, 1)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        hidden: int,
+        out_channels: int = 3,
+        strides: Sequence[int] | None = None,
+        act: tuple | str = ("RELU", {"inplace": True}),
+    ) -> None:
+        super().__init__()
+        in_channels = tuple(int(c) for c in in_channels)
+        if not in_channels:
+            raise ValueError("in_channels must list at least one feature map.")
+        strides = tuple(2**i for i in range(len(in_channels))) if strides is None else tuple(strides)
+        if len(strides) != len(in_channels):
+            raise ValueError(f"strides {strides} must have one entry per feature map {in_channels}.")
+        self.stride = int(strides[0])
+        self.projections = nn.ModuleList([nn.Conv3d(c, hidden, kernel_size=1) for c in in_channels])
+        self.act = get_act_layer(act)
+        self.final = nn.Conv3d(hidden, out_channels, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor], spatial_size: list[int] | None = None) -> torch.Tensor:
+        if spatial_size is None:
+            spatial_size = [int(s) * self.stride for s in features[0].shape[2:]]
+        y: torch.Tensor | None = None
+        for i, projection in enumerate(self.projections):
+            # Projecting before upsampling is the same map (both linear) on fewer channels.
+            z = projection(features[i].detach())
+            if list(z.shape[2:]) != spatial_size:
+                z = F.interpolate(z, size=spatial_size, mode="trilinear", align_corners=False)
+            y = z if y is None else y + z
+        assert y is not None
+        return self.final(self.act(y))
+
+
+class _VectorHead(nn.Module):
+    """Two-layer head on a ``B x in_features`` feature: Linear -> act -> dropout -> ``final``."""
+
+    def __init__(
+        self, in_features: int, hidden: int, out_features: int, act: tuple | str, dropout: float
+    ) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, hidden)
+        self.act = get_act_layer(act)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.final = nn.Linear(hidden, out_features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.final(self.dropout(self.act(self.fc(features.detach()))))
+
+
+class ClassificationHead(_VectorHead):
+    """Light classification head: ``B x in_features`` -> class logits ``B x num_classes``.
+
+    Args:
+        in_features: width of the encoder feature.
+        hidden: width of the hidden layer; also ``final``'s input, so set it to the fused model's
+            ``final.in_features``.
+        num_classes: output logits (binary tasks: 2 with cross-entropy, or 1 with BCE).
+        act: activation. Defaults to ``("RELU", {"inplace": True})``.
+        dropout: dropout before ``final``. Defaults to 0.
+
+    The features are detached first. Attributes: ``final = nn.Linear(hidden, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        num_classes: int,
+        act: tuple | str = ("RELU", {"inplace": True}),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(in_features, hidden, num_classes, act, dropout)
+
+
+class RegressionHead(_VectorHead):
+    """Light regression head: ``B x in_features`` -> predictions ``B x out_features``.
+
+    Args:
+        in_features: width of the encoder feature.
+        hidden: width of the hidden layer; also ``final``'s input, so set it to the fused model's
+            ``final.in_features``.
+        out_features: regression targets. Defaults to 1.
+        act: activation. Defaults to ``("RELU", {"inplace": True})``.
+        dropout: dropout before ``final``. Defaults to 0.
+
+    The features are detached first. Attributes: ``final = nn.Linear(hidden, out_features)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        out_features: int = 1,
+        act: tuple | str = ("RELU", {"inplace": True}),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(in_features, hidden, out_features, act, dropout)
+
+
+def make_heads(task: str, model: nn.Module, **kwargs) -> nn.ModuleDict:
+    """One light head per modality of ``model``, keyed like ``model.encoders``.
+
+    Shapes are read from the model so that every head's ``final`` has the shape of ``model.final``:
+
+    - ``"segmentation"``: :class:`SegmentationHead` with ``in_channels = model.feature_channels``,
+      ``hidden = model.final.in_channels``, ``out_channels = model.final.out_channels`` (and
+      ``strides = model.feature_strides`` when the model has it);
+    - ``"classification"`` / ``"regression"``: :class:`ClassificationHead` /
+      :class:`RegressionHead` with ``in_features = model.hidden`` (each encoder's output width),
+      ``hidden = model.final.in_features``, outputs ``model.final.out_features``.
+
+    Args:
+        task: one of :data:`TASKS`.
+        model: a network following the cggm_seg contract (``encoders``, ``final`` and the
+            attributes above), e.g. :class:`~cggm_seg.networks.MultiEncoderSegNet` or
+            :class:`~cggm_seg.networks.MultiViewNet`.
+        kwargs: passed to each head (``act``, ``dropout``).
+
+    Raises:
+        ValueError: for an unknown task, or a model that lacks what the task's heads need.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    encoders = getattr(model, "encoders", None)
+    final = getattr(model, "final", None)
+    if not isinstance(encoders, nn.ModuleDict):
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleDict 'encoders': not a multimodal network.")
+    if task == "segmentation":
+        if not isinstance(final, nn.Conv3d) or not hasattr(model, "feature_channels"):
+            raise ValueError(
+                f"segmentation heads need a model with 'feature_channels' and an nn.Conv3d 'final'; "
+                f"{type(model).__name__} has final={type(final).__name__}."
+            )
+        kwargs.setdefault("strides", getattr(model, "feature_strides", None))
+        return nn.ModuleDict(
+            {
+                name: SegmentationHead(
+                    model.feature_channels, final.in_channels, final.out_channels, **kwargs
+                )
+                for name in encoders
+            }
+        )
+    if not isinstance(final, nn.Linear) or not hasattr(model, "hidden"):
+        raise ValueError(
+            f"{task} heads need a model with 'hidden' and an nn.Linear 'final'; "
+            f"{type(model).__name__} has final={type(final).__name__}."
+        )
+    head_cls = ClassificationHead if task == "classification" else RegressionHead
+    return nn.ModuleDict(
+        {name: head_cls(model.hidden, final.in_features, final.out_features, **kwargs) for name in encoders}
+    )

@@ -1,0 +1,115 @@
+"""The contract every multimodal network in cggm_seg follows, so that balancing code can find its parts.
+
+A multimodal network here is one ``nn.Module`` that
+
+- takes ONE input tensor and returns ONE tensor (so MONAI's ``SupervisedTrainer``, inferers and
+  TorchScript export treat it like any other network); the modalities are slices of the input;
+- keeps one encoder branch per modality in an ``nn.ModuleDict`` attribute ``encoders`` keyed by
+  modality name; each encoder's forward output IS that modality's feature (balancing code captures
+  it with a forward hook: features are not cached on the module, which keeps it scriptable);
+- names its last layer ``final``; everything that is not an encoder (fusion, decoder, ``final``) is
+  the fusion module F of the CGGM paper.
+
+:class:`MultiBranchNet` holds the bookkeeping shared by :class:`~cggm_seg.networks.MultiEncoderSegNet`
+and :class:`~cggm_seg.networks.MultiViewNet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["FUSIONS", "Fusion", "MultiBranchNet", "check_branch_names"]
+
+#: The ways of fusing the per-modality features of one level.
+FUSIONS: tuple[str, ...] = ("concat", "sum", "mean")
+
+
+def check_branch_names(names: Sequence[str], what: str = "modalities") -> tuple[str, ...]:
+    """Validate branch names given by a user and return them as a tuple.
+
+    Args:
+        names: one name per branch, in input order.
+        what: what the names are, for the error message (``"modalities"``, ``"views"``).
+
+    Raises:
+        ValueError: when ``names`` is empty, has duplicates, or a name is not a valid
+            ``nn.ModuleDict`` key (empty, or containing ``"."``).
+    """
+    if isinstance(names, str):
+        raise ValueError(f"{what} must be a sequence of names, got the string {names!r}.")
+    names = tuple(names)
+    if not names:
+        raise ValueError(f"{what} must name at least one branch, got an empty sequence.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} must be unique, got {names}.")
+    for name in names:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(
+                f"each of {what} must be a non-empty string without '.', got {name!r} in {names}."
+            )
+    return names
+
+
+class Fusion(nn.Module):
+    """Fuses M per-modality features of the same shape ``B x C x ...`` into one.
+
+    Args:
+        mode: ``"concat"`` (concatenate along the channel dimension, then ``projection``),
+            ``"sum"`` or ``"mean"`` (parameter-free; ``projection`` is not used).
+        projection: for ``"concat"``, the layer mapping ``B x (M * C) x ...`` to the fused
+            feature (e.g. a 1x1x1 convolution or a linear layer); ignored otherwise.
+
+    Raises:
+        ValueError: for an unknown mode, or ``"concat"`` without a projection.
+    """
+
+    def __init__(self, mode: str = "concat", projection: nn.Module | None = None) -> None:
+        super().__init__()
+        if mode not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {mode!r}.")
+        if mode == "concat" and projection is None:
+            raise ValueError("concat fusion needs a projection layer.")
+        self.mode = mode
+        self.projection: nn.Module = (
+            projection if mode == "concat" and projection is not None else nn.Identity()
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.mode == "concat":
+            return self.projection(torch.cat(features, dim=1))
+        stacked = torch.stack(features, dim=0)
+        return stacked.mean(dim=0) if self.mode == "mean" else stacked.sum(dim=0)
+
+
+class MultiBranchNet(nn.Module):
+    """Base class of the multimodal networks: per-modality ``encoders`` + fusion module + ``final``.
+
+    Subclasses set ``self.encoders`` (an ``nn.ModuleDict`` keyed by modality name, in input order) and
+    ``self.final`` (the last layer) in their constructor.
+
+    Attributes:
+        final_layer_name: attribute name of the last layer, ``"final"``.
+    """
+
+    final_layer_name: str = "final"
+
+    def branch_names(self) -> dict[str, str]:
+        """Modality name -> parameter-name prefix of its encoder, e.g. ``{"t1": "encoders.t1", ...}``.
+
+        A parameter belongs to branch ``m`` when its name starts with ``prefix + "."``: match with the
+        dot (``"encoders.t1"`` is also a prefix of ``"encoders.t1ce..."``), or use
+        :meth:`branch_parameters`, which does.
+        """
+        return {name: f"encoders.{name}" for name in self.encoders}
+
+    def branch_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Modality name -> the parameters of its encoder (in ``named_parameters`` order)."""
+        return {name: list(encoder.parameters()) for name, encoder in self.encoders.items()}
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the fusion module F: every parameter that is in no encoder."""
+        in_branches = {id(p) for params in self.branch_parameters().values() for p in params}
+        return [p for p in self.parameters() if id(p) not in in_branches]

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cggm_seg.networks import (
+    ClassificationHead,
+    MultiEncoderSegNet,
+    MultiViewNet,
+    RegressionHead,
+    SegmentationHead,
+    make_heads,
+)
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def seg_net() -> MultiEncoderSegNet:
+    torch.manual_seed(0)
+    return MultiEncoderSegNet()
+
+
+@pytest.mark.parametrize("preset", ["cpu_small", "gpu_paper"])
+def test_segmentation_heads_match_the_net(preset):
+    net = MultiEncoderSegNet.from_preset(preset)
+    heads = make_heads("segmentation", net)
+    assert list(heads) == list(net.encoders)
+    for head in heads.values():
+        assert isinstance(head, SegmentationHead)
+        assert head.final.weight.shape == net.final.weight.shape
+        assert head.final.bias.shape == net.final.bias.shape
+        # light: a few thousand parameters, well under 5 % of the network
+        assert n_params(head) < 0.05 * n_params(net)
+        assert n_params(head) < 10_000
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16, 16), (1, 4, 8, 16, 24)])
+def test_segmentation_head_output_matches_net_output(seg_net, capture, shape):
+    heads = make_heads("segmentation", seg_net)
+    y, features = capture(seg_net, torch.randn(shape))
+    for name, head in heads.items():
+        assert head(features[name]).shape == y.shape
+        assert head(tuple(features[name])).shape == y.shape
+
+
+def test_segmentation_head_spatial_size():
+    head = SegmentationHead((4, 8), hidden=5, out_channels=2, strides=(2, 4))
+    features = [torch.randn(1, 4, 4, 4, 4), torch.randn(1, 8, 2, 2, 2)]
+    assert head(features).shape == (1, 2, 8, 8, 8)  # inferred: finest size x its stride
+    assert head(features, spatial_size=[6, 8, 10]).shape == (1, 2, 6, 8, 10)
+    with pytest.raises(ValueError, match="one entry per feature map"):
+        SegmentationHead((4, 8), hidden=5, strides=(1,))
+
+
+def test_segmentation_head_loss_does_not_reach_the_encoders(seg_net, capture):
+    seg_net.zero_grad()
+    heads = make_heads("segmentation", seg_net)
+    _, features = capture(seg_net, torch.randn(1, 4, 16, 16, 16))
+    loss = sum(head(features[name]).square().mean() for name, head in heads.items())
+    loss.backward()
+    assert all(p.grad is None for p in seg_net.parameters())
+    assert all(p.grad is not None for p in heads.parameters())
+
+
+def test_segmentation_head_is_scriptable(seg_net, capture):
+    head = make_heads("segmentation", seg_net)["t2"]
+    _, features = capture(seg_net, torch.randn(1, 4, 8, 8, 8))
+    scripted = torch.jit.script(head)
+    torch.testing.assert_close(scripted(features["t2"]), head(features["t2"]))
+
+
+@pytest.mark.parametrize(
+    ("task", "head_cls", "out_features"),
+    [("classification", ClassificationHead, 3), ("regression", RegressionHead, 1)],
+)
+def test_vector_heads_match_the_net(capture, task, head_cls, out_features):
+    net = MultiViewNet({"mean": 10, "se": 10, "worst": 10}, out_features=out_features, hidden=16)
+    heads = make_heads(task, net, dropout=0.1)
+    assert list(heads) == ["mean", "se", "worst"]
+    y, features = capture(net, torch.randn(5, 30))
+    for name, head in heads.items():
+        assert isinstance(head, head_cls)
+        assert head.final.weight.shape == net.final.weight.shape
+        assert head.final.bias.shape == net.final.bias.shape
+        assert head(features[name]).shape == y.shape == (5, out_features)
+
+    net.zero_grad()
+    sum(head(features[name]).square().mean() for name, head in heads.items()).backward()
+    assert all(p.grad is None for p in net.parameters())
+    assert all(p.grad is not None for p in heads.parameters())
+
+
+def test_make_heads_rejects_a_mismatched_model(seg_net):
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_heads("detection", seg_net)
+    with pytest.raises(ValueError, match="nn.Linear 'final'"):
+        make_heads("classification", seg_net)
+    with pytest.raises(ValueError, match="nn.Conv3d 'final'"):
+        make_heads("segmentation", MultiViewNet([3, 4]))
+    with pytest.raises(ValueError, match="no nn.ModuleDict 'encoders'"):
+        make_heads("regression", torch.nn.Linear(3, 1))

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cggm_seg.networks import MultiViewNet
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum", "mean"])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_output_shape(capture, fusion, batch):
+    net = MultiViewNet({"age_sex_bmi_bp": 4, "serum": 6}, out_features=2, hidden=8, fusion=fusion)
+    y, features = capture(net, torch.randn(batch, 10))
+    assert y.shape == (batch, 2)
+    assert {name: f.shape for name, f in features.items()} == {
+        "age_sex_bmi_bp": (batch, 8),
+        "serum": (batch, 8),
+    }
+
+
+def test_contract_attributes():
+    net = MultiViewNet([3, 5, 2], out_features=4, hidden=16)
+    assert net.view_names == ("view0", "view1", "view2")
+    assert net.view_dims == [3, 5, 2]
+    assert net.branch_names() == {f"view{i}": f"encoders.view{i}" for i in range(3)}
+    assert net.final_layer_name == "final"
+    assert net.final.weight.shape == (4, 16)
+    assert net.hidden == 16 and net.out_features == 4
+
+
+def test_each_encoder_sees_its_own_columns():
+    net = MultiViewNet({"a": 2, "b": 3})
+    x = torch.randn(4, 5)
+    features = {}
+    net.encoders["b"].register_forward_hook(lambda _m, inputs, _o: features.__setitem__("b", inputs[0]))
+    net(x)
+    torch.testing.assert_close(features["b"], x[:, 2:])
+
+
+def test_branches_partition_the_parameters():
+    net = MultiViewNet({"v": 2, "vv": 3})
+    branch = net.branch_parameters()
+    assert {id(p) for p in branch["v"]} == {id(p) for p in net.encoders["v"].parameters()}
+    assert not {id(p) for p in branch["v"]} & {id(p) for p in branch["vv"]}
+    fusion = {id(p) for p in net.fusion_parameters()}
+    assert fusion == {id(p) for n, p in net.named_parameters() if not n.startswith("encoders.")}
+    assert {id(net.final.weight), id(net.final.bias)} <= fusion
+
+
+def test_wrong_input_width_raises():
+    net = MultiViewNet([3, 4])
+    with pytest.raises(ValueError, match="B x 7"):
+        net(torch.randn(2, 8))
+    with pytest.raises(ValueError, match="B x 7"):
+        net(torch.randn(7))
+
+
+@pytest.mark.parametrize(
+    ("view_dims", "fusion", "match"),
+    [
+        ([3, 0], "concat", "width must be >= 1"),
+        ({}, "concat", "at least one"),
+        ({"a.b": 2}, "concat", "without '.'"),
+        ([3, 4], "max", "fusion must be one of"),
+    ],
+)
+def test_invalid_arguments_raise(view_dims, fusion, match):
+    with pytest.raises(ValueError, match=match):
+        MultiViewNet(view_dims, fusion=fusion)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum"])
+def test_torchscript_roundtrip(tmp_path, fusion):
+    net = MultiViewNet({"mean": 10, "se": 10, "worst": 10}, out_features=2, fusion=fusion, dropout=0.2).eval()
+    x = torch.randn(3, 30)
+    torch.jit.save(torch.jit.script(net), tmp_path / "net.ts")
+    torch.testing.assert_close(torch.jit.load(tmp_path / "net.ts")(x), net(x))
