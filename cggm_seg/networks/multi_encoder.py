@@ -11,7 +11,9 @@ Layout (``L = len(channels)`` levels, level 0 at full resolution, level ``l`` at
     output B x out_channels x D x H x W (region logits TC, WT, ET)
 
 The residual blocks are SegResNet's (:class:`monai.networks.blocks.ResBlock`, pre-activation),
-as in MONAI's model-zoo BraTS bundle; with one modality and no fusion this is a SegResNet.
+as in MONAI's model-zoo BraTS bundle; with one modality and no fusion this is a SegResNet. The
+3x3x3 stride-1 convolutions are :class:`~cggm_seg.networks.depth_split.DepthSplitConv3d`: the
+same maths, 2-4x faster steps on a CPU at batch size 1.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from cggm_seg.data.layouts import MODALITIES
+from cggm_seg.networks.depth_split import use_depth_split_convs
 from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
 
 __all__ = ["PRESETS", "ModalityEncoder", "MultiEncoderSegNet"]
@@ -33,10 +36,11 @@ __all__ = ["PRESETS", "ModalityEncoder", "MultiEncoderSegNet"]
 #: Named settings of :class:`MultiEncoderSegNet` (use :meth:`MultiEncoderSegNet.from_preset`).
 #:
 #: - ``cpu_small`` (the constructor's defaults): 4 levels of 8-64 channels, one residual block per
-#:   level; trains on 2 CPU cores at 64^3 crops, batch 1.
+#:   level below full resolution; 1.5 M parameters; sized for training on 2 CPU cores at 64^3 to
+#:   96^3 crops.
 #: - ``gpu_paper``: SegResNet scale as in MONAI's model-zoo ``brats_mri_segmentation`` bundle
-#:   (16 initial filters, blocks 1-2-2-4 down, 1-1-1 up), per modality; for 128^3 or larger crops
-#:   on a GPU.
+#:   (16 initial filters, blocks 1-2-2-4 down, 1-1-1 up) for each modality; 18 M parameters; for
+#:   128^3 or larger crops on a GPU.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu_small": {"channels": (8, 16, 32, 64), "blocks_down": (0, 1, 1, 1), "blocks_up": (1, 1, 0)},
     "gpu_paper": {"channels": (16, 32, 64, 128), "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)},
@@ -197,6 +201,7 @@ class MultiEncoderSegNet(MultiBranchNet):
         self.final_norm = get_norm_layer(name=norm, spatial_dims=3, channels=channels[0])
         self.final_act = get_act_layer(act)
         self.final = nn.Conv3d(channels[0], self.out_channels, kernel_size=1)
+        use_depth_split_convs(self)
 
     @classmethod
     def from_preset(cls, preset: str, **kwargs: Any) -> MultiEncoderSegNet:
