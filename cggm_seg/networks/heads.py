@@ -12,6 +12,7 @@ Use :func:`make_heads` to build one head per modality with shapes read from the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,8 @@ class SegmentationHead(nn.Module):
         hidden: channels after each scale's 1x1x1 convolution; also the input channels of
             ``final``, so set it to the fused model's ``final_channels``.
         out_channels: output channels. Defaults to 3 (TC, WT, ET).
-        strides: downsampling factor of each feature map relative to the input image, used to
-            infer the output size. Defaults to ``2 ** i`` for the i-th map.
+        stride: downsampling factor of the finest (first) map relative to the input image; the
+            default output size is that map's size times ``stride``. Defaults to 1.
         act: activation after the sum. Defaults to ``("RELU", {"inplace": True})``.
 
     Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them)
@@ -50,17 +51,13 @@ class SegmentationHead(nn.Module):
         in_channels: Sequence[int],
         hidden: int,
         out_channels: int = 3,
-        strides: Sequence[int] | None = None,
+        stride: int = 1,
         act: tuple | str = ("RELU", {"inplace": True}),
     ) -> None:
         super().__init__()
-        in_channels = tuple(int(c) for c in in_channels)
         if not in_channels:
             raise ValueError("in_channels must list at least one feature map.")
-        strides = tuple(2**i for i in range(len(in_channels))) if strides is None else tuple(strides)
-        if len(strides) != len(in_channels):
-            raise ValueError(f"strides {strides} must have one entry per feature map {in_channels}.")
-        self.stride = int(strides[0])
+        self.stride = int(stride)
         self.projections = nn.ModuleList([nn.Conv3d(c, hidden, kernel_size=1) for c in in_channels])
         self.act = get_act_layer(act)
         self.final = nn.Conv3d(hidden, out_channels, kernel_size=1)
@@ -145,14 +142,14 @@ class RegressionHead(_VectorHead):
         super().__init__(in_features, hidden, out_features, act, dropout)
 
 
-def make_heads(task: str, model: nn.Module, **kwargs) -> nn.ModuleDict:
+def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
     """One light head per modality of ``model``, keyed like ``model.encoders``.
 
     Shapes are read from the model so that every head's ``final`` has the shape of ``model.final``:
 
     - ``"segmentation"``: :class:`SegmentationHead` with ``in_channels = model.feature_channels``,
       ``hidden = model.final.in_channels``, ``out_channels = model.final.out_channels`` (and
-      ``strides = model.feature_strides`` when the model has it);
+      ``stride = model.feature_strides[0]`` when the model has ``feature_strides``);
     - ``"classification"`` / ``"regression"``: :class:`ClassificationHead` /
       :class:`RegressionHead` with ``in_features = model.hidden`` (each encoder's output width),
       ``hidden = model.final.in_features``, outputs ``model.final.out_features``.
@@ -162,7 +159,11 @@ def make_heads(task: str, model: nn.Module, **kwargs) -> nn.ModuleDict:
         model: a network following the cggm_seg contract (``encoders``, ``final`` and the
             attributes above), e.g. :class:`~cggm_seg.networks.MultiEncoderSegNet` or
             :class:`~cggm_seg.networks.MultiViewNet`.
-        kwargs: passed to each head (``act``, ``dropout``).
+        kwargs: passed to each head: ``act``; ``stride`` (segmentation); ``dropout``
+            (classification, regression).
+
+    The heads are created on the CPU: move them with ``.to(device)`` like the model. Pass the
+    network itself, not its ``DistributedDataParallel`` wrapper.
 
     Raises:
         ValueError: for an unknown task, or a model that lacks what the task's heads need.
@@ -179,7 +180,7 @@ def make_heads(task: str, model: nn.Module, **kwargs) -> nn.ModuleDict:
                 f"segmentation heads need a model with 'feature_channels' and an nn.Conv3d 'final'; "
                 f"{type(model).__name__} has final={type(final).__name__}."
             )
-        kwargs.setdefault("strides", getattr(model, "feature_strides", None))
+        kwargs.setdefault("stride", getattr(model, "feature_strides", (1,))[0])
         return nn.ModuleDict(
             {
                 name: SegmentationHead(

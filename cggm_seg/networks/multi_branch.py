@@ -97,19 +97,10 @@ class MultiBranchNet(nn.Module):
     final_layer_name: str = "final"
 
     def branch_names(self) -> dict[str, str]:
-        """Modality name -> parameter-name prefix of its encoder, e.g. ``{"t1": "encoders.t1", ...}``.
+        """Modality name -> name of its encoder module, e.g. ``{"t1": "encoders.t1", ...}``.
 
-        A parameter belongs to branch ``m`` when its name starts with ``prefix + "."``: match with the
-        dot (``"encoders.t1"`` is also a prefix of ``"encoders.t1ce..."``), or use
-        :meth:`branch_parameters`, which does.
+        Each is a name in ``model.named_modules()`` (``model.get_submodule(name)``) and the prefix
+        of that encoder's names in ``model.named_parameters()``: match ``prefix + "."``, since
+        ``"encoders.t1"`` is also the start of ``"encoders.t1ce..."``.
         """
         return {name: f"encoders.{name}" for name in self.encoders}
-
-    def branch_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """Modality name -> the parameters of its encoder (in ``named_parameters`` order)."""
-        return {name: list(encoder.parameters()) for name, encoder in self.encoders.items()}
-
-    def fusion_parameters(self) -> list[nn.Parameter]:
-        """The parameters of the fusion module F: every parameter that is in no encoder."""
-        in_branches = {id(p) for params in self.branch_parameters().values() for p in params}
-        return [p for p in self.parameters() if id(p) not in in_branches]

@@ -47,12 +47,12 @@ def test_segmentation_head_output_matches_net_output(seg_net, capture, shape):
 
 
 def test_segmentation_head_spatial_size():
-    head = SegmentationHead((4, 8), hidden=5, out_channels=2, strides=(2, 4))
+    head = SegmentationHead((4, 8), hidden=5, out_channels=2, stride=2)
     features = [torch.randn(1, 4, 4, 4, 4), torch.randn(1, 8, 2, 2, 2)]
     assert head(features).shape == (1, 2, 8, 8, 8)  # inferred: finest size x its stride
     assert head(features, spatial_size=[6, 8, 10]).shape == (1, 2, 6, 8, 10)
-    with pytest.raises(ValueError, match="one entry per feature map"):
-        SegmentationHead((4, 8), hidden=5, strides=(1,))
+    with pytest.raises(ValueError, match="at least one feature map"):
+        SegmentationHead((), hidden=5)
 
 
 def test_segmentation_head_loss_does_not_reach_the_encoders(seg_net, capture):

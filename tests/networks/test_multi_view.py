@@ -37,14 +37,14 @@ def test_each_encoder_sees_its_own_columns():
     torch.testing.assert_close(features["b"], x[:, 2:])
 
 
-def test_branches_partition_the_parameters():
+def test_branch_names_partition_the_parameters(branch_partition):
     net = MultiViewNet({"v": 2, "vv": 3})
-    branch = net.branch_parameters()
-    assert {id(p) for p in branch["v"]} == {id(p) for p in net.encoders["v"].parameters()}
-    assert not {id(p) for p in branch["v"]} & {id(p) for p in branch["vv"]}
-    fusion = {id(p) for p in net.fusion_parameters()}
-    assert fusion == {id(p) for n, p in net.named_parameters() if not n.startswith("encoders.")}
-    assert {id(net.final.weight), id(net.final.bias)} <= fusion
+    assert branch_partition(net) == {
+        "fusion.projection.0.weight",
+        "fusion.projection.0.bias",
+        "final.weight",
+        "final.bias",
+    }
 
 
 def test_wrong_input_width_raises():
