@@ -176,8 +176,10 @@ class MultiEncoderSegNet(MultiBranchNet):
         self.encoders = nn.ModuleDict(
             {m: ModalityEncoder(1, channels, blocks_down, norm, act, dropout) for m in self.modalities}
         )
-        m = len(self.modalities)
-        self.fusions = nn.ModuleList([Fusion(fusion, nn.Conv3d(m * c, c, kernel_size=1)) for c in channels])
+        n_modalities = len(self.modalities)
+        self.fusions = nn.ModuleList(
+            [Fusion(fusion, nn.Conv3d(n_modalities * c, c, kernel_size=1)) for c in channels]
+        )
         # Decoder modules are stored coarse to fine: up_samples[i] brings level L-1-i to level L-2-i.
         self.up_samples = nn.ModuleList()
         self.up_layers = nn.ModuleList()

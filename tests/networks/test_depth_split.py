@@ -50,6 +50,7 @@ def test_same_output_and_gradients_as_conv3d(kwargs, shape):
     torch.testing.assert_close(split.weight.grad, plain.weight.grad)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 def test_takes_the_fast_kernel():
     x = torch.randn(1, 16, 16, 16, 16)
     split = DepthSplitConv3d(16, 16, 3, padding=1)
