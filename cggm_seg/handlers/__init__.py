@@ -1,1 +1,7 @@
-"""cggm_seg.handlers"""
+"""MONAI handlers that attach cggm_seg's balancing methods to any SupervisedTrainer."""
+
+from cggm_seg.handlers.base import HeadBalancingHandler
+from cggm_seg.handlers.cggm_handler import CGGMHandler
+from cggm_seg.handlers.ogmge_handler import OGMGEHandler
+
+__all__ = ["HeadBalancingHandler", "CGGMHandler", "OGMGEHandler"]

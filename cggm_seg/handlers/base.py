@@ -1,0 +1,170 @@
+"""What the CGGM and OGM-GE handlers share: the light heads, their optimizer, events, stats, state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
+
+from cggm_seg.balancing import HeadTrainer
+from cggm_seg.handlers.utils import (
+    engine_device,
+    engine_network,
+    publish_stats,
+    step_follows,
+    unscale_gradients,
+)
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+
+__all__ = ["HeadBalancingHandler"]
+
+
+class HeadBalancingHandler:
+    """Base of the handlers that observe each modality through a light head and modulate its branch.
+
+    Subclasses build their method in :meth:`_build` and implement :meth:`_observe` (at
+    ``LOSS_COMPLETED``: may return a replacement loss), :meth:`_modulate` (at
+    ``BACKWARD_COMPLETED``, only when an optimizer step follows, after AMP unscaling),
+    :meth:`_after_step`, :attr:`stats` and :attr:`method`.
+
+    Args:
+        heads: modality -> light head with a ``final`` layer; moved to the network's device on attach.
+        branches: modality -> encoder module name(s) or module(s); ``None`` asks ``network.branch_names()``.
+        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` on attach.
+        head_lr: learning rate of the default head optimizer.
+        loss_function: the task loss ``(logits, target) -> scalar`` of the heads (and CGGM's
+            direction term); ``None`` takes ``engine.loss_function``.
+        score: the heads' score (name in :data:`cggm_seg.balancing.SCORES` or a callable).
+        network: the network to balance; ``None`` takes ``engine.network`` on attach.
+        history_size: iterations kept in :attr:`history`.
+        name: logger name; ``None`` uses ``engine.logger``.
+    """
+
+    #: key of the method's own state in :meth:`state_dict`
+    method_key = "method"
+
+    def __init__(
+        self,
+        heads: Mapping[str, nn.Module] | nn.ModuleDict,
+        branches: Mapping[str, Any] | None,
+        head_optimizer: torch.optim.Optimizer | None,
+        head_lr: float,
+        loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+        score: str | Callable,
+        network: nn.Module | None,
+        history_size: int,
+        name: str | None,
+    ) -> None:
+        self.heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
+        self.modalities = tuple(self.heads.keys())
+        self.branches = branches
+        self.head_optimizer = head_optimizer
+        self.head_lr = head_lr
+        self.loss_function = loss_function
+        self.score = score
+        self.network = network
+        self.history_size = history_size
+        self.history: list[dict[str, float]] = []
+        self.logger = logging.getLogger(name)
+        self._name = name
+        self.method: Any = None
+        self._pending_state: Mapping[str, Any] | None = None
+
+    # -- to implement ------------------------------------------------------------------------------
+    def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> Any:
+        raise NotImplementedError
+
+    def _observe(self, engine: Engine) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def _modulate(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def _after_step(self, engine: Engine) -> None:
+        """Called at MODEL_COMPLETED, after the optimizer step."""
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return dict(self.method.stats)
+
+    # -- shared ------------------------------------------------------------------------------------
+    def attach(self, engine: Engine) -> None:
+        """Build the heads' trainer and the method on ``engine``'s network; register the events.
+
+        Raises:
+            RuntimeError: the handler is attached already.
+            ValueError: no network or loss function, or heads / branches that do not match.
+        """
+        from monai.engines.utils import IterationEvents
+
+        if self._name is None:
+            self.logger = engine.logger
+        if self.method is not None:
+            raise RuntimeError(f"this {type(self).__name__} is attached already; make one per trainer.")
+        network = engine_network(engine, self.network)
+        self.heads.to(engine_device(network))
+        if self.head_optimizer is None:
+            self.head_optimizer = torch.optim.Adam(self.heads.parameters(), lr=self.head_lr)
+        loss_fn = self.loss_function or getattr(engine, "loss_function", None)
+        if loss_fn is None:
+            raise ValueError("no loss function: pass loss_function= or use an engine with `loss_function`.")
+        heads = HeadTrainer(self.heads, loss_fn, self.head_optimizer, score_fn=self.score)
+        self.method = self._build(network, heads, loss_fn)
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
+        if not engine.has_event_handler(self.loss_completed, IterationEvents.LOSS_COMPLETED):
+            engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.loss_completed)
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self.backward_completed)
+            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self.model_completed)
+
+    def loss_completed(self, engine: Engine) -> None:
+        loss = self._observe(engine)
+        if loss is not None:
+            engine.state.output["loss"] = loss
+
+    def backward_completed(self, engine: Engine) -> None:
+        if step_follows(engine):
+            unscale_gradients(engine)
+            self._modulate(engine)
+
+    def model_completed(self, engine: Engine) -> None:
+        self._after_step(engine)
+        stats = self.stats
+        publish_stats(engine, stats)
+        if self.history_size:
+            self.history.append({"iteration": engine.state.iteration, "epoch": engine.state.epoch, **stats})
+            del self.history[: -self.history_size]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Heads, their optimizer, the method's state and the history (tensors and numbers only).
+
+        Raises:
+            RuntimeError: the handler is not attached yet.
+        """
+        if self.method is None:
+            raise RuntimeError(f"attach the {type(self).__name__} before saving its state.")
+        return {
+            "heads": self.heads.state_dict(),
+            "head_optimizer": self.head_optimizer.state_dict(),
+            self.method_key: self.method.state_dict(),
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; before :meth:`attach` it is kept and applied on attach."""
+        if self.method is None:
+            self._pending_state = state
+            return
+        self._pending_state = None
+        self.heads.load_state_dict(state["heads"])
+        self.head_optimizer.load_state_dict(state["head_optimizer"])
+        self.method.load_state_dict(state[self.method_key])
+        self.history = list(state.get("history", []))

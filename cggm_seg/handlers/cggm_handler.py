@@ -1,0 +1,149 @@
+"""MONAI handler that balances a multi-encoder network's training with CGGM (METHOD.md 1.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cggm_seg.balancing import CGGM, BalanceTracker, HeadTrainer
+from cggm_seg.handlers.base import HeadBalancingHandler
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["CGGMHandler"]
+
+
+class CGGMHandler(HeadBalancingHandler):
+    """Classifier-guided gradient modulation for any MONAI ``SupervisedTrainer``.
+
+    Attach it to a trainer whose network has one encoder per modality. Each iteration:
+
+    - ``FORWARD_COMPLETED``: forward hooks have kept each branch's output and the final layer's input;
+    - ``LOSS_COMPLETED``: the light heads train one step on the detached branch features with their
+      own optimizer, their scores update the balance tracker (B), and ``lam * L_gm`` is added to
+      ``engine.state.output["loss"]`` before backward;
+    - ``BACKWARD_COMPLETED`` (only when an optimizer step follows, see gradient accumulation): under
+      AMP the gradients are unscaled first, then each branch's gradients (``magnitude="grad"``) or
+      learning rates (``"lr"``) are scaled by B_i;
+    - ``MODEL_COMPLETED``: learning rates scaled in ``lr`` mode are restored; the iteration's
+      statistics are put on ``engine.state`` and appended to :attr:`history`.
+
+    Nothing here is specific to cggm_seg's networks: name the branches (module names or modules)
+    and the fused final layer; the heads only need a ``final`` layer shaped like the fused one.
+
+    Args:
+        heads: modality -> light head (``nn.ModuleDict`` or dict), e.g. from
+            :func:`cggm_seg.networks.make_heads`; moved to the network's device on attach.
+        branches: modality -> encoder module name(s) or module(s); ``None`` asks
+            ``network.branch_names()``.
+        final: name (or module) of the network's final layer. Defaults to ``"final"``.
+        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` on attach.
+        head_lr: learning rate of the default head optimizer. Defaults to 1e-3.
+        loss_function: the fused task loss ``(logits, target) -> scalar`` that the direction term
+            re-evaluates and the heads train with; ``None`` takes ``engine.loss_function``.
+        score: the heads' task score eps (see :data:`cggm_seg.balancing.SCORES`). Defaults to
+            ``"soft_dice"`` (mean soft Dice over the region channels).
+        rho, ema, tau, b_min, b_max, renormalize, warmup, preset: the :class:`BalanceTracker`
+            settings (``None`` keeps the preset's default).
+        magnitude: ``"grad"`` (scale gradients; for SGD), ``"lr"`` (scale the branch learning
+            rates; for Adam/AdamW, needs an optimizer built with
+            :func:`cggm_seg.balancing.branch_param_groups`) or ``"off"``. Defaults to ``"grad"``.
+        direction: ``"gradient"`` (default), ``"weights"`` or ``"off"``.
+        lam: weight lambda of the direction loss. Defaults to 0.1 (the paper's BraTS value).
+        network: the network to balance; ``None`` takes ``engine.network`` on attach.
+        history_size: iterations kept in :attr:`history` (for the run's plot). Defaults to 100000.
+        name: logger name; ``None`` uses ``engine.logger``.
+
+    Attributes:
+        history: per-iteration dicts ``{"iteration", "epoch", "eps_<m>", "d_<m>", "B_<m>",
+            "cos_<m>", "head_loss_<m>", "L_gm"}``.
+        stat_names: the names put on ``engine.state`` each iteration (give them to
+            ``StatsHandler(state_attributes=...)``, TensorBoard or MLflow handlers).
+
+    Raises:
+        ValueError: on attach, for branches, heads and tracker that do not cover the same
+            modalities, heads whose final layer is shaped unlike the network's, or an engine
+            without a network.
+    """
+
+    method_key = "cggm"
+
+    def __init__(
+        self,
+        heads: Mapping[str, nn.Module] | nn.ModuleDict,
+        branches: Mapping[str, Any] | None = None,
+        final: str | nn.Module = "final",
+        head_optimizer: torch.optim.Optimizer | None = None,
+        head_lr: float = 1e-3,
+        loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        score: str | Callable = "soft_dice",
+        rho: float = 1.0,
+        ema: float | None = None,
+        tau: float | None = None,
+        b_min: float | None = None,
+        b_max: float | None = None,
+        renormalize: bool = False,
+        warmup: int = 0,
+        preset: str = "guarded",
+        magnitude: str = "grad",
+        direction: str = "gradient",
+        lam: float = 0.1,
+        network: nn.Module | None = None,
+        history_size: int = 100_000,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            heads, branches, head_optimizer, head_lr, loss_function, score, network, history_size, name
+        )
+        self.final = final
+        # Built now so that bad settings fail when the config is parsed, not at the first iteration.
+        self.tracker = BalanceTracker(
+            self.modalities,
+            rho=rho,
+            ema=ema,
+            tau=tau,
+            b_min=b_min,
+            b_max=b_max,
+            renormalize=renormalize,
+            warmup=warmup,
+            preset=preset,
+            history_size=0,
+        )
+        self.settings = {"magnitude": magnitude, "direction": direction, "lam": lam}
+
+    @property
+    def stat_names(self) -> list[str]:
+        """The names put on ``engine.state`` each iteration."""
+        names = [f"{s}_{m}" for s in ("eps", "d", "B", "head_loss") for m in self.modalities]
+        if self.settings["direction"] != "off":
+            names += [f"cos_{m}" for m in self.modalities]
+        return names + ["L_gm"]
+
+    def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> CGGM:
+        self.logger.info(
+            f"CGGM on {list(self.modalities)}: {self.settings}, "
+            f"rho={self.tracker.rho}, preset={self.tracker.preset}"
+        )
+        return CGGM(
+            network,
+            heads,
+            loss_fn,
+            branches=self.branches,
+            final=self.final,
+            tracker=self.tracker,
+            **self.settings,
+        )
+
+    def _observe(self, engine: Engine) -> torch.Tensor:
+        output = engine.state.output
+        return self.method.training_loss(output["loss"], output["label"])
+
+    def _modulate(self, engine: Engine) -> None:
+        self.method.apply_magnitude(engine.optimizer)
+
+    def _after_step(self, engine: Engine) -> None:
+        self.method.restore_magnitude()

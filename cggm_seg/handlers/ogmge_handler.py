@@ -1,0 +1,107 @@
+"""MONAI handler that balances a multi-encoder network's training with OGM-GE (METHOD.md 2.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cggm_seg.balancing import OGMGE, HeadTrainer
+from cggm_seg.handlers.base import HeadBalancingHandler
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["OGMGEHandler"]
+
+
+class OGMGEHandler(HeadBalancingHandler):
+    """On-the-fly gradient modulation with generalisation enhancement for any ``SupervisedTrainer``.
+
+    The modalities are observed through the same light heads as CGGM, so both methods see them
+    alike. Each iteration:
+
+    - ``LOSS_COMPLETED``: the heads train one step on the detached branch features; their scores
+      s_m give the discrepancy ratios rho_m = s_m / mean_{k != m} s_k and the coefficients k_m;
+    - ``BACKWARD_COMPLETED`` (only when an optimizer step follows): under AMP the gradients are
+      unscaled first; inside the epoch window every gradient of branch m becomes ``k_m * g + h``
+      with GE noise ``h ~ N(0, std(g)^2)`` per parameter tensor;
+    - ``MODEL_COMPLETED``: ``s_<m>``, ``rho_<m>``, ``k_<m>``, ``head_loss_<m>`` go on
+      ``engine.state`` and into :attr:`history`.
+
+    Args:
+        heads: modality -> light head with a ``final`` layer; moved to the network's device on attach.
+        branches: modality -> encoder module name(s) or module(s); ``None`` asks ``network.branch_names()``.
+        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` on attach.
+        head_lr: learning rate of the default head optimizer. Defaults to 1e-3.
+        loss_function: the heads' loss; ``None`` takes ``engine.loss_function``.
+        score: the heads' score s_m, a true-class probability. Defaults to
+            ``"region_true_class_probability"`` (segmentation); ``"true_class_probability"`` for
+            classification.
+        alpha: modulation strength. Defaults to 0.8.
+        continuous: use ``1 - tanh(alpha * (rho - 1))`` instead of the paper's ``1 - tanh(alpha * rho)``.
+        noise: add the GE noise (False: plain OGM). Defaults to True.
+        start_epoch, end_epoch: the modulation window in 0-based epochs, ``[start, end)``;
+            ``end_epoch=None`` for no end. Defaults to 0 and 50 (the official 0-50 of 100 epochs).
+        seed: seed of the GE noise (give one under DDP so that all ranks add the same noise).
+        network: the network to balance; ``None`` takes ``engine.network``.
+        history_size: iterations kept in :attr:`history`. Defaults to 100000.
+        name: logger name; ``None`` uses ``engine.logger``.
+
+    Raises:
+        ValueError: alpha < 0 or an empty epoch window (at construction); on attach, heads and
+            branches of different modalities.
+    """
+
+    method_key = "ogmge"
+
+    def __init__(
+        self,
+        heads: Mapping[str, nn.Module] | nn.ModuleDict,
+        branches: Mapping[str, Any] | None = None,
+        head_optimizer: torch.optim.Optimizer | None = None,
+        head_lr: float = 1e-3,
+        loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        score: str | Callable = "region_true_class_probability",
+        alpha: float = 0.8,
+        continuous: bool = False,
+        noise: bool = True,
+        start_epoch: int = 0,
+        end_epoch: int | None = 50,
+        seed: int | None = None,
+        network: nn.Module | None = None,
+        history_size: int = 100_000,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            heads, branches, head_optimizer, head_lr, loss_function, score, network, history_size, name
+        )
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}.")
+        if end_epoch is not None and end_epoch <= start_epoch:
+            raise ValueError(f"the epoch window [{start_epoch}, {end_epoch}) is empty.")
+        self.settings = {
+            "alpha": alpha,
+            "continuous": continuous,
+            "noise": noise,
+            "start_epoch": start_epoch,
+            "end_epoch": end_epoch,
+            "seed": seed,
+        }
+
+    @property
+    def stat_names(self) -> list[str]:
+        """The names put on ``engine.state`` each iteration."""
+        return [f"{s}_{m}" for s in ("s", "rho", "k", "head_loss") for m in self.modalities]
+
+    def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> OGMGE:
+        self.logger.info(f"OGM-GE on {list(self.modalities)}: {self.settings}")
+        return OGMGE(network, heads, branches=self.branches, **self.settings)
+
+    def _observe(self, engine: Engine) -> None:
+        self.method.observe(engine.state.output["label"])
+
+    def _modulate(self, engine: Engine) -> None:
+        self.method.apply_magnitude(engine.state.epoch - 1)  # Ignite counts epochs from 1
