@@ -3,5 +3,6 @@
 from cggm_seg.handlers.base import HeadBalancingHandler
 from cggm_seg.handlers.cggm_handler import CGGMHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
+from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
 
-__all__ = ["HeadBalancingHandler", "CGGMHandler", "OGMGEHandler"]
+__all__ = ["HeadBalancingHandler", "CGGMHandler", "OGMGEHandler", "ResumableCheckpoint", "latest_checkpoint"]

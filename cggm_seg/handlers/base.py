@@ -19,6 +19,7 @@ from cggm_seg.handlers.utils import (
     unscale_gradients,
 )
 
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
@@ -36,14 +37,14 @@ class HeadBalancingHandler:
     :meth:`_after_step`, :attr:`stats` and :attr:`method`.
 
     Args:
-        heads: modality -> light head with a ``final`` layer; moved to the network's device on attach.
+        heads: modality -> light head with a ``final`` layer (moved to the network's device at start).
         branches: modality -> encoder module name(s) or module(s); ``None`` asks ``network.branch_names()``.
-        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` on attach.
+        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` when the run starts.
         head_lr: learning rate of the default head optimizer.
         loss_function: the task loss ``(logits, target) -> scalar`` of the heads (and CGGM's
             direction term); ``None`` takes ``engine.loss_function``.
         score: the heads' score (name in :data:`cggm_seg.balancing.SCORES` or a callable).
-        network: the network to balance; ``None`` takes ``engine.network`` on attach.
+        network: the network to balance; ``None`` takes ``engine.network`` when the run starts.
         history_size: iterations kept in :attr:`history`.
         name: logger name; ``None`` uses ``engine.logger``.
     """
@@ -97,18 +98,26 @@ class HeadBalancingHandler:
 
     # -- shared ------------------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
-        """Build the heads' trainer and the method on ``engine``'s network; register the events.
-
-        Raises:
-            RuntimeError: the handler is attached already.
-            ValueError: no network or loss function, or heads / branches that do not match.
-        """
+        """Register the iteration events; the heads' trainer and the method are built when the run
+        starts (a ``SupervisedTrainer`` attaches its handlers before it sets its network)."""
         from monai.engines.utils import IterationEvents
 
         if self._name is None:
             self.logger = engine.logger
+        if not engine.has_event_handler(self.build, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self.build)
+            engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.loss_completed)
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self.backward_completed)
+            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self.model_completed)
+
+    def build(self, engine: Engine) -> None:
+        """Build the heads' trainer and the method on ``engine``'s network (once per handler).
+
+        Raises:
+            ValueError: no network or loss function, or heads / branches that do not match.
+        """
         if self.method is not None:
-            raise RuntimeError(f"this {type(self).__name__} is attached already; make one per trainer.")
+            return
         network = engine_network(engine, self.network)
         self.heads.to(engine_device(network))
         if self.head_optimizer is None:
@@ -120,10 +129,6 @@ class HeadBalancingHandler:
         self.method = self._build(network, heads, loss_fn)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
-        if not engine.has_event_handler(self.loss_completed, IterationEvents.LOSS_COMPLETED):
-            engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.loss_completed)
-            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self.backward_completed)
-            engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self.model_completed)
 
     def loss_completed(self, engine: Engine) -> None:
         loss = self._observe(engine)
@@ -147,10 +152,10 @@ class HeadBalancingHandler:
         """Heads, their optimizer, the method's state and the history (tensors and numbers only).
 
         Raises:
-            RuntimeError: the handler is not attached yet.
+            RuntimeError: the method is not built yet (the run has not started).
         """
         if self.method is None:
-            raise RuntimeError(f"attach the {type(self).__name__} before saving its state.")
+            raise RuntimeError(f"the {type(self).__name__} has not been built yet: run the trainer first.")
         return {
             "heads": self.heads.state_dict(),
             "head_optimizer": self.head_optimizer.state_dict(),
@@ -159,7 +164,7 @@ class HeadBalancingHandler:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; before :meth:`attach` it is kept and applied on attach."""
+        """Restore :meth:`state_dict`; before the method is built it is kept and applied then."""
         if self.method is None:
             self._pending_state = state
             return

@@ -37,11 +37,11 @@ class CGGMHandler(HeadBalancingHandler):
 
     Args:
         heads: modality -> light head (``nn.ModuleDict`` or dict), e.g. from
-            :func:`cggm_seg.networks.make_heads`; moved to the network's device on attach.
+            :func:`cggm_seg.networks.make_heads`; moved to the network's device when the run starts.
         branches: modality -> encoder module name(s) or module(s); ``None`` asks
             ``network.branch_names()``.
         final: name (or module) of the network's final layer. Defaults to ``"final"``.
-        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` on attach.
+        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` when the run starts.
         head_lr: learning rate of the default head optimizer. Defaults to 1e-3.
         loss_function: the fused task loss ``(logits, target) -> scalar`` that the direction term
             re-evaluates and the heads train with; ``None`` takes ``engine.loss_function``.
@@ -54,7 +54,7 @@ class CGGMHandler(HeadBalancingHandler):
             :func:`cggm_seg.balancing.branch_param_groups`) or ``"off"``. Defaults to ``"grad"``.
         direction: ``"gradient"`` (default), ``"weights"`` or ``"off"``.
         lam: weight lambda of the direction loss. Defaults to 0.1 (the paper's BraTS value).
-        network: the network to balance; ``None`` takes ``engine.network`` on attach.
+        network: the network to balance; ``None`` takes ``engine.network`` when the run starts.
         history_size: iterations kept in :attr:`history` (for the run's plot). Defaults to 100000.
         name: logger name; ``None`` uses ``engine.logger``.
 
@@ -65,7 +65,7 @@ class CGGMHandler(HeadBalancingHandler):
             ``StatsHandler(state_attributes=...)``, TensorBoard or MLflow handlers).
 
     Raises:
-        ValueError: on attach, for branches, heads and tracker that do not cover the same
+        ValueError: when the run starts, for branches, heads and tracker that do not cover the same
             modalities, heads whose final layer is shaped unlike the network's, or an engine
             without a network.
     """

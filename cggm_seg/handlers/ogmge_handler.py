@@ -32,9 +32,9 @@ class OGMGEHandler(HeadBalancingHandler):
       ``engine.state`` and into :attr:`history`.
 
     Args:
-        heads: modality -> light head with a ``final`` layer; moved to the network's device on attach.
+        heads: modality -> light head with a ``final`` layer (moved to the network's device at start).
         branches: modality -> encoder module name(s) or module(s); ``None`` asks ``network.branch_names()``.
-        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` on attach.
+        head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` when the run starts.
         head_lr: learning rate of the default head optimizer. Defaults to 1e-3.
         loss_function: the heads' loss; ``None`` takes ``engine.loss_function``.
         score: the heads' score s_m, a true-class probability. Defaults to
@@ -51,7 +51,7 @@ class OGMGEHandler(HeadBalancingHandler):
         name: logger name; ``None`` uses ``engine.logger``.
 
     Raises:
-        ValueError: alpha < 0 or an empty epoch window (at construction); on attach, heads and
+        ValueError: alpha < 0 or an empty epoch window (at construction); when the run starts, heads and
             branches of different modalities.
     """
 

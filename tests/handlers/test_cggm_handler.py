@@ -173,8 +173,9 @@ def test_bare_engine_without_network_fails_clearly():
     engine = Engine(lambda e, b: None)
     engine.register_events(*IterationEvents, event_to_attr={})
     heads = nn.ModuleDict({"a": nn.Module(), "b": nn.Module()})
+    CGGMHandler(heads).attach(engine)
     with pytest.raises(ValueError, match="network="):
-        CGGMHandler(heads).attach(engine)
+        engine.run([0], max_epochs=1)
 
 
 def test_bad_settings_fail_at_construction(seg_setup):

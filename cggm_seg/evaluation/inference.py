@@ -1,0 +1,79 @@
+"""Inference helpers: the fused prediction and every modality head's prediction in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cggm_seg.balancing.branches import BranchSpec, resolve_branches
+from cggm_seg.data.discovery import case_id_of
+
+__all__ = ["NetworkWithHeads", "prediction_name_formatter"]
+
+
+class NetworkWithHeads(nn.Module):
+    """Wraps a multimodal network and its light heads: ``forward(x)`` returns a dict of logits.
+
+    ``{"pred": fused logits, "<modality>": that head's logits, ...}``, all shaped like the fused
+    output, so MONAI's sliding-window inference stitches every prediction at once. The branch
+    outputs are caught with forward hooks (also under ``torch.no_grad``) and passed to the heads.
+
+    Args:
+        network: the multimodal network (one input tensor, one output tensor).
+        heads: modality -> head (``head(features)`` -> logits of the fused output's shape); a
+            segmentation head is also given the input's spatial size.
+        branches: modality -> branch module name(s) / module(s); ``None`` asks ``network.branch_names()``.
+    """
+
+    def __init__(
+        self, network: nn.Module, heads: Mapping[str, nn.Module], branches: BranchSpec | None = None
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
+        modules = resolve_branches(network, branches)
+        if set(modules) != set(self.heads):
+            raise ValueError(f"heads cover {sorted(self.heads)}, the branches {sorted(modules)}")
+        self._features: dict[str, Any] = {}
+        for modality, mods in modules.items():
+            if len(mods) != 1:
+                raise ValueError(
+                    f"branch {modality!r} has {len(mods)} modules; heads need one output per branch"
+                )
+            mods[0].register_forward_hook(self._keeper(modality))
+
+    def _keeper(self, modality: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._features[modality] = output
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"pred": self.network(x)}
+        for modality, head in self.heads.items():
+            features = self._features.pop(modality)
+            if isinstance(features, (list, tuple)):
+                out[modality] = head(features, list(x.shape[2:]))
+            else:
+                out[modality] = head(features)
+        return out
+
+
+def prediction_name_formatter(metadict: dict, saver: Any) -> dict[str, Any]:
+    """``SaveImage`` name formatter: ``<case_id>`` from the first input file of a BraTS case.
+
+    ``BraTS2021_00000_t1.nii.gz`` -> ``BraTS2021_00000``; ``BraTS-GLI-00000-000-t1n.nii.gz`` ->
+    ``BraTS-GLI-00000-000``; MSD ``BRATS_001.nii.gz`` -> ``BRATS_001``.
+    """
+    source = metadict.get("filename_or_obj", "")
+    path = Path(str(source[0] if isinstance(source, (list, tuple)) else source))
+    stem = case_id_of(path, "msd")  # the bare file stem
+    for layout in ("brats2021", "brats2023"):
+        case_id = case_id_of(path, layout)
+        if case_id != stem:
+            return {"subject": case_id, "idx": None}
+    return {"subject": stem, "idx": None}

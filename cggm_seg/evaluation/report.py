@@ -1,0 +1,186 @@
+"""The final test evaluation of a BraTS run: per-region Dice and HD95, each modality head's Dice.
+
+Run after training (the bundles' ``run`` list ends with it): the best checkpoint selected on
+the validation split is loaded, every held-out test case is segmented with sliding-window
+inference on the full volume, and the results are printed as a table and written to the run
+folder as ``metrics.json`` (summary + per case) and ``metrics.csv`` (one row per case), with a
+plot of the balancing history (``balance.png``) when the run had a balancing handler.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cggm_seg.data.layouts import REGIONS
+from cggm_seg.evaluation.inference import NetworkWithHeads
+from cggm_seg.evaluation.metrics import region_metrics, summarise_cases
+from cggm_seg.evaluation.plots import plot_balance_history
+
+__all__ = ["SegmentationTestReport", "format_table"]
+
+#: the statistics drawn in ``balance.png`` for each method's handler
+_PANELS = {
+    "cggm": (("eps", "head score eps_i (EMA)"), ("B", "balancing coefficient B_i")),
+    "ogmge": (("s", "head score s_i"), ("k", "OGM coefficient k_i")),
+}
+
+
+def _spacing(image: Any) -> tuple[float, float, float]:
+    pixdim = getattr(image, "pixdim", None)
+    if pixdim is None:
+        return (1.0, 1.0, 1.0)
+    values = pixdim[0] if isinstance(pixdim, (list, tuple)) else pixdim
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    return tuple(float(v) for v in values[-3:])
+
+
+def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "") -> str:
+    """A plain-text table: rows = Dice (and HD95, head Dice), columns = TC, WT, ET, mean; mean ± std."""
+    rows = []
+    prefixes = ["dice", "hd95"] + sorted({k.rsplit("_", 1)[0] for k in summary if k.startswith("head_dice_")})
+    for prefix in prefixes:
+        cells = []
+        for region in (*REGIONS, "mean"):
+            key = f"{prefix}_{region}"
+            if key in summary:
+                cells.append(f"{summary[key]['mean']:.4f} ± {summary[key]['std']:.4f}")
+            else:
+                cells.append("-")
+        if any(c != "-" for c in cells):
+            label = {"dice": "Dice (fused)", "hd95": "HD95 mm (fused)"}.get(
+                prefix, prefix.replace("head_dice_", "Dice head ")
+            )
+            rows.append((label, *cells))
+    header = ("", *[r.upper() for r in REGIONS], "mean")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title] if title else []
+    lines.append("  ".join(str(c).ljust(w) for c, w in zip(header, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+class SegmentationTestReport:
+    """Evaluate the held-out test split of a BraTS run and write the metrics files and plot.
+
+    Args:
+        network: the fused network (weights are loaded from ``checkpoint`` when it exists).
+        dataloader: the test cases, batch size 1, dicts with ``image`` (``1 x M x D x H x W``,
+            a MetaTensor so the voxel spacing is known), ``label`` (``1 x 3 x D x H x W`` regions)
+            and ``case_id``.
+        inferer: e.g. ``SlidingWindowInferer(roi_size, overlap=0.5)``.
+        output_dir: the run folder where ``metrics.json``, ``metrics.csv`` and ``balance.png`` go.
+        heads: modality -> light head, to report each head's Dice too (``None``: fused only).
+        checkpoint: the best model selected on validation (keys ``network`` and ``heads``); when
+            the file does not exist the weights in memory are evaluated (and the report says so).
+        balancing: the run's CGGM / OGM-GE handler, for ``balance.png`` (``None``: no plot).
+        device: where inference runs. Defaults to the network's device.
+        hd95: also compute HD95 per region. Defaults to True.
+        threshold: probability threshold of the sigmoid outputs. Defaults to 0.5.
+        title: printed above the table and used in the plot.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        dataloader: Iterable[Mapping[str, Any]],
+        inferer: Any,
+        output_dir: str | Path,
+        heads: Mapping[str, nn.Module] | None = None,
+        checkpoint: str | Path | None = None,
+        balancing: Any = None,
+        device: torch.device | str | None = None,
+        hd95: bool = True,
+        threshold: float = 0.5,
+        title: str = "",
+    ) -> None:
+        self.network = network
+        self.dataloader = dataloader
+        self.inferer = inferer
+        self.output_dir = Path(output_dir)
+        self.heads = heads
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.balancing = balancing
+        self.device = device
+        self.hd95 = hd95
+        self.threshold = threshold
+        self.title = title
+        self.logger = logging.getLogger("cggm_seg.evaluation")
+
+    def _load_checkpoint(self) -> str:
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            return "weights at the end of training (no best-on-validation checkpoint found)"
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        self.network.load_state_dict(state["network"])
+        if self.heads is not None and "heads" in state:
+            nn.ModuleDict(dict(self.heads)).load_state_dict(state["heads"])
+        return f"best-on-validation checkpoint {self.checkpoint}"
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate every test case; print the table; write the files. Returns the metrics dict."""
+        source = self._load_checkpoint()
+        model: nn.Module = self.network if not self.heads else NetworkWithHeads(self.network, self.heads)
+        device = (
+            torch.device(self.device) if self.device is not None else next(self.network.parameters()).device
+        )
+        model.eval()
+        per_case: list[dict[str, Any]] = []
+        with torch.no_grad():
+            for batch in tqdm(self.dataloader, desc="test", unit="case"):
+                image, label = batch["image"].to(device), batch["label"]
+                out = self.inferer(image, model)
+                outputs = out if isinstance(out, Mapping) else {"pred": out}
+                spacing = _spacing(batch["image"])
+                truth = label[0].cpu()
+                row: dict[str, Any] = {"case_id": _first(batch.get("case_id", f"case{len(per_case)}"))}
+                fused = torch.sigmoid(outputs["pred"][0].float()).cpu() > self.threshold
+                row.update(region_metrics(fused, truth, spacing=spacing, hd95=self.hd95))
+                for modality in self.heads or {}:
+                    head = torch.sigmoid(outputs[modality][0].float()).cpu() > self.threshold
+                    dice = region_metrics(head, truth, hd95=False)
+                    row.update({f"head_dice_{modality}_{k[5:]}": v for k, v in dice.items()})
+                per_case.append(row)
+        if not per_case:
+            raise ValueError("the test split is empty: nothing to evaluate")
+        summary = summarise_cases(per_case)
+        title = f"{self.title or 'Test set'}: {len(per_case)} cases, {source}"
+        table = format_table(summary, title)
+        print(table, flush=True)
+        result = {"source": source, "num_cases": len(per_case), "summary": summary, "cases": per_case}
+        self._write(result)
+        return result
+
+    def _write(self, result: Mapping[str, Any]) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        cases: Sequence[Mapping[str, Any]] = result["cases"]
+        with open(self.output_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(cases[0]))
+            writer.writeheader()
+            writer.writerows(cases)
+        history = getattr(self.balancing, "history", None)
+        if history:
+            method = getattr(self.balancing, "method_key", "cggm")
+            modalities = getattr(self.balancing, "modalities", ())
+            png = plot_balance_history(
+                history,
+                modalities,
+                self.output_dir / "balance.png",
+                title=self.title or method,
+                panels=_PANELS.get(method, _PANELS["cggm"]),
+            )
+            self.logger.info(f"balancing history plotted to {png}")
+        self.logger.info(f"metrics written to {self.output_dir / 'metrics.json'} and metrics.csv")
+
+
+def _first(value: Any) -> str:
+    return str(value[0] if isinstance(value, (list, tuple)) else value)

@@ -1,0 +1,88 @@
+"""Per-epoch checkpoints of a training run, and resuming from the newest one."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["ResumableCheckpoint", "latest_checkpoint"]
+
+_EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` with the largest N in ``ckpt_dir`` (as ``CheckpointSaver``
+    names its per-epoch files), or None."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(m[1]), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+class ResumableCheckpoint:
+    """Save the run after every epoch; when the run starts again, continue from the newest save.
+
+    On attach it adds the trainer itself to ``save_dict`` (under ``"trainer"``, so its epoch and
+    iteration are saved too; a bundle cannot name the trainer inside the trainer's own handler
+    list), attaches a ``CheckpointSaver`` that writes ``checkpoint_epoch=N.pt`` into ``ckpt_dir``
+    after each epoch (keeping the last ``n_saved``), and, if ``resume`` and such a file exists,
+    a ``CheckpointLoader`` that restores everything from it when the trainer starts. A run stopped
+    after epoch N and started again with the same command carries on with epoch N + 1.
+
+    Args:
+        ckpt_dir: the folder for the per-epoch checkpoints.
+        save_dict: name -> object with ``state_dict`` / ``load_state_dict`` (network, optimizer,
+            balancing handler, lr scheduler...); ``"trainer"`` is added on attach.
+        resume: continue from the newest checkpoint in ``ckpt_dir`` (False: always start from
+            scratch, older checkpoints are overwritten). Defaults to True.
+        n_saved: how many per-epoch checkpoints to keep. Defaults to 1.
+        map_location: passed to ``torch.load`` when resuming. Defaults to the CPU.
+        name: logger name; ``None`` uses ``engine.logger``.
+
+    Attributes:
+        resumed_from: the checkpoint loaded on attach, or None.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        save_dict: Mapping[str, Any],
+        resume: bool = True,
+        n_saved: int = 1,
+        map_location: Any = "cpu",
+        name: str | None = None,
+    ) -> None:
+        if "trainer" in save_dict:
+            raise ValueError("save_dict must not name 'trainer': the trainer is added on attach")
+        self.ckpt_dir = Path(ckpt_dir)
+        self.save_dict = dict(save_dict)
+        self.resume = resume
+        self.n_saved = n_saved
+        self.map_location = map_location
+        self.logger = logging.getLogger(name)
+        self._name = name
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        objects = {**self.save_dict, "trainer": engine}
+        CheckpointSaver(
+            str(self.ckpt_dir), objects, save_interval=1, n_saved=self.n_saved, epoch_level=True
+        ).attach(engine)
+        path = latest_checkpoint(self.ckpt_dir) if self.resume else None
+        if path is None:
+            self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: training starts from scratch")
+            return
+        self.logger.info(f"resuming from {path}")
+        CheckpointLoader(str(path), objects, map_location=self.map_location).attach(engine)
+        self.resumed_from = path
