@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cggm_seg.balancing.branches import detach_features
+from cggm_seg.balancing.distributed import mean_over_ranks
 from cggm_seg.balancing.scores import ScoreFn, get_score
 
 __all__ = ["HeadStep", "HeadTrainer", "flat_parameters", "flat_gradients"]
@@ -43,6 +45,46 @@ def flat_gradients(module: nn.Module) -> torch.Tensor:
     return torch.cat(grads).clone()
 
 
+def _world_size() -> int:
+    """The number of ranks of the default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _broadcast_from_rank0(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` in place with rank 0's values (a collective: every rank calls it)."""
+    if not tensors:
+        return
+    # NCCL only broadcasts CUDA tensors; gloo and others take CPU tensors (as in mean_over_ranks).
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    flat = torch.cat([t.detach().reshape(-1).to(device) for t in tensors])
+    dist.broadcast(flat, src=0)
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def _average_gradients(params: list[nn.Parameter]) -> None:
+    """Replace each parameter's gradient by its mean over ranks, as DDP does for a network.
+
+    A parameter without a gradient on this rank takes part with zeros (so that every rank reduces
+    the same tensor) and receives the mean, like a parameter DDP finds unused on one rank.
+    """
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    mean = mean_over_ranks(torch.cat([g.detach().reshape(-1) for g in grads]))
+    offset = 0
+    for p in params:
+        p.grad = mean[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
+        offset += p.numel()
+
+
 @dataclass
 class HeadStep:
     """What one :meth:`HeadTrainer.step` measured, per modality.
@@ -51,7 +93,7 @@ class HeadStep:
         scores: 0-dim float tensors, the task score eps_i of each head on this batch (before its update).
         losses: 0-dim detached tensors, each head's loss.
         final_grads: flattened gradient of each head's ``final`` layer (weight then bias) w.r.t. its
-            own loss, copied before the head's optimizer step.
+            own loss, copied before the head's optimizer step (under DDP: averaged over ranks).
         final_weights: flattened ``final`` weights (weight then bias) before the step.
     """
 
@@ -72,6 +114,11 @@ class HeadTrainer:
         optimizer: the heads' own optimizer over the heads' parameters (nothing else).
         score_fn: the task score (name from :data:`cggm_seg.balancing.scores.SCORES` or a callable
             ``(prediction, target) -> 0-dim tensor``). Defaults to ``"soft_dice"``.
+
+    Under an initialised ``torch.distributed`` process group with more than one rank, the heads'
+    parameters and buffers are set to rank 0's here, and every :meth:`step` averages the heads'
+    gradients over ranks before the optimizer step: both are collectives, so every rank must
+    construct the trainer and call :meth:`step` the same number of times (as with DDP).
 
     Raises:
         ValueError: fewer than two heads, a head without ``final``, or heads sharing parameters.
@@ -97,6 +144,12 @@ class HeadTrainer:
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.score_fn = get_score(score_fn)
+        self._trainable = [p for head in self.heads.values() for p in head.parameters() if p.requires_grad]
+        if _world_size() > 1:
+            # Like DDP's construction: every rank starts from the same heads.
+            _broadcast_from_rank0(
+                [t for head in self.heads.values() for t in (*head.parameters(), *head.buffers())]
+            )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -105,6 +158,10 @@ class HeadTrainer:
 
     def step(self, features: Mapping[str, Any], target: torch.Tensor) -> HeadStep:
         """Train every head once on detached ``features`` and report scores and final-layer gradients.
+
+        Under DDP the gradients are averaged over ranks first (see the class docstring): the heads
+        step alike on every rank and ``final_grads`` are the rank means, while ``scores`` and
+        ``losses`` stay this rank's (the balance tracker averages the scores itself).
 
         Args:
             features: modality -> branch output (e.g. :attr:`FeatureTap.features`); detached here.
@@ -124,6 +181,8 @@ class HeadTrainer:
             # The heads share no parameter, so one backward of the sum gives each head the
             # gradient of its own loss.
             torch.stack([loss.reshape(()) for loss in losses.values()]).sum().backward()
+        if _world_size() > 1:
+            _average_gradients(self._trainable)
         final_grads = {m: flat_gradients(head.final) for m, head in self.heads.items()}
         final_weights = {
             m: torch.cat([p.detach().reshape(-1) for p in flat_parameters(head.final)]).clone()
