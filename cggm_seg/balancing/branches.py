@@ -41,10 +41,15 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def resolve_module(model: nn.Module, ref: str | nn.Module, what: str = "module") -> nn.Module:
     """The submodule of ``model`` named ``ref`` (or ``ref`` itself, checked to belong to ``model``).
 
+    A DDP / DataParallel wrapper is looked through; names are those of the wrapped network
+    (``"encoders.t1"``), and the wrapper's own names (``"module.encoders.t1"``) are accepted too.
+
     Raises:
         ValueError: no module of that name, or a module object that is not part of ``model``.
     """
-    model = unwrap_model(model)
+    wrapper, model = model, unwrap_model(model)
+    if isinstance(ref, str) and wrapper is not model and ref.startswith("module."):
+        ref = ref[len("module.") :]
     if isinstance(ref, nn.Module):
         if not any(ref is m for m in model.modules()):
             raise ValueError(f"{what}: the module {type(ref).__name__} given is not part of the model.")
@@ -74,11 +79,11 @@ def resolve_branches(model: nn.Module, branches: BranchSpec | None = None) -> di
         ValueError: no branches, fewer than two modalities, an unknown name, a branch without
             modules or parameters, or two branches sharing a parameter.
     """
-    model = unwrap_model(model)
     if branches is None:
-        if not hasattr(model, "branch_names"):
-            raise ValueError(f"give `branches`: {type(model).__name__} has no branch_names() to ask.")
-        branches = model.branch_names()
+        network = unwrap_model(model)
+        if not hasattr(network, "branch_names"):
+            raise ValueError(f"give `branches`: {type(network).__name__} has no branch_names() to ask.")
+        branches = network.branch_names()
     if not isinstance(branches, Mapping) or len(branches) < 2:
         raise ValueError(f"branches must map at least two modalities to modules, got {branches!r}.")
     resolved: dict[str, list[nn.Module]] = {}

@@ -22,6 +22,9 @@ def test_branches_resolve_by_name_object_sequence_or_model():
     assert [id(p) for p in params["t1"]] == [id(p) for p in model.encoders.t1.parameters()]
     ddp_like = nn.DataParallel(model)
     assert resolve_branches(ddp_like, {"a": "encoders.t1", "b": "encoders.t2"})["a"] == [model.encoders.t1]
+    # names as the wrapper lists them (named_modules() of a DDP model) work as well
+    by_wrapper_name = resolve_branches(ddp_like, {"a": "module.encoders.t1", "b": "module.encoders.t2"})
+    assert by_wrapper_name["a"] == [model.encoders.t1]
 
 
 @pytest.mark.parametrize(
