@@ -25,6 +25,7 @@ from cggm_seg.balancing.cggm import (
 )
 from cggm_seg.balancing.distributed import mean_over_ranks
 from cggm_seg.balancing.heads import HeadStep, HeadTrainer, flat_gradients, flat_parameters
+from cggm_seg.balancing.monitor import HeadMonitor
 from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients
 from cggm_seg.balancing.scores import (
     SCORES,
@@ -58,6 +59,7 @@ __all__ = [
     "mean_over_ranks",
     "HeadStep",
     "HeadTrainer",
+    "HeadMonitor",
     "flat_gradients",
     "flat_parameters",
     "OGMGE",

@@ -31,6 +31,7 @@ __all__ = ["SegmentationTestReport", "format_table"]
 _PANELS = {
     "cggm": (("eps", "head score eps_i (EMA)"), ("B", "balancing coefficient B_i")),
     "ogmge": (("s", "head score s_i"), ("k", "OGM coefficient k_i")),
+    "monitor": (("eps", "head score eps_i (per batch)"),),
 }
 
 

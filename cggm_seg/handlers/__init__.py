@@ -2,7 +2,15 @@
 
 from cggm_seg.handlers.base import HeadBalancingHandler
 from cggm_seg.handlers.cggm_handler import CGGMHandler
+from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
 from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
 
-__all__ = ["HeadBalancingHandler", "CGGMHandler", "OGMGEHandler", "ResumableCheckpoint", "latest_checkpoint"]
+__all__ = [
+    "HeadBalancingHandler",
+    "CGGMHandler",
+    "HeadMonitorHandler",
+    "OGMGEHandler",
+    "ResumableCheckpoint",
+    "latest_checkpoint",
+]

@@ -1,0 +1,177 @@
+"""The BraTS bundles: model-zoo properties, metadata, network I/O, export, and tiny end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ROOT / "bundles"
+METHODS = ("cggm", "joint", "ogmge")
+META = str(BUNDLES / "metadata.json")
+TINY = [
+    "--epochs", "1",
+    "--val_interval", "1",
+    "--roi_size", "[32,32,32]",
+    "--phantom#cases", "4",
+    "--phantom#spacing", "4.0",
+]  # fmt: skip
+
+
+def _config(method: str) -> str:
+    return str(BUNDLES / f"brats_{method}.json")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_model_zoo_properties(method, tmp_path, monkeypatch):
+    monkeypatch.setenv("CGGM_SEG_CACHE", str(tmp_path))  # MONAI's check parses the datasets: tiny ones
+    tiny = {"phantom#cases": 3, "phantom#spacing": 4.0, "bundle_root": str(tmp_path)}
+    workflow = ConfigWorkflow(config_file=_config(method), meta_file=META, workflow_type="train", **tiny)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_verify_metadata_offline_with_the_shipped_schema():
+    verify_metadata(meta_file=META, filepath=str(BUNDLES / "meta_schema.json"))
+
+
+def test_metadata_rejected_when_a_required_field_is_missing(tmp_path):
+    meta = json.loads(Path(META).read_text())
+    del meta["network_data_format"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="network_data_format"):
+        verify_metadata(meta_file=str(bad), filepath=str(BUNDLES / "meta_schema.json"))
+
+
+def test_verify_net_in_out():
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=_config("cggm"), n=4, device="cpu")
+
+
+def test_ckpt_export_torchscript(tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_config("cggm"))
+    net = parser.get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"network": net.state_dict()}, ckpt)
+    ts = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(ckpt),
+        meta_file=META,
+        config_file=_config("cggm"),
+        key_in_ckpt="network",
+    )
+    scripted = torch.jit.load(str(ts))
+    x = torch.randn(1, 4, 32, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def _run_bundle(config: str, root: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CGGM_SEG_CACHE=str(root / "cache"), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(root)]
+    return subprocess.run(
+        [*cmd, *TINY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _assert_metrics(run_dir: Path, heads: bool = True) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_cases"] >= 1
+    for key in ("dice_tc", "dice_wt", "dice_et", "dice_mean", "hd95_tc", "hd95_wt", "hd95_et"):
+        value = metrics["summary"][key]["mean"]
+        assert math.isfinite(value), key
+        if key.startswith("dice"):
+            assert 0.0 <= value <= 1.0
+    if heads:
+        for modality in ("t1", "t1ce", "t2", "flair"):
+            assert math.isfinite(metrics["summary"][f"head_dice_{modality}_mean"]["mean"])
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("case_id,") and len(rows) == metrics["num_cases"] + 1
+    assert (run_dir / "balance.png").stat().st_size > 5000
+    return metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "layout"), [("cggm", None), ("joint", "brats2023"), ("ogmge", "msd")])
+def test_bundle_end_to_end_tiny(method, layout, tmp_path):
+    """Each bundle trains, validates and evaluates; the non-default layouts come in via --dataset_dir."""
+    extra: list[str] = []
+    if layout is not None:
+        data = tmp_path / f"data_{layout}"
+        write_phantom_dataset(
+            data, 4, seed=1, layout=layout, config=PhantomConfig(spacing=4.0), progress=False
+        )
+        extra = ["--dataset_dir", str(data)]
+    result = _run_bundle(_config(method), tmp_path, *extra)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / f"brats_{method}"
+    _assert_metrics(run_dir)
+    assert (run_dir / "models" / "model.pt").is_file()
+    assert "Dice (fused)" in result.stdout
+    if layout is not None:
+        assert json.loads((run_dir / "datalist.json").read_text())["layout"] == layout
+
+
+@pytest.mark.slow
+def test_bundle_stops_with_the_check_report_on_bad_data(tmp_path):
+    data = tmp_path / "data"
+    write_phantom_dataset(data, 3, seed=2, config=PhantomConfig(spacing=4.0), progress=False)
+    victim = sorted(data.rglob("*_flair.nii.gz"))[0]
+    victim.unlink()
+    result = _run_bundle(_config("cggm"), tmp_path, "--dataset_dir", str(data))
+    assert result.returncode != 0
+    assert victim.name in result.stdout + result.stderr
+    assert "nothing was trained" in result.stdout + result.stderr
+    assert not (tmp_path / "runs" / "brats_cggm" / "models").exists()
+
+
+@pytest.mark.slow
+def test_stopped_run_resumes_from_its_last_checkpoint(tmp_path):
+    """Kill a 2-epoch run once epoch 1 is saved; the same command then carries on with epoch 2."""
+    env = dict(os.environ, CGGM_SEG_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", _config("cggm"),
+        "--bundle_root", str(tmp_path), *TINY, "--epochs", "2",
+    ]  # fmt: skip
+    models = tmp_path / "runs" / "brats_cggm" / "models"
+    first = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 600
+    while not (models / "checkpoint_epoch=1.pt").exists():
+        assert first.poll() is None, "the first run ended before saving epoch 1"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    first.kill()
+    first.wait()
+    assert not (models / "checkpoint_epoch=2.pt").exists()
+    saved = torch.load(models / "checkpoint_epoch=1.pt", weights_only=True)
+    iterations_epoch1 = saved["trainer"]["iteration"]
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert "resuming from" in log and "checkpoint_epoch=1.pt" in log
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    final = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
+    assert final["trainer"]["epoch"] == 2
+    history = final["balancing"]["history"]
+    # the balancing history continues where the first run stopped: no restart from iteration 1
+    assert [h["iteration"] for h in history] == list(range(1, 2 * iterations_epoch1 + 1))
