@@ -120,6 +120,8 @@ def write_datalist(datalist: dict[str, Any], path: str | Path) -> Path:
     """Write ``datalist`` as JSON to ``path`` (parent folders created) and return the path.
 
     Image and label paths inside ``path``'s folder are written relative to it, others absolute.
+    The file is written beside its target and renamed into place, so a concurrent reader (another
+    rank of a distributed run) never sees half a file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,9 @@ def write_datalist(datalist: dict[str, Any], path: str | Path) -> Path:
     for split in (*SPLITS, UNLABELLED):
         if split in out:
             out[split] = [_map_paths(entry, lambda p: _relative_to(p, base)) for entry in out[split]]
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
 
 

@@ -8,7 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch.distributed as dist
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import IgniteInfo, min_version, optional_import
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -18,14 +22,20 @@ __all__ = ["ResumableCheckpoint", "latest_checkpoint"]
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 
 
-def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The ``checkpoint_epoch=N.pt`` with the largest N in ``ckpt_dir`` (as ``CheckpointSaver``
-    names its per-epoch files), or None."""
+def _epoch_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """The ``checkpoint_epoch=N.pt`` files in ``ckpt_dir`` (as ``CheckpointSaver`` names its
+    per-epoch files), oldest epoch first."""
     folder = Path(ckpt_dir)
     if not folder.is_dir():
-        return None
+        return []
     found = [(int(m[1]), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` with the largest N in ``ckpt_dir``, or None."""
+    found = _epoch_checkpoints(ckpt_dir)
+    return found[-1] if found else None
 
 
 class ResumableCheckpoint:
@@ -34,7 +44,8 @@ class ResumableCheckpoint:
     On attach it adds the trainer itself to ``save_dict`` (under ``"trainer"``, so its epoch and
     iteration are saved too; a bundle cannot name the trainer inside the trainer's own handler
     list), attaches a ``CheckpointSaver`` that writes ``checkpoint_epoch=N.pt`` into ``ckpt_dir``
-    after each epoch (keeping the last ``n_saved``), and, if ``resume`` and such a file exists,
+    after each epoch (keeping the last ``n_saved``, also across restarts: the saver only knows the
+    files it wrote itself), and, if ``resume`` and such a file exists,
     a ``CheckpointLoader`` that restores everything from it when the trainer starts. A run stopped
     after epoch N and started again with the same command carries on with epoch N + 1.
 
@@ -79,6 +90,7 @@ class ResumableCheckpoint:
         CheckpointSaver(
             str(self.ckpt_dir), objects, save_interval=1, n_saved=self.n_saved, epoch_level=True
         ).attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._prune)  # after the saver's own handler
         path = latest_checkpoint(self.ckpt_dir) if self.resume else None
         if path is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: training starts from scratch")
@@ -86,3 +98,10 @@ class ResumableCheckpoint:
         self.logger.info(f"resuming from {path}")
         CheckpointLoader(str(path), objects, map_location=self.map_location).attach(engine)
         self.resumed_from = path
+
+    def _prune(self, engine: Engine) -> None:
+        """Delete per-epoch checkpoints beyond the newest ``n_saved`` (left by an earlier process)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return  # only rank 0 writes checkpoints
+        for stale in _epoch_checkpoints(self.ckpt_dir)[: -self.n_saved]:
+            stale.unlink(missing_ok=True)

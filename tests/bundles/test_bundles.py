@@ -170,6 +170,7 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tmp_path):
     assert second.returncode == 0, log[-3000:]
     assert "resuming from" in log and "checkpoint_epoch=1.pt" in log
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    assert not (models / "checkpoint_epoch=1.pt").exists(), "the first run's checkpoint was not pruned"
     final = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
     assert final["trainer"]["epoch"] == 2
     history = final["balancing"]["history"]
