@@ -172,7 +172,7 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tmp_path):
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
     assert not (models / "checkpoint_epoch=1.pt").exists(), "the first run's checkpoint was not pruned"
     final = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
-    assert final["trainer"]["epoch"] == 2
+    assert final["trainer"]["iteration"] == 2 * iterations_epoch1 == 2 * final["trainer"]["epoch_length"]
     history = final["balancing"]["history"]
     # the balancing history continues where the first run stopped: no restart from iteration 1
     assert [h["iteration"] for h in history] == list(range(1, 2 * iterations_epoch1 + 1))
