@@ -81,9 +81,10 @@ def regions_to_label(
     """Convert region channels [TC, WT, ET] into the layout's label values (the inverse of
     :func:`label_to_regions` on consistent regions).
 
-    A voxel gets the enhancing-tumour value where ET is on, else the necrosis / non-enhancing core
-    value where TC is on, else the oedema value where WT is on, else 0: for ``brats2021`` 4 / 1 / 2,
-    ``brats2023`` 3 / 1 / 2, ``msd`` 3 / 2 / 1.
+    The regions are nested first (TC only inside WT, ET only inside TC: a prediction can break the
+    hierarchy that real labels obey), then a voxel gets the enhancing-tumour value where ET is on,
+    else the necrosis / non-enhancing core value where TC is on, else the oedema value where WT is
+    on, else 0: for ``brats2021`` 4 / 1 / 2, ``brats2023`` 3 / 1 / 2, ``msd`` 3 / 2 / 1.
 
     Args:
         regions: ``(3, H, W[, D])`` region channels, boolean or probabilities.
@@ -109,10 +110,13 @@ def regions_to_label(
     masks = dict(zip(REGIONS, on))
     oedema, core, enhancing = _label_values(layout)
     label = np.zeros((1, *array.shape[1:]), dtype=np.uint8)
+    wt = masks["wt"]
+    tc = masks["tc"] & wt
+    et = masks["et"] & tc
     # Nested regions painted from the outside in, so the innermost region wins.
-    label[0][masks["wt"]] = oedema
-    label[0][masks["tc"]] = core
-    label[0][masks["et"]] = enhancing
+    label[0][wt] = oedema
+    label[0][tc] = core
+    label[0][et] = enhancing
     return convert_to_dst_type(
         label, regions, dtype=torch.uint8 if isinstance(regions, torch.Tensor) else np.uint8
     )[0]

@@ -89,15 +89,20 @@ def test_regions_to_label_inverts_label_to_regions(layout, labels):
 
 
 def test_regions_to_label_hand_made_priority_and_threshold():
-    # Channels TC, WT, ET for 5 voxels: none, WT only, TC+WT, ET alone (inconsistent), all.
+    # Channels TC, WT, ET for 5 voxels: none, WT only, TC+WT, ET alone (inconsistent: outside TC
+    # and WT, so dropped by the nesting), all.
     regions = np.array([[0, 0, 0.9, 0, 1], [0, 0.6, 0.9, 0, 1], [0.4, 0, 0, 0.7, 1]], dtype=np.float32)
     regions = regions.reshape(3, 5, 1, 1)
     label = regions_to_label(regions, "msd")
-    np.testing.assert_array_equal(label[0, :, 0, 0], [0, 1, 2, 3, 3])
-    np.testing.assert_array_equal(regions_to_label(regions, "brats2021")[0, :, 0, 0], [0, 2, 1, 4, 4])
+    np.testing.assert_array_equal(label[0, :, 0, 0], [0, 1, 2, 0, 3])
+    np.testing.assert_array_equal(regions_to_label(regions, "brats2021")[0, :, 0, 0], [0, 2, 1, 0, 4])
+    # a lower threshold switches ET on in voxel 0, still outside TC and WT
     np.testing.assert_array_equal(
-        regions_to_label(regions, "brats2021", threshold=0.3)[0, :, 0, 0], [4, 2, 1, 4, 4]
+        regions_to_label(regions, "brats2021", threshold=0.3)[0, :, 0, 0], [0, 2, 1, 0, 4]
     )
+    inside = np.array([[0.4], [0.9], [0.9]], dtype=np.float32).reshape(3, 1, 1, 1)  # TC 0.4: ET needs TC
+    assert regions_to_label(inside, "brats2021")[0, 0, 0, 0] == 2
+    assert regions_to_label(inside, "brats2021", threshold=0.3)[0, 0, 0, 0] == 4
 
 
 def test_regions_to_labeld_keeps_meta():
