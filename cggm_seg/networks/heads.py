@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
+from cggm_seg.networks.pointwise import PointwiseConv3d
+
 __all__ = ["TASKS", "SegmentationHead", "ClassificationHead", "RegressionHead", "make_heads"]
 
 #: The tasks :func:`make_heads` builds heads for.
@@ -26,7 +28,15 @@ TASKS: tuple[str, ...] = ("segmentation", "classification", "regression")
 
 
 class SegmentationHead(nn.Module):
-    """Light segmentation head on multi-scale 3D features: 1x1x1 conv per scale, upsample, sum.
+    """Light segmentation head on multi-scale 3D features: a top-down cascade of 1x1x1 convolutions.
+
+    Each feature map is projected to ``hidden`` channels by a 1x1x1 convolution; from the coarsest
+    map down, the running sum is upsampled to the next finer map's size and that map's projection
+    is added (the top-down path of a feature pyramid network, Lin et al., CVPR 2017, without its
+    3x3 convolutions; nearest-neighbour upsampling as there). The sum of the finest scale is
+    upsampled to the output size if it is smaller, activated, and mapped to the output by
+    ``final``. However many scales there are, only one ``hidden``-channel map is upsampled to full
+    resolution, the costly step of a light head on a CPU (``docs/benchmarks.md``).
 
     Args:
         in_channels: channels of each feature map, fine to coarse (e.g. the network's
@@ -37,13 +47,19 @@ class SegmentationHead(nn.Module):
         stride: downsampling factor of the finest (first) map relative to the input image; the
             default output size is that map's size times ``stride``. Defaults to 1.
         act: activation after the sum. Defaults to ``("RELU", {"inplace": True})``.
+        interp_mode: ``"nearest"`` (default) or ``"trilinear"`` (smoother; several times the cost
+            of nearest per upsampling, forward and backward, on a CPU).
 
-    Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them)
-    and optionally ``spatial_size`` (the output's ``[D, H, W]``; default: the finest map's size
-    times its stride) -> logits ``B x out_channels x D x H x W``. The features are detached first.
+    Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them,
+    fine to coarse) and optionally ``spatial_size`` (the output's ``[D, H, W]``; default: the finest
+    map's size times its stride) -> logits ``B x out_channels x D x H x W``. The features are
+    detached first.
+
+    The 1x1x1 convolutions are :class:`~cggm_seg.networks.pointwise.PointwiseConv3d` (an
+    ``nn.Conv3d`` that runs as a matrix product on a CPU).
 
     Attributes:
-        final: ``nn.Conv3d(hidden, out_channels, 1)``.
+        final: ``PointwiseConv3d(hidden, out_channels, 1)``, an ``nn.Conv3d``.
     """
 
     def __init__(
@@ -53,27 +69,36 @@ class SegmentationHead(nn.Module):
         out_channels: int = 3,
         stride: int = 1,
         act: tuple | str = ("RELU", {"inplace": True}),
+        interp_mode: str = "nearest",
     ) -> None:
         super().__init__()
         if not in_channels:
             raise ValueError("in_channels must list at least one feature map.")
+        if interp_mode not in ("nearest", "trilinear"):
+            raise ValueError(f"interp_mode must be 'nearest' or 'trilinear', got {interp_mode!r}.")
         self.stride = int(stride)
-        self.projections = nn.ModuleList([nn.Conv3d(c, hidden, kernel_size=1) for c in in_channels])
+        self.interp_mode = interp_mode
+        self.align_corners: bool | None = False if interp_mode == "trilinear" else None
+        self.projections = nn.ModuleList([PointwiseConv3d(c, hidden, kernel_size=1) for c in in_channels])
         self.act = get_act_layer(act)
-        self.final = nn.Conv3d(hidden, out_channels, kernel_size=1)
+        self.final = PointwiseConv3d(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor], spatial_size: list[int] | None = None) -> torch.Tensor:
         if spatial_size is None:
             spatial_size = [int(s) * self.stride for s in features[0].shape[2:]]
-        y: torch.Tensor | None = None
-        for i, projection in enumerate(self.projections):
-            # Projecting before upsampling is the same map (both linear) on fewer channels.
-            z = projection(features[i].detach())
-            if list(z.shape[2:]) != spatial_size:
-                z = F.interpolate(z, size=spatial_size, mode="trilinear", align_corners=False)
-            y = z if y is None else y + z
-        assert y is not None
+        # Projecting before upsampling is the same map (both linear) on fewer channels.
+        projected = [projection(features[i].detach()) for i, projection in enumerate(self.projections)]
+        y = projected[-1]
+        for i in range(len(projected) - 2, -1, -1):
+            z = projected[i]
+            # In place on the projection's output, which its convolution does not keep for backward.
+            y = z.add_(self._upsample(y, z.shape[2:]))
+        if list(y.shape[2:]) != spatial_size:
+            y = self._upsample(y, spatial_size)
         return self.final(self.act(y))
+
+    def _upsample(self, y: torch.Tensor, size: list[int]) -> torch.Tensor:
+        return F.interpolate(y, size=size, mode=self.interp_mode, align_corners=self.align_corners)
 
 
 class _VectorHead(nn.Module):
@@ -159,7 +184,7 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
         model: a network following the cggm_seg contract (``encoders``, ``final`` and the
             attributes above), e.g. :class:`~cggm_seg.networks.MultiEncoderSegNet` or
             :class:`~cggm_seg.networks.MultiViewNet`.
-        kwargs: passed to each head: ``act``; ``stride`` (segmentation); ``dropout``
+        kwargs: passed to each head: ``act``; ``stride``, ``interp_mode`` (segmentation); ``dropout``
             (classification, regression).
 
     The heads are created on the CPU: move them with ``.to(device)`` like the model. Pass the

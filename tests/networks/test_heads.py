@@ -53,6 +53,8 @@ def test_segmentation_head_spatial_size():
     assert head(features, spatial_size=[6, 8, 10]).shape == (1, 2, 6, 8, 10)
     with pytest.raises(ValueError, match="at least one feature map"):
         SegmentationHead((), hidden=5)
+    with pytest.raises(ValueError, match="interp_mode must be"):
+        SegmentationHead((4,), hidden=5, interp_mode="linear")
 
 
 def test_segmentation_head_loss_does_not_reach_the_encoders(seg_net, capture):
@@ -65,8 +67,9 @@ def test_segmentation_head_loss_does_not_reach_the_encoders(seg_net, capture):
     assert all(p.grad is not None for p in heads.parameters())
 
 
-def test_segmentation_head_is_scriptable(seg_net, capture):
-    head = make_heads("segmentation", seg_net)["t2"]
+@pytest.mark.parametrize("mode", ["nearest", "trilinear"])
+def test_segmentation_head_is_scriptable(seg_net, capture, mode):
+    head = make_heads("segmentation", seg_net, interp_mode=mode)["t2"]
     _, features = capture(seg_net, torch.randn(1, 4, 8, 8, 8))
     scripted = torch.jit.script(head)
     torch.testing.assert_close(scripted(features["t2"]), head(features["t2"]))
@@ -102,3 +105,22 @@ def test_make_heads_rejects_a_mismatched_model(seg_net):
         make_heads("segmentation", MultiViewNet([3, 4]))
     with pytest.raises(ValueError, match="no nn.ModuleDict 'encoders'"):
         make_heads("regression", torch.nn.Linear(3, 1))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "trilinear"])
+def test_segmentation_head_is_a_top_down_cascade(mode):
+    torch.manual_seed(0)
+    head = SegmentationHead((4, 6, 8), hidden=5, out_channels=2, interp_mode=mode)
+    f = [torch.randn(1, 4, 8, 8, 8), torch.randn(1, 6, 4, 4, 4), torch.randn(1, 8, 2, 2, 2)]
+
+    def up(z, like):
+        corners = False if mode == "trilinear" else None
+        return torch.nn.functional.interpolate(z, size=like.shape[2:], mode=mode, align_corners=corners)
+
+    p = [projection(x) for projection, x in zip(head.projections, f)]
+    expected = head.final(torch.relu(p[0] + up(p[1] + up(p[2], p[1]), p[0])))
+    torch.testing.assert_close(head(f), expected)
+    # One scale with a stride: project, upsample to the output size, act, final.
+    single = SegmentationHead((4,), hidden=5, out_channels=2, stride=2, interp_mode=mode)
+    full = torch.empty(1, 1, 16, 16, 16)
+    torch.testing.assert_close(single(f[:1]), single.final(torch.relu(up(single.projections[0](f[0]), full))))
