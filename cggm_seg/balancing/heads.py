@@ -175,12 +175,17 @@ class HeadTrainer:
         """
         target = target.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            predictions = {m: head(detach_features(features[m])) for m, head in self.heads.items()}
-            losses = {m: self.loss_fn(pred, target) for m, pred in predictions.items()}
-            # The heads share no parameter, so one backward of the sum gives each head the
-            # gradient of its own loss.
-            torch.stack([loss.reshape(()) for loss in losses.values()]).sum().backward()
+        scores: dict[str, torch.Tensor] = {}
+        losses: dict[str, torch.Tensor] = {}
+        for m, head in self.heads.items():
+            # One head at a time (they share no parameter, so each gets its own loss's gradient):
+            # only one head's graph, full-resolution maps for segmentation, is alive at once.
+            with torch.enable_grad():
+                prediction = head(detach_features(features[m]))
+                loss = self.loss_fn(prediction, target)
+                loss.backward()
+            losses[m] = loss.detach()
+            scores[m] = self.score_fn(prediction.detach(), target)  # before the head's update
         if _world_size() > 1:
             _average_gradients(self._trainable)
         final_grads = {m: flat_gradients(head.final) for m, head in self.heads.items()}
@@ -189,10 +194,9 @@ class HeadTrainer:
             for m, head in self.heads.items()
         }
         self.optimizer.step()
-        scores = {m: self.score_fn(pred.detach(), target) for m, pred in predictions.items()}
         return HeadStep(
             scores=scores,
-            losses={m: loss.detach() for m, loss in losses.items()},
+            losses=losses,
             final_grads=final_grads,
             final_weights=final_weights,
         )
