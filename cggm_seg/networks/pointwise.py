@@ -53,7 +53,9 @@ class PointwiseConv3d(nn.Conv3d):
             y = torch.bmm(weight, voxels)
         else:
             y = torch.baddbmm(bias.view(1, -1, 1), weight, voxels)
-        return y.view(n, self.out_channels, x.shape[2], x.shape[3], x.shape[4])
+        # Not a view of the product (as matmul does it): an in-place operation on the output, such
+        # as an in-place activation, would otherwise cost a copy of it in backward.
+        return torch.ops.aten._unsafe_view(y, [n, self.out_channels, x.shape[2], x.shape[3], x.shape[4]])
 
 
 def _pointwise(conv: nn.Conv3d) -> bool:

@@ -98,3 +98,10 @@ def test_scriptable():
     conv = PointwiseConv3d(2, 3, 1)
     x = torch.randn(2, 2, 4, 5, 6)
     torch.testing.assert_close(torch.jit.script(conv)(x), F.conv3d(x, conv.weight, conv.bias))
+
+
+def test_output_is_not_a_view():
+    # An in-place activation on a view's output would copy it in backward (autograd's CopySlices).
+    y = PointwiseConv3d(2, 3, 1)(torch.randn(1, 2, 4, 4, 4, requires_grad=True))
+    assert not y._is_view()
+    assert type(y.relu_().grad_fn).__name__ == "ReluBackward0"
