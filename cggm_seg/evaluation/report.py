@@ -153,7 +153,7 @@ class SegmentationTestReport:
         if not per_case:
             raise ValueError("the test split is empty: nothing to evaluate")
         summary = summarise_cases(per_case)
-        title = f"{self.title or 'Test set'}: {len(per_case)} cases, {source}"
+        title = f"{self.title + ' - ' if self.title else ''}test set: {len(per_case)} cases, {source}"
         table = format_table(summary, title)
         print(table, flush=True)
         result = {"source": source, "num_cases": len(per_case), "summary": summary, "cases": per_case}
@@ -176,7 +176,7 @@ class SegmentationTestReport:
                 history,
                 modalities,
                 self.output_dir / "balance.png",
-                title=self.title or method,
+                title=f"{self.title or method}: balancing during training",
                 panels=_PANELS.get(method, _PANELS["cggm"]),
             )
             self.logger.info(f"balancing history plotted to {png}")
