@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ignite.distributed as idist
 import pytest
 import torch
 import torch.distributed as dist
@@ -74,8 +75,12 @@ def test_model_zoo_properties_with_one_rank(tmp_path, monkeypatch):
         assert isinstance(workflow.trainer.network, torch.nn.parallel.DistributedDataParallel)
         assert isinstance(workflow.trainer.data_loader.sampler, DistributedSampler)
     finally:
+        # Ignite caches the distributed model it detected: reset it with the group, or later tests in
+        # this process try to all-gather their metrics in a group that no longer exists.
+        idist.finalize()
         workflow.finalize()
     assert not dist.is_initialized()
+    assert idist.get_world_size() == 1
 
 
 @pytest.mark.slow
