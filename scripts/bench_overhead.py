@@ -1,0 +1,512 @@
+"""What balancing costs per training step: joint training vs CGGM vs OGM-GE, in one run.
+
+Four methods train the same :class:`~cggm_seg.networks.MultiEncoderSegNet` (same preset, same
+seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on the optimizer):
+
+- ``joint``: plain task loss, no heads;
+- ``cggm_magnitude``: CGGM, magnitude ``grad``, direction ``off``;
+- ``cggm_full``: CGGM, magnitude ``grad``, direction ``gradient``;
+- ``ogmge``: OGM-GE (GE noise on, inside its window).
+
+Step time: the methods are interleaved round-robin (one step of each in turn, the order rotated
+every round) so that a noisy, shared machine slows them alike; every method has its own model and
+optimizers. A step is everything a training iteration does: zero_grad, forward, loss, the heads'
+step and the tracker (balanced methods), the direction term, backward, modulation, optimizer step.
+Each phase is timed too, the heads' step on its own. A fifth entry of the round-robin times what
+any full-resolution head costs at least: the task loss (forward and backward) and the score on
+full-resolution logits, once per modality, with no head at all.
+
+Threads: one by default. On a shared CPU a second intra-op thread waits for a core whenever
+another process holds one, and every parallel region waits for it: in one run with two threads
+on a 2-core machine busy with one other job, joint's steps ranged from 0.33 s to 4.9 s (p10-p90).
+``--threads 0`` keeps torch's default (all cores) for a machine of one's own.
+
+Peak memory: each method runs alone in a fresh subprocess (``--child``), beside an idle child
+that only builds the model and the batches. On CUDA the peak is ``torch.cuda.max_memory_allocated``.
+On a CPU it is the child's peak RSS (VmHWM) from once the model is built, twice: with glibc's
+mmap threshold fixed, so that the RSS follows the live tensors ("live", the one checked against
+the target), and with glibc as it comes ("default", which also holds some freed memory as heap).
+The peaks are reported absolute and above the idle child (what training adds), with their ratios
+to joint.
+
+The tables replace the section of ``--doc`` between the ``bench_overhead`` markers of the same
+settings (preset, crop, batch, device, threads), or are appended.
+
+    python scripts/bench_overhead.py                      # cpu_small, 64^3, batch 1, 20 steps
+    python scripts/bench_overhead.py --device cuda --preset gpu_paper --crop 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import monai
+import torch
+from monai.losses import DiceLoss
+
+from cggm_seg.balancing import CGGM, OGMGE, FeatureTap, HeadStep, HeadTrainer, get_score
+from cggm_seg.networks import PRESETS, MultiEncoderSegNet, make_heads
+
+METHODS: dict[str, str] = {
+    "joint": "joint (plain loss, no heads)",
+    "cggm_magnitude": "CGGM magnitude only (grad, direction off)",
+    "cggm_full": "CGGM magnitude + direction (grad, gradient)",
+    "ogmge": "OGM-GE (alpha 0.8, GE noise)",
+}
+PHASES: tuple[str, ...] = (
+    "forward + loss",
+    "heads step",
+    "tracker + direction",
+    "backward",
+    "modulation + optimizer",
+)
+#: Targets: ratio of the median step time / of the peak memory to joint's.
+TIME_TARGETS: dict[str, float] = {"cggm_magnitude": 1.05, "cggm_full": 1.15}
+MEMORY_TARGET = 1.10
+#: The extra entry of the round-robin: heads' loss and score alone (see build_loss_floor).
+FLOOR = "loss_floor"
+#: glibc's initial mmap threshold, fixed in the "live" memory children: freed tensors then leave
+#: the RSS at once, where the default (dynamic) threshold keeps some as heap fragmentation.
+MMAP_THRESHOLD = 128 * 1024
+N_BATCHES = 4
+
+
+def make_batches(
+    crop: int, batch: int, device: torch.device, seed: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``N_BATCHES`` synthetic (image ``B x 4 x crop^3``, nested region labels ``B x 3 x crop^3``) pairs:
+    a sphere per case, brighter in t1ce and FLAIR, on noise."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(crop, dtype=torch.float32)] * 3, indexing="ij"))
+    batches = []
+    for _ in range(N_BATCHES):
+        centre = crop * (0.3 + 0.4 * torch.rand(batch, 3, 1, 1, 1, generator=g))
+        dist = (grid.unsqueeze(0) - centre).square().sum(1, keepdim=True).sqrt()  # B x 1 x crop^3
+        radius = crop / 6
+        label = torch.cat([dist < 0.6 * radius, dist < radius, dist < 0.3 * radius], dim=1).float()
+        image = torch.randn(batch, 4, crop, crop, crop, generator=g)
+        image[:, 1:2] += 2.0 * label[:, 2:3]
+        image[:, 3:4] += 1.5 * label[:, 1:2]
+        batches.append((image.to(device), label.to(device)))
+    return batches
+
+
+def make_loss() -> DiceLoss:
+    """The model-zoo BraTS bundle's loss."""
+    return DiceLoss(smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True, sigmoid=True)
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def build_loss_floor(
+    n_heads: int, shape: torch.Size, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], list[float]]:
+    """What any full-resolution head costs at least: ``n_heads`` x (loss forward + backward + score)
+    on full-resolution logits, without a head. The seconds are reported as the heads' phase."""
+    loss_fn, score_fn, sync = make_loss(), get_score("soft_dice"), synchronizer(device)
+    logits = [torch.randn(shape, device=device, requires_grad=True) for _ in range(n_heads)]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        sync()
+        t0 = time.perf_counter()
+        for z in logits:
+            z.grad = None
+            loss_fn(z, y).backward()
+            score_fn(z.detach(), y)
+        sync()
+        return [0.0, time.perf_counter() - t0, 0.0, 0.0, 0.0]
+
+    return step
+
+
+def build(
+    method: str, preset: str, device: torch.device, seed: int
+) -> Callable[[torch.Tensor, torch.Tensor], list[float]]:
+    """A training step of ``method`` on its own model and optimizer; it returns the seconds of each phase."""
+    torch.manual_seed(seed)
+    model = MultiEncoderSegNet.from_preset(preset).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    loss_fn = make_loss()
+    sync = synchronizer(device)
+    balance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    update: Callable[[], None] = optimizer.step
+    heads_seconds = [0.0]
+    if method != "joint":
+        heads = make_heads("segmentation", model).to(device)
+        score = "region_true_class_probability" if method == "ogmge" else "soft_dice"
+        trainer = HeadTrainer(
+            heads, loss_fn, torch.optim.SGD(heads.parameters(), lr=1e-2, momentum=0.9), score
+        )
+        heads_step = trainer.step
+
+        def timed_heads_step(features: Any, target: torch.Tensor) -> HeadStep:
+            sync()
+            start = time.perf_counter()
+            result = heads_step(features, target)
+            sync()
+            heads_seconds[0] = time.perf_counter() - start
+            return result
+
+        trainer.step = timed_heads_step
+        if method == "ogmge":
+            ogm = OGMGE(model, trainer, alpha=0.8, seed=seed)
+
+            def balance(loss: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                ogm.observe(y)
+                return loss
+
+            def update() -> None:
+                ogm.step(optimizer, epoch=0)
+
+        else:
+            direction = "off" if method == "cggm_magnitude" else "gradient"
+            cggm = CGGM(model, trainer, loss_fn, magnitude="grad", direction=direction, lam=0.1)
+            balance = cggm.training_loss
+
+            def update() -> None:
+                cggm.step(optimizer)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        sync()
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        sync()
+        t1 = time.perf_counter()
+        if balance is not None:
+            loss = balance(loss, y)
+        sync()
+        t2 = time.perf_counter()
+        loss.backward()
+        sync()
+        t3 = time.perf_counter()
+        update()
+        sync()
+        t4 = time.perf_counter()
+        heads = heads_seconds[0]
+        return [t1 - t0, heads, t2 - t1 - heads, t3 - t2, t4 - t3]
+
+    return step
+
+
+def profile_heads(args: argparse.Namespace, device: torch.device, steps: int = 5) -> str:
+    """torch.profiler's table (self time, summed over ``steps``) of the heads' step of CGGM: where a
+    full-resolution head spends its time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(args.seed)
+    model = MultiEncoderSegNet.from_preset(args.preset).to(device)
+    heads = make_heads("segmentation", model).to(device)
+    trainer = HeadTrainer(heads, make_loss(), torch.optim.SGD(heads.parameters(), lr=1e-2, momentum=0.9))
+    tap = FeatureTap(model)
+    x, y = make_batches(args.crop, args.batch, device, args.seed)[0]
+    model(x)
+    features = tap.features
+    for _ in range(args.warmup):
+        trainer.step(features, y)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.step(features, y)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"heads step, {steps} steps:\n" + prof.key_averages().table(sort_by=sort, row_limit=15)
+
+
+def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, list[list[float]]]:
+    """Per method, the phase seconds of each measured step (round-robin, rotated order)."""
+    batches = make_batches(args.crop, args.batch, device, args.seed)
+    steps = {m: build(m, args.preset, device, args.seed) for m in METHODS}
+    n_heads = len(MultiEncoderSegNet.from_preset(args.preset).modalities)
+    steps[FLOOR] = build_loss_floor(n_heads, batches[0][1].shape, device)
+    names = list(steps)
+    measured: dict[str, list[list[float]]] = {m: [] for m in steps}
+    for i in range(args.warmup + args.steps):
+        x, y = batches[i % N_BATCHES]
+        k = i % len(names)
+        for method in names[k:] + names[:k]:
+            phases = steps[method](x, y)
+            if i >= args.warmup:
+                measured[method].append(phases)
+        if (i + 1) % 5 == 0:
+            print(f"  round {i + 1}/{args.warmup + args.steps}", file=sys.stderr, flush=True)
+    return measured
+
+
+def _status_bytes(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def child(args: argparse.Namespace, device: torch.device) -> float:
+    """Peak memory (bytes) of one method running ``--memory-steps`` steps alone ("idle": no step).
+
+    On CUDA ``max_memory_allocated``; on a CPU the peak RSS (VmHWM), reset once everything is
+    built, so that importing MONAI (a few hundred MB, briefly) does not mask the training's peak.
+    """
+    batches = make_batches(args.crop, args.batch, device, args.seed)
+    step = None
+    if args.child == "idle":
+        torch.manual_seed(args.seed)
+        MultiEncoderSegNet.from_preset(args.preset).to(device)
+    else:
+        step = build(args.child, args.preset, device, args.seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak_rss()
+    for i in range(args.memory_steps if step is not None else 0):
+        step(*batches[i % N_BATCHES])
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return _status_bytes("VmHWM")
+
+
+def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Peak bytes of an idle child and of each method's child, per allocator setting.
+
+    ``"live"``: glibc's mmap threshold fixed (:data:`MMAP_THRESHOLD`), so the RSS peak follows the
+    live tensors; ``"default"``: glibc as it comes (CPU only; CUDA reports ``"live"`` alone).
+    """
+    settings = {"live": {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}}
+    if args.device == "cpu":
+        settings["default"] = {}
+    peaks: dict[str, dict[str, float]] = {}
+    for setting, extra_env in settings.items():
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"} | extra_env
+        peaks[setting] = {}
+        for method in ["idle", *METHODS]:
+            command = [sys.executable, str(Path(__file__).resolve()), "--child", method, *common_flags(args)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+            peaks[setting][method] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  memory {setting} {method}: {peaks[setting][method] / 2**20:.0f} MiB", file=sys.stderr)
+    return peaks
+
+
+def common_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--preset", args.preset, "--crop", str(args.crop), "--batch", str(args.batch)]
+    flags += ["--device", args.device, "--seed", str(args.seed), "--memory-steps", str(args.memory_steps)]
+    return flags + ["--threads", str(args.threads)]
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (q in 1..99, inclusive method)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def verdict(ratio: float, target: float) -> str:
+    return f"<= {target:.2f}x: **{'met' if ratio <= target else 'missed'}**"
+
+
+def markdown(
+    args: argparse.Namespace,
+    measured: dict[str, list[list[float]]],
+    peaks: dict[str, dict[str, float]],
+    machine: dict[str, str],
+) -> str:
+    totals = {m: [sum(p) for p in steps] for m, steps in measured.items()}
+    medians = {m: statistics.median(t) for m, t in totals.items()}
+    n_heads = len(MultiEncoderSegNet.from_preset(args.preset).modalities)
+    if args.device == "cuda":
+        memory_kind = "`torch.cuda.max_memory_allocated`"
+    else:
+        memory_kind = (
+            "peak RSS (VmHWM, reset once the model is built); *live*: glibc's mmap threshold fixed at "
+            f"{MMAP_THRESHOLD // 1024} KiB (`MALLOC_MMAP_THRESHOLD_`), so that freed tensors leave the RSS "
+            "at once and the peak follows the live tensors; *default*: glibc as it comes, whose dynamic "
+            "threshold keeps some freed blocks as heap (this peak varies by a few tens of MiB between "
+            "identical runs)"
+        )
+    lines = [
+        markers(args)[0],
+        f"Machine: {machine['cpus']} CPU cores ({platform.machine()}), {machine['device']}, torch "
+        f"{torch.__version__}, MONAI {monai.__version__}, intra-op threads: {machine['threads']}; "
+        f"load average (1 min) {machine['load_start']} at the start, {machine['load_end']} at the end "
+        "(the machine is shared).",
+        "",
+        f"Settings: `{args.preset}` MultiEncoderSegNet, crop {args.crop}^3, batch {args.batch}, SGD "
+        "(lr 0.01, momentum 0.9) for the model and the heads, DiceLoss (sigmoid, squared), "
+        f"{args.warmup} warm-up and {args.steps} measured steps per method, round-robin. Memory: "
+        f"{memory_kind}; one fresh process per method, {args.memory_steps} steps.",
+        "",
+        "| method | median step (ms) | p10 | p90 | ratio to joint | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, label in METHODS.items():
+        ratio = medians[m] / medians["joint"]
+        target = verdict(ratio, TIME_TARGETS[m]) if m in TIME_TARGETS else ""
+        lines.append(
+            f"| {label} | {1e3 * medians[m]:.0f} | {1e3 * percentile(totals[m], 10):.0f} | "
+            f"{1e3 * percentile(totals[m], 90):.0f} | {ratio:.3f} | {target} |"
+        )
+    lines += [
+        "",
+        "Median milliseconds per phase (the phases' medians need not add up to the step's):",
+        "",
+        "| method | " + " | ".join(PHASES) + " |",
+        "|---" * (len(PHASES) + 1) + "|",
+    ]
+    for m, label in METHODS.items():
+        cells = [f"{1e3 * statistics.median(p[i] for p in measured[m]):.1f}" for i in range(len(PHASES))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Floor of any full-resolution head: {n_heads} x (task loss forward + backward + soft-Dice score) "
+        "on full-resolution logits, no head at all, in the same round-robin (the heads step's floor): "
+        f"median {1e3 * medians[FLOOR]:.1f} ms per step, {medians[FLOOR] / medians['joint']:.1%} of joint's "
+        "median step.",
+        "",
+    ]
+    live = peaks["live"]
+    above = {m: live[m] - live["idle"] for m in METHODS}
+    header = "| method | peak (MiB) | above idle | ratio, above idle | ratio, peak | target (above idle) |"
+    if "default" in peaks:
+        header += " default: peak | above idle | ratio, above idle |"
+        header = header.replace("| peak (MiB) |", "| live: peak (MiB) |")
+    lines += [
+        "Peak memory; the idle process (torch imported, model and batches built): "
+        + ", ".join(f"{s} {p['idle'] / 2**20:.0f} MiB" for s, p in peaks.items())
+        + ".",
+        "",
+        header,
+        "|---" * header.count(" | ") + "|---|",
+    ]
+    for m, label in METHODS.items():
+        ratio = above[m] / above["joint"]
+        target = verdict(ratio, MEMORY_TARGET) if m != "joint" else ""
+        row = (
+            f"| {label} | {live[m] / 2**20:.0f} | {above[m] / 2**20:.0f} | {ratio:.3f} | "
+            f"{live[m] / live['joint']:.3f} | {target} |"
+        )
+        if "default" in peaks:
+            default = peaks["default"]
+            d_above = default[m] - default["idle"]
+            d_joint = default["joint"] - default["idle"]
+            row += f" {default[m] / 2**20:.0f} | {d_above / 2**20:.0f} | {d_above / d_joint:.3f} |"
+        lines.append(row)
+    lines += [
+        "",
+        "Reproduce: `" + " ".join(["python scripts/bench_overhead.py", *reproduce_flags(args)]) + "`",
+        markers(args)[1],
+    ]
+    return "\n".join(lines)
+
+
+def reproduce_flags(args: argparse.Namespace) -> list[str]:
+    defaults = vars(parser().parse_args([]))
+    flags = []
+    for key in ("preset", "crop", "batch", "steps", "warmup", "threads", "device", "memory_steps", "seed"):
+        value = getattr(args, key)
+        if value != defaults[key]:
+            flags.append(f"--{key.replace('_', '-')} {value}")
+    return flags
+
+
+def markers(args: argparse.Namespace) -> tuple[str, str]:
+    """The begin and end markers of these settings' section: one section per preset, crop, batch,
+    device and thread count, so that runs of other settings do not replace it."""
+    key = f"{args.preset} crop={args.crop} batch={args.batch} device={args.device} threads={args.threads}"
+    return (
+        f"<!-- bench_overhead:begin {key} (written by scripts/bench_overhead.py) -->",
+        f"<!-- bench_overhead:end {key} -->",
+    )
+
+
+def update_doc(doc: Path, section: str, begin: str, end: str) -> None:
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="cpu_small", choices=sorted(PRESETS))
+    p.add_argument("--crop", type=int, default=64, help="cubic crop edge in voxels (default 64)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--steps", type=int, default=20, help="measured steps per method (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured steps per method first (default 3)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads on a CPU; 0 keeps torch's default (default 1, see the module docstring)",
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--memory-steps", type=int, default=5, help="steps of each memory child (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+    p.add_argument("--no-doc", action="store_true", help="print the tables only")
+    p.add_argument(
+        "--profile-heads", action="store_true", help="print a profile of the heads' step only (no doc)"
+    )
+    p.add_argument("--child", choices=["idle", *METHODS], help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.steps < 2 or args.warmup < 0 or args.memory_steps < 1 or args.batch < 1:
+        raise SystemExit("need --steps >= 2, --warmup >= 0, --memory-steps >= 1 and --batch >= 1.")
+    divisor = 2 ** (len(PRESETS[args.preset]["channels"]) - 1)
+    if args.crop % divisor:
+        raise SystemExit(
+            f"--crop must be divisible by {divisor} for the {args.preset} preset, got {args.crop}."
+        )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available.")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.profile_heads:
+        print(profile_heads(args, device))
+        return 0
+    if args.child:
+        print(json.dumps(child(args, device)))
+        return 0
+
+    load_start = os.getloadavg()[0]
+    print(f"timing {len(METHODS)} methods round-robin ...", file=sys.stderr, flush=True)
+    measured = time_steps(args, device)
+    print("peak memory, one process per method ...", file=sys.stderr, flush=True)
+    peaks = measure_memory(args)
+    machine = {
+        "cpus": str(os.cpu_count()),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU used",
+        "threads": str(torch.get_num_threads()),
+        "load_start": f"{load_start:.2f}",
+        "load_end": f"{os.getloadavg()[0]:.2f}",
+    }
+    section = markdown(args, measured, peaks, machine)
+    print(section)
+    if not args.no_doc:
+        update_doc(args.doc, section, *markers(args))
+        print(f"updated {args.doc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
