@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["mean_over_ranks"]
+__all__ = ["mean_over_ranks", "collective_device"]
+
+
+def collective_device() -> torch.device:
+    """The device the default process group's collectives take tensors on: the current CUDA
+    device for NCCL (which only reduces CUDA tensors), the CPU for gloo and the others."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -22,12 +30,6 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
-    # NCCL only reduces CUDA tensors; gloo and others take CPU tensors.
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
-    reduced = values.detach().to(device).clone()
+    reduced = values.detach().to(collective_device()).clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return (reduced / dist.get_world_size()).to(values.device)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cggm_seg.balancing.branches import detach_features
-from cggm_seg.balancing.distributed import mean_over_ranks
+from cggm_seg.balancing.distributed import collective_device, mean_over_ranks
 from cggm_seg.balancing.scores import ScoreFn, get_score
 
 __all__ = ["HeadStep", "HeadTrainer", "flat_parameters", "flat_gradients"]
@@ -54,13 +54,7 @@ def _broadcast_from_rank0(tensors: list[torch.Tensor]) -> None:
     """Overwrite ``tensors`` in place with rank 0's values (a collective: every rank calls it)."""
     if not tensors:
         return
-    # NCCL only broadcasts CUDA tensors; gloo and others take CPU tensors (as in mean_over_ranks).
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
-    flat = torch.cat([t.detach().reshape(-1).to(device) for t in tensors])
+    flat = torch.cat([t.detach().reshape(-1).to(collective_device()) for t in tensors])
     dist.broadcast(flat, src=0)
     offset = 0
     with torch.no_grad():
