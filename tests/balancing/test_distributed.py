@@ -1,17 +1,14 @@
 """Two gloo ranks with different batches must end with identical B (scores averaged over ranks)."""
 
 import datetime
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from cggm_seg.balancing.ogmge import discrepancy_ratios, ogm_coefficients
 from cggm_seg.balancing.tracker import BalanceTracker
+
+from .gloo import run_two_ranks
 
 MODALITIES = ("t1", "t2", "flair")
 SCORES = {  # per rank: the heads' scores on that rank's local batches
@@ -45,26 +42,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ranks_with_different_batches_get_identical_b(tmp_path):
-    # Plain subprocesses (not mp.spawn): the ranks import torch and this module only, not pytest.
-    tests_dir = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
-    port = _free_port()
-    code = (
-        "import sys; from balancing.test_distributed import _worker; _worker(int(sys.argv[1]), 2, {}, {!r})"
-    )
-    ranks = [
-        subprocess.Popen([sys.executable, "-c", code.format(port, str(tmp_path)), str(r)], env=env)
-        for r in (0, 1)
-    ]
-    assert [p.wait(timeout=60) for p in ranks] == [0, 0]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = run_two_ranks("test_distributed", tmp_path)
     assert r0 == r1
     mean_rows = [tuple((a + b) / 2 for a, b in zip(x, y)) for x, y in zip(SCORES[0], SCORES[1])]
     expected = _run(mean_rows)

@@ -6,11 +6,6 @@ must be identical, and equal to one process stepping on the mean of the two rank
 """
 
 import datetime
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,6 +14,7 @@ from torch import nn
 
 from cggm_seg.balancing.heads import HeadTrainer, flat_gradients
 
+from .gloo import run_two_ranks
 from .toy_nets import MODALITIES, SegHead
 
 STEPS = 3
@@ -84,27 +80,8 @@ def _reference() -> tuple[nn.ModuleDict, list[dict[str, torch.Tensor]]]:
     return heads, final_grads
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ranks_with_different_batches_keep_identical_heads(tmp_path):
-    # Plain subprocesses (not mp.spawn): the ranks import torch and this module only, not pytest.
-    tests_dir = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
-    port = _free_port()
-    code = (
-        "import sys; from balancing.test_heads_distributed import _worker; "
-        "_worker(int(sys.argv[1]), 2, {}, {!r})"
-    )
-    ranks = [
-        subprocess.Popen([sys.executable, "-c", code.format(port, str(tmp_path)), str(r)], env=env)
-        for r in (0, 1)
-    ]
-    assert [p.wait(timeout=60) for p in ranks] == [0, 0]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = run_two_ranks("test_heads_distributed", tmp_path)
     for name, value in r0["heads"].items():
         assert torch.equal(value, r1["heads"][name]), name  # bit-identical copies
     for g0, g1 in zip(r0["final_grads"], r1["final_grads"]):

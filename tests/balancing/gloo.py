@@ -1,0 +1,33 @@
+"""Run a test module's ``_worker(rank, world, port, out)`` as two gloo ranks in plain subprocesses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_ranks(module: str, out: Path, timeout: float = 60) -> tuple[Any, Any]:
+    """Start ``balancing.<module>._worker`` on ranks 0 and 1 and return what each saved to
+    ``out/rank<r>.pt``. Plain subprocesses (not mp.spawn): the ranks import torch and that module
+    only, not pytest."""
+    tests_dir = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
+    code = (
+        f"import sys; from balancing.{module} import _worker; "
+        f"_worker(int(sys.argv[1]), 2, {free_port()}, {str(out)!r})"
+    )
+    ranks = [subprocess.Popen([sys.executable, "-c", code, str(r)], env=env) for r in (0, 1)]
+    assert [p.wait(timeout=timeout) for p in ranks] == [0, 0]
+    return tuple(torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
