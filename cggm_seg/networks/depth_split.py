@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cggm_seg.networks.conv_swap import swap_conv3d
+
 __all__ = ["DepthSplitConv3d", "use_depth_split_convs"]
 
 #: PyTorch sends a batch-of-one CPU convolution to oneDNN only above this ``N * C * D * H``.
@@ -92,22 +94,17 @@ def use_depth_split_convs(module: nn.Module) -> nn.Module:
     Returns:
         ``module`` itself.
     """
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not nn.Conv3d or child.kernel_size == (1, 1, 1) or not _splittable(child):
-                continue
-            split = DepthSplitConv3d(
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,
-                padding=child.padding,
-                groups=child.groups,
-                bias=child.bias is not None,
-                device=child.weight.device,
-                dtype=child.weight.dtype,
-            )
-            split.weight = child.weight
-            split.bias = child.bias
-            split.train(child.training)
-            setattr(parent, name, split)
-    return module
+    return swap_conv3d(
+        module,
+        lambda conv: conv.kernel_size != (1, 1, 1) and _splittable(conv),
+        lambda conv: DepthSplitConv3d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            padding=conv.padding,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        ),
+    )

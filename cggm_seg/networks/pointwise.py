@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cggm_seg.networks.conv_swap import swap_conv3d
+
 __all__ = ["PointwiseConv3d", "use_pointwise_convs"]
 
 
@@ -79,20 +81,15 @@ def use_pointwise_convs(module: nn.Module) -> nn.Module:
     Returns:
         ``module`` itself.
     """
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not nn.Conv3d or not _pointwise(child):
-                continue
-            pointwise = PointwiseConv3d(
-                child.in_channels,
-                child.out_channels,
-                kernel_size=1,
-                bias=child.bias is not None,
-                device=child.weight.device,
-                dtype=child.weight.dtype,
-            )
-            pointwise.weight = child.weight
-            pointwise.bias = child.bias
-            pointwise.train(child.training)
-            setattr(parent, name, pointwise)
-    return module
+    return swap_conv3d(
+        module,
+        _pointwise,
+        lambda conv: PointwiseConv3d(
+            conv.in_channels,
+            conv.out_channels,
+            kernel_size=1,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        ),
+    )
