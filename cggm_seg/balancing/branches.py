@@ -129,13 +129,17 @@ class FeatureTap:
     """Forward hooks that keep, from the model's last forward, each branch's output and the final
     layer's input, detached (they share memory with the live tensors and keep no graph alive).
 
-    Only forwards run with gradients enabled are kept: a validation pass under ``torch.no_grad()``
-    or ``torch.inference_mode()`` in between leaves the training batch's features in place.
+    By default only forwards run with gradients enabled are kept: a validation pass under
+    ``torch.no_grad()`` or ``torch.inference_mode()`` in between leaves the training batch's
+    features in place. ``keep_without_grad=True`` keeps every forward's (test-time prediction).
+
+    This is the only place in cggm_seg that puts hooks on a model; :meth:`remove` takes them all off.
 
     Args:
         model: the multimodal network.
         branches: as for :func:`resolve_branches` (``None``: ``model.branch_names()``).
         final: name or module of the fused model's final layer whose input to keep; ``None`` for none.
+        keep_without_grad: also keep the outputs of forwards run without gradients. Defaults to False.
 
     Attributes:
         features: modality -> the branch output (tensor or list/tuple of tensors, as the module
@@ -146,9 +150,14 @@ class FeatureTap:
     """
 
     def __init__(
-        self, model: nn.Module, branches: BranchSpec | None = None, final: str | nn.Module | None = None
+        self,
+        model: nn.Module,
+        branches: BranchSpec | None = None,
+        final: str | nn.Module | None = None,
+        keep_without_grad: bool = False,
     ):
         self.branches = resolve_branches(model, branches)
+        self.keep_without_grad = keep_without_grad
         self.final = None if final is None else resolve_module(model, final, what="final layer")
         self._outputs: dict[str, dict[int, Any]] = {m: {} for m in self.branches}
         self.final_input: torch.Tensor | None = None
@@ -161,13 +170,13 @@ class FeatureTap:
 
     def _branch_hook(self, modality: str, index: int) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if torch.is_grad_enabled():
+            if self.keep_without_grad or torch.is_grad_enabled():
                 self._outputs[modality][index] = detach_features(output)
 
         return hook
 
     def _final_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if torch.is_grad_enabled():
+        if self.keep_without_grad or torch.is_grad_enabled():
             self.final_input = args[0].detach()
 
     @property
@@ -188,10 +197,19 @@ class FeatureTap:
             out[modality] = kept[0] if len(modules) == 1 else tuple(kept[i] for i in range(len(modules)))
         return out
 
-    def clear(self) -> None:
-        """Drop the kept tensors (they are replaced on the next forward anyway)."""
+    @property
+    def hooked(self) -> bool:
+        """True while the tap's hooks are on the model."""
+        return bool(self._handles)
+
+    def clear_features(self) -> None:
+        """Drop the kept branch outputs (the final layer's input stays)."""
         for kept in self._outputs.values():
             kept.clear()
+
+    def clear(self) -> None:
+        """Drop every kept tensor (they are replaced on the next forward anyway)."""
+        self.clear_features()
         self.final_input = None
 
     def remove(self) -> None:

@@ -32,14 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cggm_seg.balancing.branches import (
-    BranchSpec,
-    FeatureTap,
-    branch_parameters,
-    resolve_module,
-    unwrap_model,
-)
+from cggm_seg.balancing.branches import BranchSpec, branch_parameters, resolve_module, unwrap_model
 from cggm_seg.balancing.heads import HeadStep, HeadTrainer, flat_parameters
+from cggm_seg.balancing.observer import HeadObserver
 from cggm_seg.balancing.tracker import BalanceTracker
 
 __all__ = [
@@ -251,7 +246,7 @@ class CGGM:
         self.magnitude = magnitude
         self.direction = direction
         self.lam = float(lam)
-        self.tap = FeatureTap(model, branches, final=self.final)
+        self.observer = HeadObserver(model, heads, branches, final=self.final)
         self.coefficients: dict[str, float] | None = None
         self.stats: dict[str, float] = {}
         self._saved_lrs: list[tuple[dict[str, Any], Any]] | None = None
@@ -274,33 +269,34 @@ class CGGM:
         Returns:
             ``loss + lam * L_gm`` (``loss`` itself with direction ``off``).
         """
-        head_step = self.heads.step(self.tap.features, target)
-        b = self.tracker.update(head_step.scores)
+        seen = self.observer.observe(target)
+        order = [self.observer.modalities.index(m) for m in self.modalities]
+        b = self.tracker.update(seen.scores[order], average_ranks=False)  # already the rank mean
         self.coefficients = dict(zip(self.modalities, b.tolist()))
         self.stats = self.tracker.stats()
-        self.stats.update({f"head_loss_{m}": float(v) for m, v in head_step.losses.items()})
+        self.stats.update(seen.stats)
         if self.direction != "off":
-            cosines = self._cosines(head_step, target)
+            cosines = self._cosines(seen.step, target)
             l_gm = direction_loss(b.to(cosines), cosines)
             self.stats.update({f"cos_{m}": float(c) for m, c in zip(self.modalities, cosines.detach())})
             self.stats["L_gm"] = float(l_gm.detach())
             loss = loss + self.lam * l_gm
         else:
             self.stats["L_gm"] = 0.0
-        self.tap.clear()
+        self.observer.clear()
         return loss
 
     def _cosines(self, head_step: HeadStep, target: torch.Tensor) -> torch.Tensor:
         params = flat_parameters(self.final)
         with torch.enable_grad():
             if self.direction == "gradient":
-                if self.tap.final_input is None:
+                if self.observer.final_input is None:
                     raise RuntimeError(
                         "the final layer's input was not captured: run the model's forward first."
                     )
                 # Only the final layer, on its detached input: g_F is this step's fused gradient,
                 # and L_gm's gradient can reach the final layer only.
-                fused_loss = self.loss_fn(self.final(self.tap.final_input), target.detach())
+                fused_loss = self.loss_fn(self.final(self.observer.final_input), target.detach())
                 fused = torch.autograd.grad(fused_loss, params, create_graph=True)
                 fused_vec = torch.cat([g.reshape(-1) for g in fused])
                 reference = head_step.final_grads
@@ -357,7 +353,7 @@ class CGGM:
 
     def remove(self) -> None:
         """Take CGGM's forward hooks off the model."""
-        self.tap.remove()
+        self.observer.remove()
 
     def state_dict(self) -> dict[str, Any]:
         """The tracker's state (heads, their optimizer and the model are checkpointed by the user)."""

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cggm_seg.balancing.branches import BranchSpec, FeatureTap
-from cggm_seg.balancing.distributed import mean_over_ranks
+from cggm_seg.balancing.branches import BranchSpec
 from cggm_seg.balancing.heads import HeadTrainer
+from cggm_seg.balancing.observer import HeadObserver
 
 __all__ = ["HeadMonitor"]
 
@@ -33,29 +33,21 @@ class HeadMonitor:
     """
 
     def __init__(self, model: nn.Module, heads: HeadTrainer, branches: BranchSpec | None = None) -> None:
-        self.tap = FeatureTap(model, branches)
-        if set(heads.modalities) != set(self.tap.branches):
-            raise ValueError(
-                f"the heads cover {sorted(heads.modalities)}, the branches {sorted(self.tap.branches)}."
-            )
+        self.observer = HeadObserver(model, heads, branches)
         self.heads = heads
-        self.modalities = tuple(self.tap.branches)
+        self.modalities = self.observer.modalities
         self.stats: dict[str, float] = {}
 
     def observe(self, target: torch.Tensor) -> dict[str, float]:
         """Train the heads one step on the captured features; return (and keep) the stats."""
-        step = self.heads.step(self.tap.features, target)
-        self.tap.clear()
-        scores = mean_over_ranks(
-            torch.tensor([float(step.scores[m]) for m in self.modalities], dtype=torch.float64)
-        )
-        self.stats = {f"eps_{m}": float(s) for m, s in zip(self.modalities, scores)}
-        self.stats.update({f"head_loss_{m}": float(v) for m, v in step.losses.items()})
+        seen = self.observer.observe(target)
+        self.stats = {f"eps_{m}": float(s) for m, s in zip(self.modalities, seen.scores)}
+        self.stats.update(seen.stats)
         return self.stats
 
     def remove(self) -> None:
         """Take the forward hooks off the model."""
-        self.tap.remove()
+        self.observer.remove()
 
     def state_dict(self) -> dict[str, Any]:
         """Nothing to keep beyond the heads and their optimizer (checkpointed by their owner)."""

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cggm_seg.balancing.branches import BranchSpec, FeatureTap, branch_parameters
-from cggm_seg.balancing.distributed import mean_over_ranks
+from cggm_seg.balancing.branches import BranchSpec, branch_parameters
 from cggm_seg.balancing.heads import HeadTrainer
+from cggm_seg.balancing.observer import HeadObserver
 
 __all__ = ["discrepancy_ratios", "ogm_coefficients", "OGMGE"]
 
@@ -143,7 +143,7 @@ class OGMGE:
         self.start_epoch = int(start_epoch)
         self.end_epoch = None if end_epoch is None else int(end_epoch)
         self.seed = seed
-        self.tap = FeatureTap(model, branches)
+        self.observer = HeadObserver(model, heads, branches)
         m = len(self.modalities)
         self.scores = torch.full((m,), math.nan, dtype=torch.float64)
         self.ratios = torch.full((m,), math.nan, dtype=torch.float64)
@@ -166,16 +166,14 @@ class OGMGE:
         Returns:
             k, shape ``M``, float64 on the CPU (also kept as :attr:`k`).
         """
-        head_step = self.heads.step(self.tap.features, target)
-        self.tap.clear()
-        scores = torch.tensor([float(head_step.scores[m]) for m in self.modalities], dtype=torch.float64)
-        self.scores = mean_over_ranks(scores)
+        seen = self.observer.observe(target)
+        self.scores = seen.scores
         self.ratios = discrepancy_ratios(self.scores)
         self.k = ogm_coefficients(self.ratios, self.alpha, self.continuous)
         self.stats = {}
         for name, values in (("s", self.scores), ("rho", self.ratios), ("k", self.k)):
             self.stats.update({f"{name}_{m}": float(v) for m, v in zip(self.modalities, values)})
-        self.stats.update({f"head_loss_{m}": float(v) for m, v in head_step.losses.items()})
+        self.stats.update(seen.stats)
         return self.k
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -225,7 +223,7 @@ class OGMGE:
 
     def remove(self) -> None:
         """Take the forward hooks off the model."""
-        self.tap.remove()
+        self.observer.remove()
 
     def state_dict(self) -> dict[str, Any]:
         """The last scores / coefficients and the noise generators' states (plain tensors)."""

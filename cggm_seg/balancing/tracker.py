@@ -226,12 +226,16 @@ class BalanceTracker:
                 )
         return torch.tensor([float(v) for v in values], dtype=torch.float64)
 
-    def update(self, scores: Mapping[str, Any] | Sequence[Any] | torch.Tensor) -> torch.Tensor:
+    def update(
+        self, scores: Mapping[str, Any] | Sequence[Any] | torch.Tensor, average_ranks: bool = True
+    ) -> torch.Tensor:
         """Record this iteration's head scores and return the new B.
 
         Args:
             scores: one score per modality: a mapping modality -> number / 0-dim tensor, or a
                 sequence / tensor of M values in :attr:`modalities` order.
+            average_ranks: average the scores over torch.distributed ranks first (step 1); False
+                when the caller already did (:class:`~cggm_seg.balancing.observer.HeadObserver`).
 
         Returns:
             B, shape ``M``, float64 on the CPU (also kept as :attr:`B`).
@@ -239,7 +243,8 @@ class BalanceTracker:
         Raises:
             ValueError: the scores do not match the modalities.
         """
-        raw = mean_over_ranks(self._as_vector(scores))
+        raw = self._as_vector(scores)
+        raw = mean_over_ranks(raw) if average_ranks else raw
         self.step += 1
         self.raw = raw
         has_previous = bool(torch.isfinite(self.eps).all())

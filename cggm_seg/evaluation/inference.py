@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cggm_seg.balancing.branches import BranchSpec, resolve_branches
+from cggm_seg.balancing.branches import BranchSpec
+from cggm_seg.balancing.observer import HeadObserver
 from cggm_seg.data.discovery import case_id_of
 
 __all__ = ["NetworkWithHeads", "prediction_name_formatter"]
@@ -20,7 +21,9 @@ class NetworkWithHeads(nn.Module):
 
     ``{"pred": fused logits, "<modality>": that head's logits, ...}``, all shaped like the fused
     output, so MONAI's sliding-window inference stitches every prediction at once. The branch
-    outputs are caught with forward hooks (also under ``torch.no_grad``) and passed to the heads.
+    outputs are caught by a :class:`~cggm_seg.balancing.observer.HeadObserver` (also under
+    ``torch.no_grad``); nothing is kept after a forward. Use it as a context manager (or call
+    :meth:`remove`) to take the observer's hooks off the network when done.
 
     Args:
         network: the multimodal network (one input tensor, one output tensor).
@@ -35,32 +38,25 @@ class NetworkWithHeads(nn.Module):
         super().__init__()
         self.network = network
         self.heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
-        modules = resolve_branches(network, branches)
-        if set(modules) != set(self.heads):
-            raise ValueError(f"heads cover {sorted(self.heads)}, the branches {sorted(modules)}")
-        self._features: dict[str, Any] = {}
-        for modality, mods in modules.items():
-            if len(mods) != 1:
-                raise ValueError(
-                    f"branch {modality!r} has {len(mods)} modules; heads need one output per branch"
-                )
-            mods[0].register_forward_hook(self._keeper(modality))
-
-    def _keeper(self, modality: str):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self._features[modality] = output
-
-        return hook
+        self.observer = HeadObserver(network, dict(self.heads), branches, keep_without_grad=True)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"pred": self.network(x)}
-        for modality, head in self.heads.items():
-            features = self._features.pop(modality)
-            if isinstance(features, (list, tuple)):
-                out[modality] = head(features, list(x.shape[2:]))
-            else:
-                out[modality] = head(features)
+        try:
+            out = {"pred": self.network(x)}
+            out.update(self.observer.predict(list(x.shape[2:])))
+        finally:
+            self.observer.clear()
         return out
+
+    def remove(self) -> None:
+        """Take the observer's hooks off the network."""
+        self.observer.remove()
+
+    def __enter__(self) -> NetworkWithHeads:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
 
 
 def prediction_name_formatter(metadict: dict, saver: Any) -> dict[str, Any]:

@@ -135,21 +135,13 @@ class SegmentationTestReport:
         )
         model.eval()
         per_case: list[dict[str, Any]] = []
-        with torch.no_grad():
-            for batch in tqdm(self.dataloader, desc="test", unit="case"):
-                image, label = batch["image"].to(device), batch["label"]
-                out = self.inferer(image, model)
-                outputs = out if isinstance(out, Mapping) else {"pred": out}
-                spacing = _spacing(batch["image"])
-                truth = label[0].cpu()
-                row: dict[str, Any] = {"case_id": _first(batch.get("case_id", f"case{len(per_case)}"))}
-                fused = torch.sigmoid(outputs["pred"][0].float()).cpu() > self.threshold
-                row.update(region_metrics(fused, truth, spacing=spacing, hd95=self.hd95))
-                for modality in self.heads or {}:
-                    head = torch.sigmoid(outputs[modality][0].float()).cpu() > self.threshold
-                    dice = region_metrics(head, truth, hd95=False)
-                    row.update({f"head_dice_{modality}_{k[5:]}": v for k, v in dice.items()})
-                per_case.append(row)
+        try:
+            with torch.no_grad():
+                for batch in tqdm(self.dataloader, desc="test", unit="case"):
+                    per_case.append(self._evaluate_case(model, batch, device, len(per_case)))
+        finally:
+            if isinstance(model, NetworkWithHeads):
+                model.remove()
         if not per_case:
             raise ValueError("the test split is empty: nothing to evaluate")
         summary = summarise_cases(per_case)
@@ -159,6 +151,23 @@ class SegmentationTestReport:
         result = {"source": source, "num_cases": len(per_case), "summary": summary, "cases": per_case}
         self._write(result)
         return result
+
+    def _evaluate_case(
+        self, model: nn.Module, batch: Mapping[str, Any], device: torch.device, index: int
+    ) -> dict[str, Any]:
+        image, label = batch["image"].to(device), batch["label"]
+        out = self.inferer(image, model)
+        outputs = out if isinstance(out, Mapping) else {"pred": out}
+        spacing = _spacing(batch["image"])
+        truth = label[0].cpu()
+        row: dict[str, Any] = {"case_id": _first(batch.get("case_id", f"case{index}"))}
+        fused = torch.sigmoid(outputs["pred"][0].float()).cpu() > self.threshold
+        row.update(region_metrics(fused, truth, spacing=spacing, hd95=self.hd95))
+        for modality in self.heads or {}:
+            head = torch.sigmoid(outputs[modality][0].float()).cpu() > self.threshold
+            dice = region_metrics(head, truth, hd95=False)
+            row.update({f"head_dice_{modality}_{k[5:]}": v for k, v in dice.items()})
+        return row
 
     def _write(self, result: Mapping[str, Any]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

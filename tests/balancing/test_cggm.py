@@ -225,7 +225,7 @@ def test_cggm_on_a_multi_view_mlp_end_to_end():
     heads = nn.ModuleDict({v: ViewHead() for v in VIEWS})
     trainer = HeadTrainer(heads, F.cross_entropy, torch.optim.Adam(heads.parameters(), 1e-2), "accuracy")
     cggm = CGGM(model, trainer, F.cross_entropy, branches={v: f"encoders.{v}" for v in VIEWS}, magnitude="lr")
-    optimizer = torch.optim.Adam(branch_param_groups(model, cggm.tap.branches, lr=1e-2))
+    optimizer = torch.optim.Adam(branch_param_groups(model, cggm.observer.tap.branches, lr=1e-2))
     for s in range(5):
         x, y = view_batch(seed=s)
         optimizer.zero_grad()

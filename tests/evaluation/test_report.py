@@ -79,3 +79,15 @@ def test_format_table_rows():
     assert lines[0] == "title"
     assert "0.5000 ± 0.1000" in lines[3] and lines[3].startswith("Dice (fused)")
     assert lines[4].startswith("Dice head t1") and "0.2500 ± 0.0000" in lines[4]
+
+
+def test_no_hook_remains_on_the_network_after_a_report_with_heads(tmp_path):
+    from cggm_seg.networks import MultiEncoderSegNet, make_heads
+
+    torch.manual_seed(0)
+    net = MultiEncoderSegNet(channels=(8, 8, 16), blocks_down=(0, 1, 1), blocks_up=(1, 0))
+    heads = make_heads("segmentation", net)
+    cases = [dict(c, image=MetaTensor(torch.randn(1, 4, 12, 12, 12))) for c in _cases(1)]
+    result = SegmentationTestReport(net, cases, SimpleInferer(), tmp_path, heads=heads, hd95=False).run()
+    assert "head_dice_t1_mean" in result["summary"]
+    assert sum(len(m._forward_hooks) for m in net.modules()) == 0
