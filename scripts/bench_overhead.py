@@ -136,7 +136,7 @@ def build(
 ) -> Callable[[torch.Tensor, torch.Tensor], list[float]]:
     """A training step of ``method`` on its own model and optimizer; it returns the seconds of each phase."""
     torch.manual_seed(seed)
-    model = MultiEncoderSegNet.from_preset(preset).to(device)
+    model = MultiEncoderSegNet.from_preset(preset, cpu_fast_paths=preset == "cpu_small").to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     loss_fn = make_loss()
     sync = synchronizer(device)
@@ -207,7 +207,7 @@ def profile_heads(args: argparse.Namespace, device: torch.device, steps: int = 5
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(args.seed)
-    model = MultiEncoderSegNet.from_preset(args.preset).to(device)
+    model = MultiEncoderSegNet.from_preset(args.preset, cpu_fast_paths=args.preset == "cpu_small").to(device)
     heads = make_heads("segmentation", model).to(device)
     trainer = HeadTrainer(heads, make_loss(), torch.optim.SGD(heads.parameters(), lr=1e-2, momentum=0.9))
     tap = FeatureTap(model)
@@ -267,7 +267,7 @@ def child(args: argparse.Namespace, device: torch.device) -> float:
     step = None
     if args.child == "idle":
         torch.manual_seed(args.seed)
-        MultiEncoderSegNet.from_preset(args.preset).to(device)
+        MultiEncoderSegNet.from_preset(args.preset, cpu_fast_paths=args.preset == "cpu_small").to(device)
     else:
         step = build(args.child, args.preset, device, args.seed)
     if device.type == "cuda":

@@ -49,17 +49,18 @@ class SegmentationHead(nn.Module):
         act: activation after the sum. Defaults to ``("RELU", {"inplace": True})``.
         interp_mode: ``"nearest"`` (default) or ``"trilinear"`` (smoother; several times the cost
             of nearest per upsampling, forward and backward, on a CPU).
+        cpu_fast_paths: run the 1x1x1 convolutions as
+            :class:`~cggm_seg.networks.pointwise.PointwiseConv3d` (matrix products on a CPU).
+            Defaults to False (plain ``nn.Conv3d``).
 
     Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them,
     fine to coarse) and optionally ``spatial_size`` (the output's ``[D, H, W]``; default: the finest
     map's size times its stride) -> logits ``B x out_channels x D x H x W``. The features are
     detached first.
 
-    The 1x1x1 convolutions are :class:`~cggm_seg.networks.pointwise.PointwiseConv3d` (an
-    ``nn.Conv3d`` that runs as a matrix product on a CPU).
-
     Attributes:
-        final: ``PointwiseConv3d(hidden, out_channels, 1)``, an ``nn.Conv3d``.
+        final: a 1x1x1 ``nn.Conv3d(hidden, out_channels)`` (a ``PointwiseConv3d`` with
+            ``cpu_fast_paths``).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class SegmentationHead(nn.Module):
         stride: int = 1,
         act: tuple | str = ("RELU", {"inplace": True}),
         interp_mode: str = "nearest",
+        cpu_fast_paths: bool = False,
     ) -> None:
         super().__init__()
         if not in_channels:
@@ -79,9 +81,10 @@ class SegmentationHead(nn.Module):
         self.stride = int(stride)
         self.interp_mode = interp_mode
         self.align_corners: bool | None = False if interp_mode == "trilinear" else None
-        self.projections = nn.ModuleList([PointwiseConv3d(c, hidden, kernel_size=1) for c in in_channels])
+        conv = PointwiseConv3d if cpu_fast_paths else nn.Conv3d
+        self.projections = nn.ModuleList([conv(c, hidden, kernel_size=1) for c in in_channels])
         self.act = get_act_layer(act)
-        self.final = PointwiseConv3d(hidden, out_channels, kernel_size=1)
+        self.final = conv(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor], spatial_size: list[int] | None = None) -> torch.Tensor:
         if spatial_size is None:
@@ -174,7 +177,8 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
 
     - ``"segmentation"``: :class:`SegmentationHead` with ``in_channels = model.feature_channels``,
       ``hidden = model.final.in_channels``, ``out_channels = model.final.out_channels`` (and
-      ``stride = model.feature_strides[0]`` when the model has ``feature_strides``);
+      ``stride = model.feature_strides[0]`` when the model has ``feature_strides``;
+      ``cpu_fast_paths`` as the model's);
     - ``"classification"`` / ``"regression"``: :class:`ClassificationHead` /
       :class:`RegressionHead` with ``in_features = model.hidden`` (each encoder's output width),
       ``hidden = model.final.in_features``, outputs ``model.final.out_features``.
@@ -184,7 +188,8 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
         model: a network following the cggm_seg contract (``encoders``, ``final`` and the
             attributes above), e.g. :class:`~cggm_seg.networks.MultiEncoderSegNet` or
             :class:`~cggm_seg.networks.MultiViewNet`.
-        kwargs: passed to each head: ``act``; ``stride``, ``interp_mode`` (segmentation); ``dropout``
+        kwargs: passed to each head: ``act``; ``stride``, ``interp_mode``, ``cpu_fast_paths``
+            (segmentation); ``dropout``
             (classification, regression).
 
     The heads are created on the CPU: move them with ``.to(device)`` like the model. Pass the
@@ -206,6 +211,7 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
                 f"{type(model).__name__} has final={type(final).__name__}."
             )
         kwargs.setdefault("stride", getattr(model, "feature_strides", (1,))[0])
+        kwargs.setdefault("cpu_fast_paths", bool(getattr(model, "cpu_fast_paths", False)))
         return nn.ModuleDict(
             {
                 name: SegmentationHead(

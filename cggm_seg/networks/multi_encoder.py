@@ -11,10 +11,12 @@ Layout (``L = len(channels)`` levels, level 0 at full resolution, level ``l`` at
     output B x out_channels x D x H x W (region logits TC, WT, ET)
 
 The residual blocks are SegResNet's (:class:`monai.networks.blocks.ResBlock`, pre-activation),
-as in MONAI's model-zoo BraTS bundle; with one modality and no fusion this is a SegResNet. The
-3x3x3 stride-1 convolutions are :class:`~cggm_seg.networks.depth_split.DepthSplitConv3d`: the
-same maths, 2-4x faster steps on a CPU at batch size 1; the 1x1x1 convolutions are
-:class:`~cggm_seg.networks.pointwise.PointwiseConv3d`, matrix products on a CPU.
+as in MONAI's model-zoo BraTS bundle; with one modality and no fusion this is a SegResNet. Every
+layer is plain MONAI / PyTorch unless ``cpu_fast_paths=True`` (the CPU bundles set it): then the
+3x3x3 stride-1 convolutions are :class:`~cggm_seg.networks.depth_split.DepthSplitConv3d` (the
+same maths, 2-4x faster steps on a CPU at batch size 1) and the 1x1x1 convolutions
+:class:`~cggm_seg.networks.pointwise.PointwiseConv3d` (matrix products on a CPU). Both hold the
+same parameters and ``state_dict`` as ``nn.Conv3d``, so a checkpoint loads either way.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ class MultiEncoderSegNet(MultiBranchNet):
             (SegResNet's); every entry of ``channels`` must be divisible by ``num_groups``.
         act: activation type and arguments. Defaults to ``("RELU", {"inplace": True})``.
         dropout: dropout probability after each encoder's stem convolution. Defaults to ``None``.
+        cpu_fast_paths: swap in the CPU fast paths described in the module docstring. Defaults to
+            False (plain ``nn.Conv3d``; the GPU preset and exported models stay plain PyTorch).
 
     Input ``B x M x D x H x W`` with ``D, H, W`` divisible by ``2 ** (len(channels) - 1)``; output
     ``B x out_channels x D x H x W``.
@@ -155,9 +159,11 @@ class MultiEncoderSegNet(MultiBranchNet):
         norm: tuple | str = ("GROUP", {"num_groups": 8}),
         act: tuple | str = ("RELU", {"inplace": True}),
         dropout: float | None = None,
+        cpu_fast_paths: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = check_branch_names(modalities, "modalities")
+        self.cpu_fast_paths = bool(cpu_fast_paths)
         channels = tuple(int(c) for c in channels)
         if not channels:
             raise ValueError("channels must have at least one level.")
@@ -205,8 +211,9 @@ class MultiEncoderSegNet(MultiBranchNet):
         self.final_norm = get_norm_layer(name=norm, spatial_dims=3, channels=channels[0])
         self.final_act = get_act_layer(act)
         self.final = nn.Conv3d(channels[0], self.out_channels, kernel_size=1)
-        use_depth_split_convs(self)
-        use_pointwise_convs(self)
+        if self.cpu_fast_paths:
+            use_depth_split_convs(self)
+            use_pointwise_convs(self)
 
     @classmethod
     def from_preset(cls, preset: str, **kwargs: Any) -> MultiEncoderSegNet:

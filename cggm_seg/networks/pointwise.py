@@ -9,7 +9,10 @@ backward of an 8 -> 3 channel 1x1x1 convolution at 64^3, batch 1, took 40 ms on 
 2 ms as a batched matrix product (measured with torch 2.13 on an idle 2-core machine).
 
 :class:`PointwiseConv3d` computes the same convolution with :func:`torch.baddbmm` on a CPU;
-:func:`use_pointwise_convs` swaps it into a built network. On a GPU nothing changes.
+:func:`use_pointwise_convs` swaps it into a built network. On a GPU nothing changes. The result is
+returned through the private ``aten::_unsafe_view`` (see :meth:`PointwiseConv3d.forward`) where
+this PyTorch build has it; where it does not, the layer falls back to ``nn.Conv3d``'s own
+computation (:data:`HAS_UNSAFE_VIEW`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,18 @@ from torch import nn
 
 from cggm_seg.networks.conv_swap import swap_conv3d
 
-__all__ = ["PointwiseConv3d", "use_pointwise_convs"]
+__all__ = ["HAS_UNSAFE_VIEW", "PointwiseConv3d", "use_pointwise_convs"]
+
+
+def _has_unsafe_view() -> bool:
+    try:
+        return hasattr(torch.ops.aten, "_unsafe_view")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: Whether this PyTorch build has ``aten::_unsafe_view``; without it the fast path is off.
+HAS_UNSAFE_VIEW: bool = _has_unsafe_view()
 
 
 class PointwiseConv3d(nn.Conv3d):
@@ -27,8 +41,8 @@ class PointwiseConv3d(nn.Conv3d):
     one matrix product per sample.
 
     Same constructor, parameters and ``state_dict`` as ``nn.Conv3d``.
-    Forward: ``B x C_in x D x H x W`` -> ``B x C_out x D x H x W``, as ``nn.Conv3d``; on a GPU, or
-    for an unbatched input, ``nn.Conv3d``'s own computation.
+    Forward: ``B x C_in x D x H x W`` -> ``B x C_out x D x H x W``, as ``nn.Conv3d``; on a GPU, for
+    an unbatched input, or where :data:`HAS_UNSAFE_VIEW` is False, ``nn.Conv3d``'s own computation.
 
     Raises:
         ValueError: for a kernel other than 1x1x1, a stride, dilation or group count other than 1,
@@ -37,6 +51,7 @@ class PointwiseConv3d(nn.Conv3d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fast = HAS_UNSAFE_VIEW  # checked when the layer is built (a plain bool for TorchScript)
         if not _pointwise(self):
             raise ValueError(
                 "PointwiseConv3d needs kernel 1, stride 1, dilation 1, padding 0 and groups 1, got "
@@ -45,7 +60,7 @@ class PointwiseConv3d(nn.Conv3d):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 5:
+        if x.device.type != "cpu" or x.dim() != 5 or not self.fast:
             return self._conv_forward(x, self.weight, self.bias)
         n = x.shape[0]
         voxels = x.reshape(n, self.in_channels, -1)

@@ -150,3 +150,18 @@ def test_sliding_window_inference(net):
     assert y.shape == (1, 3, 16, 16, 32)
     # Without overlap the two windows are plain forwards of the two halves.
     torch.testing.assert_close(y, torch.cat(halves, dim=-1))
+
+
+def test_plain_layers_unless_cpu_fast_paths_are_chosen():
+    from cggm_seg.networks.depth_split import DepthSplitConv3d
+    from cggm_seg.networks.pointwise import PointwiseConv3d
+
+    plain = MultiEncoderSegNet()
+    assert all(type(m) is torch.nn.Conv3d for m in plain.modules() if isinstance(m, torch.nn.Conv3d))
+    fast = MultiEncoderSegNet(cpu_fast_paths=True)
+    assert any(isinstance(m, DepthSplitConv3d) for m in fast.modules())
+    assert any(isinstance(m, PointwiseConv3d) for m in fast.modules())
+    fast.load_state_dict(plain.state_dict())  # one checkpoint loads either way
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-5)

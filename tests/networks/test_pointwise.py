@@ -105,3 +105,26 @@ def test_output_is_not_a_view():
     y = PointwiseConv3d(2, 3, 1)(torch.randn(1, 2, 4, 4, 4, requires_grad=True))
     assert not y._is_view()
     assert type(y.relu_().grad_fn).__name__ == "ReluBackward0"
+
+
+def test_falls_back_to_conv3d_where_the_private_op_is_missing(monkeypatch):
+    from types import SimpleNamespace
+
+    from cggm_seg.networks import pointwise
+
+    # a PyTorch build without aten::_unsafe_view
+    monkeypatch.setattr(pointwise, "torch", SimpleNamespace(ops=SimpleNamespace(aten=SimpleNamespace())))
+    assert pointwise._has_unsafe_view() is False
+    monkeypatch.undo()
+    monkeypatch.setattr(pointwise, "HAS_UNSAFE_VIEW", False)
+    torch.manual_seed(0)
+    conv = PointwiseConv3d(4, 3, 1)
+    plain = plain_twin(conv)
+    x = torch.randn(1, 4, 5, 6, 7, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y, ref = conv(x), plain(x2)
+    torch.testing.assert_close(y, ref)
+    y.square().sum().backward()
+    ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad)
