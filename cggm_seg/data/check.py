@@ -16,7 +16,6 @@ one volume whatever the dataset size.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ from cggm_seg.data.datalist import SPLITS, UNLABELLED
 from cggm_seg.data.discovery import Case, case_id_of, describe_layout, detect_layout, discover_cases
 from cggm_seg.data.layouts import LAYOUTS, MODALITIES, Layout, get_layout
 
-__all__ = ["Problem", "CheckReport", "check_dataset", "add_subparser"]
+__all__ = ["Problem", "CheckReport", "check_dataset"]
 
 
 @dataclass(frozen=True)
@@ -161,41 +160,6 @@ def check_dataset(
     ):
         case_problems += _check_case(case, get_layout(case.layout), spacing_tol, affine_tol)
     return CheckReport(root, datalist, chosen.name if chosen else None, len(cases), problems + case_problems)
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``cggm-seg check [DIR] [--layout L] [--datalist FILE]``."""
-    parser = subparsers.add_parser(
-        "check",
-        help="validate a BraTS dataset folder and/or datalist, reporting every problem",
-        description="Report every problem in a BraTS dataset (missing, unreadable or inconsistent "
-        "files, bad label values, NaN/Inf or empty sequences) and in a datalist. Exit code 1 if "
-        "any problem is found, 0 if the data is clean. Nothing is modified.",
-    )
-    parser.add_argument("root", metavar="DIR", type=Path, nargs="?", help="the dataset folder")
-    parser.add_argument("--layout", choices=sorted(LAYOUTS), help="dataset layout (default: detect)")
-    parser.add_argument("--datalist", type=Path, help="a datalist JSON to check (alone or with DIR)")
-    parser.add_argument(
-        "--spacing-tol", type=float, default=1e-3, help="spacing tolerance in mm (default: 1e-3)"
-    )
-    parser.add_argument("--affine-tol", type=float, default=1e-3, help="affine tolerance (default: 1e-3)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run, _parser=parser)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.root is None and args.datalist is None:
-        args._parser.error("expected a dataset folder DIR, --datalist FILE, or both")
-    report = check_dataset(
-        args.root,
-        args.layout,
-        args.datalist,
-        spacing_tol=args.spacing_tol,
-        affine_tol=args.affine_tol,
-        progress=not args.no_progress,
-    )
-    print(report.format())
-    return 0 if report.ok else 1
 
 
 def _discover(root: Path, layout: Layout | None, problems: list[Problem]) -> tuple[Layout | None, list[Case]]:

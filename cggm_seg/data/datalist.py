@@ -33,17 +33,15 @@ release) go to ``unlabelled``, so that ``test`` can always be scored.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cggm_seg.data.discovery import Case, discover_cases, require_complete
-from cggm_seg.data.layouts import LAYOUTS, MODALITIES, REGIONS
+from cggm_seg.data.discovery import Case, require_complete
+from cggm_seg.data.layouts import MODALITIES, REGIONS
 
 __all__ = [
     "SPLITS",
@@ -52,7 +50,6 @@ __all__ = [
     "make_datalist",
     "write_datalist",
     "load_datalist",
-    "add_subparser",
 ]
 
 #: The labelled splits of a datalist, in the order of :data:`DEFAULT_FRACTIONS`.
@@ -166,42 +163,6 @@ def load_datalist(path: str | Path, split: str = "training") -> list[dict[str, A
     # A decathlon "test" list may hold bare image paths.
     entries = [{"image": e} if isinstance(e, str) else e for e in datalist[split]]
     return [_map_paths(entry, lambda p: os.path.normpath(os.path.join(base, p))) for entry in entries]
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``cggm-seg datalist DIR --out FILE [--seed S] [--layout L] [--fractions T V E]``."""
-    parser = subparsers.add_parser(
-        "datalist",
-        help="write a MONAI datalist JSON with a seeded train/validation/test split",
-        description="Discover the cases of a BraTS dataset and write a decathlon-format datalist "
-        "with a fixed, seeded split (a case's split depends only on its id and the seed).",
-    )
-    parser.add_argument("root", metavar="DIR", type=Path, help="the dataset folder")
-    parser.add_argument("--out", required=True, type=Path, help="the datalist JSON file to write")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
-    parser.add_argument("--layout", choices=sorted(LAYOUTS), help="dataset layout (default: detect)")
-    parser.add_argument(
-        "--fractions",
-        nargs=3,
-        type=float,
-        default=DEFAULT_FRACTIONS,
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of labelled cases per split (default: %(default)s)",
-    )
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        cases = discover_cases(args.root, args.layout)
-        datalist = make_datalist(cases, seed=args.seed, fractions=args.fractions)
-    except ValueError as err:
-        print(f"cggm-seg datalist: {err}", file=sys.stderr)
-        return 1
-    write_datalist(datalist, args.out)
-    counts = ", ".join(f"{datalist[f'num{s.capitalize()}']} {s}" for s in (*SPLITS, UNLABELLED))
-    print(f"wrote {args.out}: {counts} ({datalist['layout']}, seed {args.seed})")
-    return 0
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:

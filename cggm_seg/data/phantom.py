@@ -28,12 +28,10 @@ or ``cggm-seg phantom --out data/phantom --cases 20 --seed 0 --contrast t1ce=0.5
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
 import numbers
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from cggm_seg.data.layouts import LAYOUTS, MODALITIES, Layout, get_layout
+from cggm_seg.data.layouts import MODALITIES, Layout, get_layout
 
 __all__ = [
     "CONTRAST_TABLE",
@@ -53,7 +51,6 @@ __all__ = [
     "phantom_case_ids",
     "write_phantom_case",
     "write_phantom_dataset",
-    "add_subparser",
 ]
 
 #: Signal of each tissue relative to white matter at 3 T, per sequence (CSF is nulled on FLAIR).
@@ -628,85 +625,3 @@ def write_phantom_dataset(
     }
     (out_dir / "phantom.json").write_text(json.dumps(provenance, indent=2))
     return case_ids
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def _knob(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    try:
-        if not sep:
-            raise ValueError
-        return name.strip().lower(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SEQUENCE=NUMBER (e.g. flair=2.0), got {text!r}") from None
-
-
-def add_subparser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``cggm-seg phantom``."""
-    parser = subparsers.add_parser(
-        "phantom",
-        help="generate a synthetic BraTS-like dataset (or preview a case as a PNG)",
-        description=(
-            "Generate a physics-based phantom dataset on the MNI152 anatomy, laid out like real "
-            "BraTS data; or, with --preview, render an axial montage of an existing case."
-        ),
-    )
-    parser.add_argument("--out", type=Path, help="dataset folder to write")
-    parser.add_argument("--cases", type=int, help="number of cases to generate")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2.0)")
-    parser.add_argument("--layout", default="brats2021", choices=sorted(LAYOUTS))
-    parser.add_argument(
-        "--noise",
-        type=_knob,
-        nargs="+",
-        default=[],
-        metavar="SEQ=X",
-        help="Rician noise multiplier per sequence, e.g. --noise flair=2.0 t1=0.5",
-    )
-    parser.add_argument(
-        "--contrast",
-        type=_knob,
-        nargs="+",
-        default=[],
-        metavar="SEQ=X",
-        help="tumour contrast multiplier per sequence (0 = tumour invisible), e.g. --contrast t1ce=0.5",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--preview", type=Path, metavar="CASE", help="case folder (or MSD image) to render")
-    parser.add_argument("--png", type=Path, help="PNG to write with --preview")
-    parser.set_defaults(func=_run)
-    return parser
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        if args.preview is not None:
-            if args.png is None:
-                raise ValueError("--preview needs --png OUT.png")
-            from cggm_seg.data.preview import render_case_preview
-
-            render_case_preview(args.preview, args.png)
-            print(f"wrote {args.png}")
-            return 0
-        if args.out is None or args.cases is None:
-            raise ValueError("give --out DIR and --cases N (or --preview CASE --png OUT.png)")
-        config = PhantomConfig(spacing=args.spacing, noise=dict(args.noise), contrast=dict(args.contrast))
-        ids = write_phantom_dataset(
-            args.out,
-            args.cases,
-            seed=args.seed,
-            layout=args.layout,
-            config=config,
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"cggm-seg phantom: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(ids)} {args.layout} case(s) to {args.out}")
-    return 0
