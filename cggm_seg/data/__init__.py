@@ -23,6 +23,7 @@ _TRANSFORMS = (
     "OrderModalitiesd",
     "load_transforms",
 )
+_SEQUENCES = ("check_sequences", "zero_sequences", "SelectSequencesd", "RandSequenceDropoutd")
 
 
 def __getattr__(name: str) -> object:
@@ -30,6 +31,10 @@ def __getattr__(name: str) -> object:
         from cggm_seg.data import transforms
 
         return getattr(transforms, name)
+    if name in _SEQUENCES:
+        from cggm_seg.data import sequences
+
+        return getattr(sequences, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -51,6 +56,7 @@ __all__ = [
     "write_datalist",
     "load_datalist",
     *_TRANSFORMS,
+    *_SEQUENCES,
     "Problem",
     "CheckReport",
     "check_dataset",

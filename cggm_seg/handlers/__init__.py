@@ -2,6 +2,7 @@
 
 from cggm_seg.handlers.base import HeadBalancingHandler
 from cggm_seg.handlers.cggm_handler import CGGMHandler
+from cggm_seg.handlers.factory import METHODS, handler_list, make_balancing_handler, present
 from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
 from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
@@ -9,6 +10,10 @@ from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
 __all__ = [
     "HeadBalancingHandler",
     "CGGMHandler",
+    "METHODS",
+    "handler_list",
+    "make_balancing_handler",
+    "present",
     "HeadMonitorHandler",
     "OGMGEHandler",
     "ResumableCheckpoint",

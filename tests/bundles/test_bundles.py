@@ -29,17 +29,68 @@ TINY = [
 ]  # fmt: skip
 
 
-def _config(method: str) -> str:
-    return str(BUNDLES / f"brats_{method}.json")
+CONFIG = str(BUNDLES / "brats_cggm.json")
+#: the baselines whose network differs: override files on the experiment
+VARIANTS = ("early_fusion", "unimodal")
 
 
-@pytest.mark.parametrize("method", METHODS)
+def _config(method: str = "cggm") -> str | list[str]:
+    return [CONFIG, str(BUNDLES / f"{method}.json")] if method in VARIANTS else CONFIG
+
+
+def _method_args(method: str) -> list[str]:
+    return [] if method in VARIANTS else ["--method", method]
+
+
+@pytest.mark.parametrize("method", [*METHODS, *VARIANTS])
 def test_model_zoo_properties(method, tmp_path, monkeypatch):
     monkeypatch.setenv("CGGM_SEG_CACHE", str(tmp_path))  # MONAI's check parses the datasets: tiny ones
     tiny = {"phantom#cases": 3, "phantom#spacing": 4.0, "bundle_root": str(tmp_path)}
+    if method not in VARIANTS:
+        tiny["method"] = method
     workflow = ConfigWorkflow(config_file=_config(method), meta_file=META, workflow_type="train", **tiny)
     workflow.initialize()
     assert workflow.check_properties() == []
+    handlers = workflow.parser.get_parsed_content("train#trainer#train_handlers")
+    balancing = workflow.parser.get_parsed_content("balancing")
+    assert (balancing is None) == (method in VARIANTS)
+    assert (balancing in handlers) if balancing is not None else all(h is not None for h in handlers)
+
+
+def test_method_bundles_are_short():
+    # the experiment is defined once; each method is a key or a few lines on top of it
+    lines = sum(
+        len((BUNDLES / f).read_text().splitlines())
+        for f in ["brats_cggm.json"] + [f"{v}.json" for v in VARIANTS]
+    )
+    assert lines < 400
+
+
+def test_unknown_method_fails_when_the_config_is_parsed(tmp_path, monkeypatch):
+    monkeypatch.setenv("CGGM_SEG_CACHE", str(tmp_path))
+    tiny = {"phantom#cases": 3, "phantom#spacing": 4.0, "bundle_root": str(tmp_path), "method": "cgmm"}
+    workflow = ConfigWorkflow(config_file=CONFIG, meta_file=META, workflow_type="train", **tiny)
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of the expression
+        workflow.parser.get_parsed_content("balancing")
+    assert "method must be one of" in str(raised.value.__cause__)
+
+
+def test_gpu_paper_builds_no_cpu_fast_path():
+    from monai.bundle import ConfigParser
+
+    from cggm_seg.networks.depth_split import DepthSplitConv3d
+    from cggm_seg.networks.pointwise import PointwiseConv3d
+
+    parser = ConfigParser()
+    parser.read_config([CONFIG, str(BUNDLES / "gpu_paper.json")])
+    net = parser.get_parsed_content("network_def")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(type(m) is torch.nn.Conv3d for m in convs)
+    parser = ConfigParser()
+    parser.read_config(CONFIG)  # the CPU default sets them
+    net = parser.get_parsed_content("network_def")
+    assert any(isinstance(m, DepthSplitConv3d) for m in net.modules())
+    assert any(isinstance(m, PointwiseConv3d) for m in net.modules())
 
 
 def test_verify_metadata_offline_with_the_shipped_schema():
@@ -83,8 +134,11 @@ def test_ckpt_export_torchscript(tmp_path):
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
 
 
-def _run_bundle(config: str, root: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _run_bundle(
+    config: str | list[str], root: Path, *extra: str, timeout: int = 600
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, CGGM_SEG_CACHE=str(root / "cache"), PYTHONUNBUFFERED="1")
+    config = str(config) if isinstance(config, list) else config
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(root)]
     return subprocess.run(
         [*cmd, *TINY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -104,12 +158,16 @@ def _assert_metrics(run_dir: Path, heads: bool = True) -> dict:
             assert math.isfinite(metrics["summary"][f"head_dice_{modality}_mean"]["mean"])
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("case_id,") and len(rows) == metrics["num_cases"] + 1
-    assert (run_dir / "balance.png").stat().st_size > 5000
+    if heads:
+        assert (run_dir / "balance.png").stat().st_size > 5000
     return metrics
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "layout"), [("cggm", None), ("joint", "brats2023"), ("ogmge", "msd")])
+@pytest.mark.parametrize(
+    ("method", "layout"),
+    [("cggm", None), ("joint", "brats2023"), ("ogmge", "msd"), ("early_fusion", None), ("unimodal", None)],
+)
 def test_bundle_end_to_end_tiny(method, layout, tmp_path):
     """Each bundle trains, validates and evaluates; the non-default layouts come in via --dataset_dir."""
     extra: list[str] = []
@@ -119,10 +177,10 @@ def test_bundle_end_to_end_tiny(method, layout, tmp_path):
             data, 4, seed=1, layout=layout, config=PhantomConfig(spacing=4.0), progress=False
         )
         extra = ["--dataset_dir", str(data)]
-    result = _run_bundle(_config(method), tmp_path, *extra)
+    result = _run_bundle(_config(method), tmp_path, *_method_args(method), *extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run_dir = tmp_path / "runs" / f"brats_{method}"
-    _assert_metrics(run_dir)
+    run_dir = tmp_path / "runs" / ("brats_unimodal_t2" if method == "unimodal" else f"brats_{method}")
+    _assert_metrics(run_dir, heads=method not in VARIANTS)
     assert (run_dir / "models" / "model.pt").is_file()
     assert "Dice (fused)" in result.stdout
     if layout is not None:
