@@ -11,9 +11,20 @@ dominant one a small B_i (held back). The formula lives in :func:`balance_coeffi
 bookkeeping (smoothing, guards, warm-up, ranks, checkpoints) in :class:`BalanceTracker`.
 
 Taken raw, the formula misbehaves (METHOD.md 1.2): with ``sum d ~ 0`` the B_i explode, and with
-changes of mixed sign some B_i turn negative, which would *reverse* an encoder's gradient.
-The default ``guarded`` preset therefore smooths eps, falls back to neutral B near a zero sum and
-clamps B to a positive range; the ``paper`` preset keeps the formula bare, for comparison only.
+changes of mixed sign some B_i turn negative, which would *reverse* an encoder's gradient. And a
+per-iteration change is noise: at batch size 1 a head's Dice moves by about 0.1 from one batch to
+the next while its trend is about 1e-3 per iteration, so even an EMA-smoothed change is a ratio of
+noise and B jumps between its bounds.
+
+Three presets (:data:`PRESETS`):
+
+- ``trend`` (default): d_i is each head's *rate of improvement*, the least-squares slope of its
+  raw scores over the last ``window`` iterations; B is neutral until the window is full and while
+  the summed slope is not significantly positive (below ``z`` standard errors), then clamped and
+  renormalised to mean 1, so "no signal" means every encoder at joint training's step.
+- ``guarded``: the EMA-smoothed per-iteration change with a neutral fallback near a zero sum and a
+  clamp (the first implementation; kept to compare against).
+- ``paper``: the formula bare, on the raw per-batch change, for comparison only.
 """
 
 from __future__ import annotations
@@ -27,13 +38,52 @@ import torch
 
 from cggm_seg.balancing.distributed import mean_over_ranks
 
-__all__ = ["PRESETS", "GUARDED_DEFAULTS", "balance_coefficients", "BalanceTracker"]
+__all__ = [
+    "PRESETS",
+    "GUARDED_DEFAULTS",
+    "TREND_DEFAULTS",
+    "score_slopes",
+    "balance_coefficients",
+    "BalanceTracker",
+]
 
-#: ``guarded`` (default): EMA-smoothed eps, neutral fallback, clamp; ``paper``: the bare formula.
-PRESETS: tuple[str, ...] = ("guarded", "paper")
+#: ``trend`` (default): windowed slope, significance guard, clamp, mean 1; ``guarded``: EMA-smoothed
+#: per-iteration change, neutral fallback, clamp; ``paper``: the bare formula.
+PRESETS: tuple[str, ...] = ("trend", "guarded", "paper")
 
 #: Defaults of the ``guarded`` preset (see :class:`BalanceTracker` for the reasons).
 GUARDED_DEFAULTS: dict[str, float] = {"ema": 0.9, "tau": 1e-4, "b_min": 0.1, "b_max": 2.0}
+
+#: Defaults of the ``trend`` preset (see :class:`BalanceTracker` for the reasons).
+TREND_DEFAULTS: dict[str, float] = {"window": 100, "z": 2.0, "b_min": 0.1, "b_max": 2.0}
+
+
+def score_slopes(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares slope of each column of ``scores`` against the row index, and its standard error.
+
+    For a window of ``W`` scores ``y_t`` (t = 0..W-1): ``slope = sum_t (t - tbar)(y_t - ybar) / Sxx``
+    with ``Sxx = sum_t (t - tbar)^2``, and ``se = sqrt(s^2 / Sxx)`` where ``s^2`` is the residual
+    variance ``sum_t r_t^2 / (W - 2)`` (ordinary least squares).
+
+    Args:
+        scores: shape ``W x M`` (W >= 3), one row per iteration, oldest first.
+
+    Returns:
+        ``(slope, se)``, each shape ``M``, per iteration.
+
+    Raises:
+        ValueError: fewer than three rows.
+    """
+    if scores.ndim != 2 or scores.shape[0] < 3:
+        raise ValueError(f"need a W x M window with W >= 3, got shape {tuple(scores.shape)}.")
+    w = scores.shape[0]
+    t = torch.arange(w, dtype=scores.dtype) - (w - 1) / 2.0
+    sxx = (t * t).sum()
+    centred = scores - scores.mean(0)
+    slope = (t @ centred) / sxx
+    residual = centred - t[:, None] * slope
+    se = ((residual * residual).sum(0) / (w - 2) / sxx).sqrt()
+    return slope, se
 
 
 def balance_coefficients(deltas: torch.Tensor, rho: float = 1.0) -> torch.Tensor:
@@ -65,22 +115,38 @@ class BalanceTracker:
     Call :meth:`update` once per training iteration with the heads' scores; it returns B (shape
     ``M``, float64, CPU) and keeps ``eps``, ``delta`` and ``B`` as attributes.
 
-    What one update does, in order (``guarded`` preset):
+    What one update does, in order:
 
     1. Under torch.distributed (initialised, world size > 1) the raw scores are averaged over ranks
        first, so every rank computes identical B (every rank must call :meth:`update` alike).
-    2. ``eps = ema * eps_prev + (1 - ema) * raw`` (the first update takes ``raw`` as it is).
-       Non-finite scores are skipped: eps keeps its last value and ``delta`` is 0.
-    3. ``delta = eps - eps_prev`` (0 on the first update: no change has been measured yet).
-    4. ``B = balance_coefficients(delta, rho)``, replaced by the neutral ``rho * ones`` on the first
-       update, during warm-up (the first ``warmup`` updates), when ``|sum delta| < tau``, or when
-       anything is non-finite.
-    5. Bounds: clamp to ``[b_min, b_max]``; with ``renormalize`` then divide by the mean and clamp
-       again. The first clamp makes every entry positive (``b_min > 0``), so the mean is a safe
-       divisor and mixed-sign changes can never give a negative B (which would reverse an
-       encoder's gradient); the second clamp guarantees the bounds after renormalisation, so the
-       mean is exactly 1 unless that second clamp bites. Every B returned is finite and in
-       ``[b_min, b_max]``, neutral ones included.
+    2. The rate of improvement ``delta`` of each head:
+
+       - ``trend``: the raw score joins a window of the last ``window`` scores (non-finite scores
+         are skipped); ``delta`` = the least-squares slope over that window (:func:`score_slopes`),
+         ``eps`` = the window's mean score. A slope over W iterations has a standard error of
+         ``sigma * sqrt(12 / W^3)``: for batch noise sigma = 0.1 and W = 100 that is 3.5e-4,
+         below the 1e-3 per iteration of a head that is still learning, where a per-iteration
+         change has a standard error of ``sigma * sqrt(2)`` = 0.14.
+       - ``guarded`` / ``paper``: ``eps = ema * eps_prev + (1 - ema) * raw`` (the first update takes
+         ``raw``; ``ema = 0`` in the paper preset) and ``delta = eps - eps_prev`` (0 on the first
+         update). Guarded: non-finite scores are skipped (eps keeps its value, delta is 0).
+
+    3. ``B = balance_coefficients(delta, rho)``, replaced by the neutral value (:meth:`neutral`) during
+       warm-up (the first ``warmup`` updates; ``trend``: also until the window is full), and
+
+       - ``trend``: while the summed slope is below ``z`` times its standard error (no significant
+         progress to share out: the ratio would be a ratio of noise);
+       - ``guarded``: on the first update, when ``|sum delta| < tau``, or when anything is non-finite.
+
+    4. Bounds (``trend`` and ``guarded``): clamp to ``[b_min, b_max]``; with ``renormalize`` then
+       divide by the mean and clamp again. The first clamp makes every entry positive
+       (``b_min > 0``), so the mean is a safe divisor and mixed-sign changes can never give a
+       negative B (which would reverse an encoder's gradient); the second clamp guarantees the
+       bounds after renormalisation, so the mean is exactly 1 unless that clamp bites. Every B
+       returned is finite and in ``[b_min, b_max]``, neutral ones included.
+
+    The neutral value is ``ones`` in the ``trend`` preset (the mean of a renormalised B: no signal
+    means every encoder at joint training's step) and ``rho * ones`` (bounded) in the others.
 
     The ``paper`` preset uses the raw per-batch eps (no EMA), no tau, no clamp and no
     renormalisation: the formula exactly, including its inf/nan when ``sum delta == 0`` and its
@@ -89,39 +155,36 @@ class BalanceTracker:
     Args:
         modalities: the modality names, in the order of B (M >= 2).
         rho: overall scale rho of B (the paper used 1.0 on BraTS, 1.3 elsewhere). Defaults to 1.0.
-            Note that with changes of one sign B lies in ``[0, rho]`` and sums to ``rho * (M - 1)``,
-            while the neutral fallback is ``rho`` for every modality.
-        ema: weight of the past in the eps moving average, in [0, 1); 0 = the paper's raw per-batch
-            eps. Guarded default 0.9 (about ten iterations): the paper's delta between two
-            different mini-batches is dominated by sampling noise.
-        tau: neutral fallback threshold on ``|sum delta|``. Guarded default 1e-4: scores live in
-            [0, 1] and, with ``ema = 0.9``, deltas are a tenth of the raw batch-to-batch change;
-            below 1e-4 in total the ratio is a ratio of noise.
-        b_min: lower bound of B, > 0. Guarded default 0.1: no encoder is slowed more than tenfold,
-            none is frozen or reversed.
-        b_max: upper bound of B. Guarded default 2.0: with changes of one sign B stays in
-            ``[0, rho]``, so the bound only bites on ill-conditioned (mixed-sign, near-zero sum)
-            updates, where it stops a noise ratio from multiplying a step by a large factor.
-        renormalize: rescale B to mean 1 (removes rho's effect). Requires ``b_min <= 1 <= b_max``.
-            Defaults to False (the paper has no renormalisation).
-        warmup: number of first updates that return the neutral B while eps already accumulates
-            (the heads need a few iterations before their progress means anything). Defaults to 0.
-        preset: ``"guarded"`` (default) or ``"paper"``. ``ema``, ``tau``, ``b_min``, ``b_max`` left
-            as ``None`` take the preset's value; ``paper`` accepts none of them.
+            With changes of one sign B lies in ``[0, rho]`` and sums to ``rho * (M - 1)``; with
+            ``renormalize`` (the ``trend`` default) rho cancels out.
+        ema: ``guarded`` only: weight of the past in the eps moving average, in [0, 1). Default 0.9.
+        tau: ``guarded`` only: neutral fallback threshold on ``|sum delta|``. Default 1e-4.
+        b_min: lower bound of B, > 0. Default 0.1: no encoder is slowed more than tenfold, none is
+            frozen or reversed.
+        b_max: upper bound of B. Default 2.0.
+        renormalize: rescale B to mean 1. Requires ``b_min <= 1 <= b_max``. Defaults to True for
+            ``trend``, False for ``guarded`` (the paper has no renormalisation).
+        warmup: number of first updates that return the neutral B while scores already accumulate.
+            Defaults to 0 (``trend`` is neutral anyway until its window is full).
+        preset: ``"trend"`` (default), ``"guarded"`` or ``"paper"``. Settings left as ``None`` take
+            the preset's value; a setting the preset does not use is an error.
         history_size: how many updates :attr:`history` keeps (oldest dropped); 0 keeps none.
             Defaults to 10000 (a few MB; enough to plot a demo run).
+        window: ``trend`` only: iterations in the slope window (>= 3). Default 100.
+        z: ``trend`` only: significance of the summed slope, in standard errors, below which B is
+            neutral (>= 0). Default 2.0.
 
     Attributes:
         eps: shape ``M``, the (smoothed) scores after the last update; NaN before the first.
         raw: shape ``M``, the last scores as given (after averaging over ranks).
-        delta: shape ``M``, the last score changes.
+        delta: shape ``M``, the last rates of improvement (per iteration).
         B: shape ``M``, the last coefficients (neutral before the first update).
         step: number of updates so far.
         history: list of per-update dicts ``{"iteration", "eps_<m>", "d_<m>", "B_<m>"}`` (the format of
             :func:`cggm_seg.evaluation.plots.plot_balance_history`).
 
     Raises:
-        ValueError: an argument out of range, or a ``paper`` preset given guard settings.
+        ValueError: an argument out of range, or a setting the preset does not use.
     """
 
     def __init__(
@@ -132,10 +195,12 @@ class BalanceTracker:
         tau: float | None = None,
         b_min: float | None = None,
         b_max: float | None = None,
-        renormalize: bool = False,
-        warmup: int = 0,
-        preset: str = "guarded",
+        renormalize: bool | None = None,
+        warmup: int | None = None,
+        preset: str = "trend",
         history_size: int = 10_000,
+        window: int | None = None,
+        z: float | None = None,
     ) -> None:
         modalities = tuple(modalities)
         if len(modalities) < 2 or len(set(modalities)) != len(modalities):
@@ -144,51 +209,62 @@ class BalanceTracker:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
         if not (math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho must be a positive finite number, got {rho}.")
-        if warmup < 0 or history_size < 0:
+        if (warmup is not None and warmup < 0) or history_size < 0:
             raise ValueError(f"warmup and history_size must be >= 0, got {warmup} and {history_size}.")
-        if preset == "paper":
-            given = [
-                k
-                for k, v in {"ema": ema, "tau": tau, "b_min": b_min, "b_max": b_max}.items()
-                if v is not None
-            ]
-            given += ["renormalize"] if renormalize else []
-            if given:
-                raise ValueError(
-                    "preset='paper' is the bare formula (raw eps, no guard, no clamp, no renormalisation); "
-                    f"remove {given} or use preset='guarded'."
-                )
-        else:
-            ema = GUARDED_DEFAULTS["ema"] if ema is None else ema
-            tau = GUARDED_DEFAULTS["tau"] if tau is None else tau
-            b_min = GUARDED_DEFAULTS["b_min"] if b_min is None else b_min
-            b_max = GUARDED_DEFAULTS["b_max"] if b_max is None else b_max
-            if not 0.0 <= ema < 1.0:
-                raise ValueError(f"ema must be in [0, 1), got {ema}.")
-            if not tau >= 0.0:
-                raise ValueError(f"tau must be >= 0, got {tau}.")
-            if not (0.0 < b_min <= b_max < math.inf):
-                raise ValueError(
-                    f"the guarded preset needs 0 < b_min <= b_max < inf, got [{b_min}, {b_max}]."
-                )
-            if renormalize and not b_min <= 1.0 <= b_max:
-                raise ValueError(f"renormalize to mean 1 needs b_min <= 1 <= b_max, got [{b_min}, {b_max}].")
+        given = {"ema": ema, "tau": tau, "b_min": b_min, "b_max": b_max, "window": window, "z": z}
+        given = {k: v for k, v in given.items() if v is not None}
+        unused = {"paper": {"ema", "tau", "b_min", "b_max", "window", "z"}, "guarded": {"window", "z"}}
+        unused["trend"] = {"ema", "tau"}
+        wrong = sorted(set(given) & unused[preset])
+        if preset == "paper" and renormalize:
+            wrong.append("renormalize")
+        if wrong:
+            raise ValueError(
+                f"preset={preset!r} does not use {wrong}: "
+                + {
+                    "paper": "it is the bare formula (raw eps, no guard, no clamp, no renormalisation).",
+                    "guarded": "window and z belong to preset='trend'.",
+                    "trend": "ema and tau belong to preset='guarded'.",
+                }[preset]
+            )
+        defaults = {"trend": TREND_DEFAULTS, "guarded": GUARDED_DEFAULTS, "paper": {}}[preset]
+        settings = {**defaults, **given}
         self.modalities = modalities
         self.rho = float(rho)
-        self.ema = 0.0 if ema is None else float(ema)
-        self.tau = tau
-        self.b_min = b_min
-        self.b_max = b_max
-        self.renormalize = renormalize
-        self.warmup = int(warmup)
         self.preset = preset
+        self.ema = float(settings.get("ema", 0.0))
+        self.tau = settings.get("tau")
+        self.b_min = settings.get("b_min")
+        self.b_max = settings.get("b_max")
+        self.window = int(settings["window"]) if "window" in settings else None
+        self.z = float(settings["z"]) if "z" in settings else None
+        self.renormalize = bool(preset == "trend" if renormalize is None else renormalize)
+        self.warmup = int(0 if warmup is None else warmup)
         self.history_size = int(history_size)
+        if preset != "paper":
+            if not 0.0 <= self.ema < 1.0:
+                raise ValueError(f"ema must be in [0, 1), got {self.ema}.")
+            if self.tau is not None and not self.tau >= 0.0:
+                raise ValueError(f"tau must be >= 0, got {self.tau}.")
+            if not (0.0 < self.b_min <= self.b_max < math.inf):
+                raise ValueError(
+                    f"the {preset} preset needs 0 < b_min <= b_max < inf, got [{self.b_min}, {self.b_max}]."
+                )
+            if self.renormalize and not self.b_min <= 1.0 <= self.b_max:
+                raise ValueError(
+                    f"renormalize to mean 1 needs b_min <= 1 <= b_max, got [{self.b_min}, {self.b_max}]."
+                )
+        if preset == "trend":
+            if self.window < 3:
+                raise ValueError(f"window must be >= 3 iterations to fit a slope, got {self.window}.")
+            if not self.z >= 0.0:
+                raise ValueError(f"z must be >= 0, got {self.z}.")
         self._reset()
 
     @property
     def guarded(self) -> bool:
-        """True for the guarded preset."""
-        return self.preset == "guarded"
+        """True for the presets with bounds (``trend`` and ``guarded``)."""
+        return self.preset != "paper"
 
     def _reset(self) -> None:
         m = len(self.modalities)
@@ -196,12 +272,14 @@ class BalanceTracker:
         self.eps = torch.full((m,), math.nan, dtype=torch.float64)
         self.raw = torch.full((m,), math.nan, dtype=torch.float64)
         self.delta = torch.zeros(m, dtype=torch.float64)
+        self.scores: deque[torch.Tensor] = deque(maxlen=self.window or 1)
         self.B = self.neutral()
         self.history: deque[dict[str, float]] = deque(maxlen=self.history_size)
 
     def neutral(self) -> torch.Tensor:
-        """The neutral coefficients ``rho * ones`` (bounded like any B in the guarded preset)."""
-        return self._bound(torch.full((len(self.modalities),), self.rho, dtype=torch.float64))
+        """The coefficients without a signal: ``ones`` (``trend``), else ``rho * ones`` (bounded)."""
+        value = 1.0 if self.preset == "trend" else self.rho
+        return self._bound(torch.full((len(self.modalities),), value, dtype=torch.float64))
 
     def _bound(self, b: torch.Tensor) -> torch.Tensor:
         if not self.guarded:
@@ -247,6 +325,29 @@ class BalanceTracker:
         raw = mean_over_ranks(raw) if average_ranks else raw
         self.step += 1
         self.raw = raw
+        b = self._trend(raw) if self.preset == "trend" else self._change(raw)
+        self.B = self._bound(b)
+        if self.history_size:
+            self.history.append({"iteration": float(self.step), **self.stats()})
+        return self.B
+
+    def _trend(self, raw: torch.Tensor) -> torch.Tensor:
+        if torch.isfinite(raw).all():
+            self.scores.append(raw)
+        if len(self.scores) < 3:
+            self.delta = torch.zeros_like(raw)
+            if self.scores:
+                self.eps = torch.stack(list(self.scores)).mean(0)
+            return self.neutral()
+        window = torch.stack(list(self.scores))
+        self.eps = window.mean(0)
+        self.delta, se = score_slopes(window)  # the rate of improvement d_i, per iteration
+        total, total_se = self.delta.sum(), se.square().sum().sqrt()
+        if self.step <= self.warmup or len(self.scores) < self.window or not total > self.z * total_se:
+            return self.neutral()
+        return balance_coefficients(self.delta, self.rho)
+
+    def _change(self, raw: torch.Tensor) -> torch.Tensor:
         has_previous = bool(torch.isfinite(self.eps).all())
         if self.ema > 0.0 and has_previous:
             eps = self.ema * self.eps + (1.0 - self.ema) * raw  # METHOD.md 1.3: smoothed eps
@@ -255,25 +356,18 @@ class BalanceTracker:
         if self.guarded and not torch.isfinite(eps).all():
             # A broken batch must not poison the running average: keep eps, measure no change.
             self.delta = torch.zeros_like(raw)
-            b = self.neutral()
-        else:
-            # CGGM: Delta eps^t = eps^t - eps^(t-1)
-            self.delta = eps - self.eps if has_previous else torch.zeros_like(raw)
-            self.eps = eps
-            if not has_previous or self.step <= self.warmup:
-                b = self.neutral()
-            else:
-                b = balance_coefficients(self.delta, self.rho)
-                if self.guarded and not (
-                    torch.isfinite(self.delta).all()
-                    and torch.isfinite(b).all()
-                    and abs(self.delta.sum()) >= self.tau
-                ):
-                    b = self.neutral()
-        self.B = self._bound(b)
-        if self.history_size:
-            self.history.append({"iteration": float(self.step), **self.stats()})
-        return self.B
+            return self.neutral()
+        # CGGM: Delta eps^t = eps^t - eps^(t-1)
+        self.delta = eps - self.eps if has_previous else torch.zeros_like(raw)
+        self.eps = eps
+        if not has_previous or self.step <= self.warmup:
+            return self.neutral()
+        b = balance_coefficients(self.delta, self.rho)
+        if self.guarded and not (
+            torch.isfinite(self.delta).all() and torch.isfinite(b).all() and abs(self.delta.sum()) >= self.tau
+        ):
+            return self.neutral()
+        return b
 
     def stats(self) -> dict[str, float]:
         """The last update as plain floats: ``eps_<m>``, ``d_<m>``, ``B_<m>`` for every modality."""
@@ -291,6 +385,7 @@ class BalanceTracker:
             "raw": self.raw.clone(),
             "delta": self.delta.clone(),
             "B": self.B.clone(),
+            "scores": torch.stack(list(self.scores)) if self.scores else torch.zeros(0, len(self.modalities)),
             "history": [dict(h) for h in self.history],
         }
 
@@ -308,4 +403,8 @@ class BalanceTracker:
         self.step = int(state["step"])
         for key in ("eps", "raw", "delta", "B"):
             setattr(self, key, torch.as_tensor(state[key], dtype=torch.float64).clone())
+        saved = torch.as_tensor(state.get("scores", torch.zeros(0)), dtype=torch.float64)
+        self.scores = deque(
+            (row.clone() for row in saved.reshape(-1, len(self.modalities))), maxlen=self.window or 1
+        )
         self.history = deque((dict(h) for h in state["history"]), maxlen=self.history_size)

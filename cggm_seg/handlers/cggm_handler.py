@@ -47,8 +47,10 @@ class CGGMHandler(HeadBalancingHandler):
             re-evaluates and the heads train with; ``None`` takes ``engine.loss_function``.
         score: the heads' task score eps (see :data:`cggm_seg.balancing.SCORES`). Defaults to
             ``"soft_dice"`` (mean soft Dice over the region channels).
-        rho, ema, tau, b_min, b_max, renormalize, warmup, preset: the :class:`BalanceTracker`
-            settings (``None`` keeps the preset's default).
+        rho, ema, tau, b_min, b_max, renormalize, warmup, preset, window, z: the
+            :class:`BalanceTracker` settings (``None`` keeps the preset's default; the default
+            preset ``"trend"`` measures each head's rate of improvement as the slope of its scores
+            over the last ``window`` = 100 iterations and renormalises B to mean 1).
         magnitude: ``"grad"`` (scale gradients; for SGD), ``"lr"`` (scale the branch learning
             rates; for Adam/AdamW, needs an optimizer built with
             :func:`cggm_seg.balancing.branch_param_groups`) or ``"off"``. Defaults to ``"grad"``.
@@ -86,9 +88,11 @@ class CGGMHandler(HeadBalancingHandler):
         tau: float | None = None,
         b_min: float | None = None,
         b_max: float | None = None,
-        renormalize: bool = False,
-        warmup: int = 0,
-        preset: str = "guarded",
+        renormalize: bool | None = None,
+        warmup: int | None = None,
+        preset: str = "trend",
+        window: int | None = None,
+        z: float | None = None,
         magnitude: str = "grad",
         direction: str = "gradient",
         lam: float = 0.1,
@@ -112,6 +116,8 @@ class CGGMHandler(HeadBalancingHandler):
             warmup=warmup,
             preset=preset,
             history_size=0,
+            window=window,
+            z=z,
         )
         self.settings = {"magnitude": magnitude, "direction": direction, "lam": lam}
 

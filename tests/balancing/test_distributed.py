@@ -18,7 +18,7 @@ SCORES = {  # per rank: the heads' scores on that rank's local batches
 
 
 def _run(rows):
-    tracker = BalanceTracker(MODALITIES, ema=0.5, tau=0.0)
+    tracker = BalanceTracker(MODALITIES, ema=0.5, tau=0.0, preset="guarded")
     return [tracker.update(dict(zip(MODALITIES, row))).tolist() for row in rows]
 
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cggm_seg.balancing.tracker import GUARDED_DEFAULTS, BalanceTracker, balance_coefficients
+from cggm_seg.balancing.tracker import GUARDED_DEFAULTS, BalanceTracker, balance_coefficients, score_slopes
 
 F64 = torch.float64
 
@@ -58,7 +58,7 @@ def test_paper_preset_takes_no_guards():
 
 
 def test_guarded_falls_back_to_neutral_when_sum_is_near_zero():
-    tracker = BalanceTracker(["a", "b", "c"], rho=1.3, ema=0.0, tau=1e-3)
+    tracker = BalanceTracker(["a", "b", "c"], rho=1.3, ema=0.0, tau=1e-3, preset="guarded")
     tracker.update([0.5, 0.5, 0.5])
     b = tracker.update([0.6, 0.45, 0.4495])  # d sum = -5e-4
     assert b.tolist() == pytest.approx([1.3, 1.3, 1.3])
@@ -67,7 +67,7 @@ def test_guarded_falls_back_to_neutral_when_sum_is_near_zero():
 
 
 def test_guarded_mixed_signs_are_clamped_never_negative():
-    tracker = BalanceTracker(["a", "b"], ema=0.0)
+    tracker = BalanceTracker(["a", "b"], ema=0.0, preset="guarded")
     tracker.update([0.5, 0.5])
     b = tracker.update([0.53, 0.49])  # raw formula: (-0.5, 1.5)
     assert b.tolist() == pytest.approx([GUARDED_DEFAULTS["b_min"], 1.5])
@@ -77,7 +77,9 @@ def test_guarded_mixed_signs_are_clamped_never_negative():
 
 
 def test_clamp_then_renormalize_then_clamp():
-    tracker = BalanceTracker(["a", "b", "c", "d"], ema=0.0, b_min=0.2, b_max=2.0, renormalize=True)
+    tracker = BalanceTracker(
+        ["a", "b", "c", "d"], ema=0.0, b_min=0.2, b_max=2.0, renormalize=True, preset="guarded"
+    )
     tracker.update([0.5, 0.5, 0.5, 0.5])
     b = tracker.update([0.54, 0.51, 0.53, 0.52])  # raw (0.6, 0.9, 0.7, 0.8), mean 0.75
     assert b.tolist() == pytest.approx([0.8, 1.2, 14 / 15, 16 / 15])
@@ -87,7 +89,7 @@ def test_clamp_then_renormalize_then_clamp():
 
 
 def test_ema_smooths_scores_and_warmup_holds_neutral():
-    tracker = BalanceTracker(["a", "b"], ema=0.5, warmup=2, tau=0.0)
+    tracker = BalanceTracker(["a", "b"], ema=0.5, warmup=2, tau=0.0, preset="guarded")
     tracker.update([0.2, 0.4])
     assert tracker.eps.tolist() == [0.2, 0.4]
     b = tracker.update([0.4, 0.4])  # eps = (0.3, 0.4), d = (0.1, 0): still warming up
@@ -100,7 +102,7 @@ def test_ema_smooths_scores_and_warmup_holds_neutral():
 
 
 def test_non_finite_scores_do_not_poison_the_average():
-    tracker = BalanceTracker(["a", "b"], ema=0.0, tau=0.0)
+    tracker = BalanceTracker(["a", "b"], ema=0.0, tau=0.0, preset="guarded")
     tracker.update([0.5, 0.5])
     assert tracker.update([math.nan, 0.6]).tolist() == [1.0, 1.0]
     assert tracker.eps.tolist() == [0.5, 0.5] and tracker.delta.tolist() == [0.0, 0.0]
@@ -140,7 +142,7 @@ score = st.one_of(
 )
 def test_guarded_b_is_always_finite_and_bounded(m, data, ema, tau, rho, b_min, b_max, renormalize, warmup):
     tracker = BalanceTracker(
-        [f"m{i}" for i in range(m)], rho, ema, tau, b_min, b_max, renormalize=renormalize, warmup=warmup
+        [f"m{i}" for i in range(m)], rho, ema, tau, b_min, b_max, renormalize, warmup, preset="guarded"
     )
     rows = data.draw(
         st.lists(st.one_of(st.lists(score, min_size=m, max_size=m), st.just([0.5] * m)), max_size=12)
@@ -168,3 +170,91 @@ def test_state_dict_roundtrip_resumes_identically(tmp_path):
     assert resumed.history[-1]["iteration"] == 12 and set(resumed.history[-1]) >= {"eps_a", "d_b", "B_c"}
     with pytest.raises(ValueError, match="the state is for"):
         BalanceTracker(["x", "y", "z"]).load_state_dict(original.state_dict())
+
+
+# -- the trend preset (default) ------------------------------------------------------------------
+
+
+def test_score_slopes_against_hand_computed_values():
+    # y = 1, 3, 2 at t = -1, 0, 1: Sxx = 2, slope = ((-1)(-1) + 0 + 1 * 0) / 2 = 0.5;
+    # residuals -0.5, 1, -0.5 -> s^2 = 1.5 / (3 - 2) = 1.5, se = sqrt(1.5 / 2)
+    slope, se = score_slopes(torch.tensor([[1.0, 0.0], [3.0, 1.0], [2.0, 2.0]], dtype=F64))
+    assert slope.tolist() == pytest.approx([0.5, 1.0])
+    assert se.tolist() == pytest.approx([math.sqrt(0.75), 0.0])
+    with pytest.raises(ValueError, match="W >= 3"):
+        score_slopes(torch.zeros(2, 4, dtype=F64))
+
+
+def test_trend_b_from_noiseless_linear_scores_by_hand():
+    # slopes 1, 2, 3, 4 (x 1e-3): B = (S - d_i) / S = 0.9, 0.8, 0.7, 0.6, mean 0.75 -> / 0.75
+    tracker = BalanceTracker(["a", "b", "c", "d"], window=5)
+    trends = torch.tensor([1e-3, 2e-3, 3e-3, 4e-3], dtype=F64)
+    for t in range(5):
+        b = tracker.update(0.2 + trends * t)
+        if t < 4:
+            assert b.tolist() == [1.0] * 4  # warm-up: the window is not full yet
+    assert tracker.delta.tolist() == pytest.approx(trends.tolist())
+    assert b.tolist() == pytest.approx([1.2, 0.8 / 0.75, 0.7 / 0.75, 0.8])
+    assert float(b.mean()) == pytest.approx(1.0)
+    assert tracker.eps.tolist() == pytest.approx((0.2 + 2 * trends).tolist())  # the window's mean
+
+
+def test_trend_is_neutral_without_significant_progress():
+    g = torch.Generator().manual_seed(0)
+    tracker = BalanceTracker(["a", "b", "c"], window=20)
+    for _ in range(40):  # flat scores with noise: the summed slope is within its noise
+        b = tracker.update(0.5 + 0.1 * torch.randn(3, generator=g, dtype=F64))
+        assert b.tolist() == [1.0, 1.0, 1.0]
+    assert BalanceTracker(["a", "b"]).neutral().tolist() == [1.0, 1.0]  # the mean of a renormalised B
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+@pytest.mark.parametrize(("preset", "recovers"), [("trend", True), ("guarded", False), ("paper", False)])
+def test_default_recovers_the_order_of_noisy_trends(preset, recovers):
+    """M = 4 heads improving linearly at known rates, Gaussian batch noise of 0.1 on every score:
+    the slower a head improves, the larger its B should be. The windowed slope recovers that order;
+    a per-iteration change (smoothed or not) does not."""
+    trends = torch.tensor([0.5e-3, 1e-3, 2e-3, 3e-3], dtype=F64)
+    per_seed = []
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        tracker = BalanceTracker(["a", "b", "c", "d"], preset=preset)
+        rhos = []
+        for t in range(300):
+            b = tracker.update(0.1 + trends * t + 0.1 * torch.randn(4, generator=g, dtype=F64))
+            if t >= 100:  # after the trend preset's warm-up; a neutral or broken B has no order
+                ok = torch.isfinite(b).all() and len(set(b.tolist())) > 1
+                rhos.append(_spearman(b, -trends) if ok else 0.0)
+        per_seed.append(sum(rhos) / len(rhos))
+    mean = sum(per_seed) / len(per_seed)
+    if recovers:
+        assert mean >= 0.8, per_seed
+    else:
+        assert abs(mean) < 0.3, per_seed
+
+
+def test_trend_state_dict_resumes_the_window():
+    g = torch.Generator().manual_seed(1)
+    scores = 0.1 + torch.arange(30, dtype=F64)[:, None] * torch.tensor([1e-2, 2e-2, 3e-2], dtype=F64)
+    scores = scores + 0.01 * torch.randn(30, 3, generator=g, dtype=F64)
+    original = BalanceTracker(["a", "b", "c"], window=8)
+    for row in scores[:12]:
+        original.update(row)
+    resumed = BalanceTracker(["a", "b", "c"], window=8)
+    resumed.load_state_dict(original.state_dict())
+    for row in scores[12:]:
+        assert torch.equal(original.update(row), resumed.update(row))
+    assert not torch.equal(original.B, torch.ones(3, dtype=F64))
+
+
+def test_settings_of_another_preset_are_refused():
+    with pytest.raises(ValueError, match="ema and tau belong to preset='guarded'"):
+        BalanceTracker(["a", "b"], ema=0.9)
+    with pytest.raises(ValueError, match="window and z belong to preset='trend'"):
+        BalanceTracker(["a", "b"], preset="guarded", window=10)
+    with pytest.raises(ValueError, match="window must be >= 3"):
+        BalanceTracker(["a", "b"], window=2)
