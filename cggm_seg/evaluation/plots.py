@@ -1,11 +1,87 @@
-"""Plots people would rather look at than read: the balancing history of a run."""
+"""Plots people would rather look at than read: the balancing history of a run, the
+missing-sequence audit (subset x region Dice, Shapley values), validation curves."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["plot_balance_history"]
+__all__ = ["plot_balance_history", "plot_subset_dice", "plot_shapley"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, png: str | Path) -> Path:
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    fig.clf()
+    _pyplot().close(fig)
+    return png
+
+
+def plot_subset_dice(
+    subsets: Sequence[Mapping[str, object]],
+    png: str | Path,
+    title: str = "",
+    regions: Sequence[str] = ("tc", "wt", "et"),
+) -> Path:
+    """Heat map of the missing-sequence audit: one row per subset of sequences, one column per region
+    (and the mean), the cell's mean Dice written in it.
+
+    Args:
+        subsets: rows ``{"name": "t1+flair", "dice_tc": ..., "dice_wt": ..., "dice_et": ..., "dice_mean"}``.
+        png: output file.
+        title: figure title.
+        regions: the region columns before the mean.
+
+    Raises:
+        ValueError: no subsets.
+    """
+    if not subsets:
+        raise ValueError("no subsets to plot")
+    plt = _pyplot()
+    columns = [*regions, "mean"]
+    values = [[float(row[f"dice_{c}"]) for c in columns] for row in subsets]
+    fig, ax = plt.subplots(figsize=(5.2, 0.32 * len(subsets) + 1.4))
+    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), [c.upper() for c in columns])
+    ax.set_yticks(range(len(subsets)), [str(row["name"]) for row in subsets])
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(
+                j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8
+            )
+    fig.colorbar(image, ax=ax, label="Dice")
+    ax.set_title(f"{title + ': ' if title else ''}Dice with sequences missing", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, png)
+
+
+def plot_shapley(shapley: Mapping[str, float], png: str | Path, title: str = "") -> Path:
+    """Bar chart of each sequence's Shapley value for the mean Dice (they sum to the all-sequence Dice)."""
+    if not shapley:
+        raise ValueError("no Shapley values to plot")
+    plt = _pyplot()
+    names, values = list(shapley), [float(v) for v in shapley.values()]
+    fig, ax = plt.subplots(figsize=(4.8, 3.0))
+    bars = ax.bar(names, values, color="tab:blue")
+    for bar, v in zip(bars, values):
+        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("Shapley value (mean Dice)")
+    ax.set_title(
+        f"{title + ': ' if title else ''}contribution of each sequence (sum {sum(values):.3f})", fontsize=9
+    )
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, png)
 
 
 def plot_balance_history(

@@ -1,10 +1,17 @@
-"""The final test evaluation of a BraTS run: per-region Dice and HD95, each modality head's Dice.
+"""The final test evaluation of a BraTS run: per-region Dice and HD95, each modality head's Dice,
+and the missing-sequence audit.
 
 Run after training (the bundles' ``run`` list ends with it): the best checkpoint selected on
 the validation split is loaded, every held-out test case is segmented with sliding-window
 inference on the full volume, and the results are printed as a table and written to the run
 folder as ``metrics.json`` (summary + per case) and ``metrics.csv`` (one row per case), with a
 plot of the balancing history (``balance.png``) when the run had a balancing handler.
+
+The audit (:mod:`cggm_seg.evaluation.audit`) segments every case again with each non-empty
+subset of the sequences, the missing ones zero-filled after intensity normalisation: Dice per
+region on each subset, their mean (the 15-subset mean for BraTS) and each sequence's Shapley value
+for the mean Dice, with a subset x region heat map (``missing_sequences.png``) and the Shapley
+bars (``shapley.png``).
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cggm_seg.data.layouts import REGIONS
+from cggm_seg.data.layouts import MODALITIES, REGIONS
+from cggm_seg.data.sequences import zero_sequences
+from cggm_seg.evaluation.audit import sequence_subsets, shapley_values, subset_name
 from cggm_seg.evaluation.inference import NetworkWithHeads
 from cggm_seg.evaluation.metrics import region_metrics, summarise_cases
-from cggm_seg.evaluation.plots import plot_balance_history
+from cggm_seg.evaluation.plots import plot_balance_history, plot_shapley, plot_subset_dice
 
-__all__ = ["SegmentationTestReport", "format_table"]
+__all__ = ["SegmentationTestReport", "format_table", "format_subset_table", "missing_sequence_summary"]
 
 #: the statistics drawn in ``balance.png`` for each method's handler
 _PANELS = {
@@ -70,6 +79,49 @@ def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "") ->
     return "\n".join(lines)
 
 
+def missing_sequence_summary(
+    summary: Mapping[str, Mapping[str, float]], sequences: Sequence[str]
+) -> dict[str, Any]:
+    """The audit's summary from the per-case means: each subset's Dice, their mean, Shapley values.
+
+    Args:
+        summary: :func:`summarise_cases` of rows holding ``subset_<name>_dice_<region>``.
+        sequences: the image's sequences, in channel order.
+
+    Returns:
+        ``{"sequences", "subsets": [{"sequences", "name", "dice_tc", ..., "dice_mean"}],
+        "subset_mean", "shapley": {sequence: value}}``; the value of a coalition is the mean Dice
+        over cases (so the Shapley values are the means of the per-case values), ``v(empty) = 0``.
+    """
+    subsets = []
+    for subset in sequence_subsets(sequences):
+        name = subset_name(subset)
+        row = {"sequences": list(subset), "name": name}
+        row.update({f"dice_{r}": summary[f"subset_{name}_dice_{r}"]["mean"] for r in (*REGIONS, "mean")})
+        subsets.append(row)
+    values = {frozenset(row["sequences"]): row["dice_mean"] for row in subsets}
+    return {
+        "sequences": list(sequences),
+        "subsets": subsets,
+        "subset_mean": sum(row["dice_mean"] for row in subsets) / len(subsets),
+        "shapley": shapley_values(values, sequences),
+    }
+
+
+def format_subset_table(audit: Mapping[str, Any]) -> str:
+    """The audit as text: one row per subset (Dice TC, WT, ET, mean), then the mean and Shapley values."""
+    width = max(len(row["name"]) for row in audit["subsets"])
+    lines = ["missing-sequence audit (absent sequences zero-filled after normalisation)"]
+    lines.append("  ".join(["sequences".ljust(width), *[f"{r.upper():>6}" for r in REGIONS], "  mean"]))
+    for row in audit["subsets"]:
+        cells = [f"{row[f'dice_{r}']:6.3f}" for r in (*REGIONS, "mean")]
+        lines.append("  ".join([row["name"].ljust(width), *cells]))
+    lines.append(f"mean over the {len(audit['subsets'])} subsets: {audit['subset_mean']:.4f}")
+    shapley = ", ".join(f"{m} {v:.4f}" for m, v in audit["shapley"].items())
+    lines.append(f"Shapley value of each sequence (mean Dice): {shapley}")
+    return "\n".join(lines)
+
+
 class SegmentationTestReport:
     """Evaluate the held-out test split of a BraTS run and write the metrics files and plot.
 
@@ -88,6 +140,10 @@ class SegmentationTestReport:
         hd95: also compute HD95 per region. Defaults to True.
         threshold: probability threshold of the sigmoid outputs. Defaults to 0.5.
         title: printed above the table and used in the plot.
+        sequences: names of the image's channels, in order (``None``: the heads' modalities, else
+            the canonical BraTS order when the image has four channels).
+        audit: run the missing-sequence audit (every non-empty subset of ``sequences``). Defaults
+            to True; it costs one more sliding-window pass per subset and case.
     """
 
     def __init__(
@@ -103,6 +159,8 @@ class SegmentationTestReport:
         hd95: bool = True,
         threshold: float = 0.5,
         title: str = "",
+        sequences: Sequence[str] | None = None,
+        audit: bool = True,
     ) -> None:
         self.network = network
         self.dataloader = dataloader
@@ -115,7 +173,21 @@ class SegmentationTestReport:
         self.hd95 = hd95
         self.threshold = threshold
         self.title = title
+        self.sequences = None if sequences is None else tuple(sequences)
+        self.audit = audit
+        self._used_sequences: tuple[str, ...] = ()
         self.logger = logging.getLogger("cggm_seg.evaluation")
+
+    def _sequences(self, channels: int) -> tuple[str, ...]:
+        names = self.sequences or (tuple(self.heads) if self.heads else None)
+        if names is None and channels == len(MODALITIES):
+            names = MODALITIES
+        if names is None or len(names) != channels:
+            raise ValueError(
+                f"the test images have {channels} channels; give `sequences`, one name per channel "
+                f"(got {None if names is None else list(names)})."
+            )
+        return tuple(names)
 
     def _load_checkpoint(self) -> str:
         if self.checkpoint is None or not self.checkpoint.is_file():
@@ -147,8 +219,12 @@ class SegmentationTestReport:
         summary = summarise_cases(per_case)
         title = f"{self.title + ' - ' if self.title else ''}test set: {len(per_case)} cases, {source}"
         table = format_table(summary, title)
+        result = {"source": source, "num_cases": len(per_case), "summary": summary}
+        if self.audit:
+            result["missing_sequences"] = missing_sequence_summary(summary, self._used_sequences)
+            table += "\n\n" + format_subset_table(result["missing_sequences"])
         print(table, flush=True)
-        result = {"source": source, "num_cases": len(per_case), "summary": summary, "cases": per_case}
+        result["cases"] = per_case
         self._write(result)
         return result
 
@@ -167,6 +243,17 @@ class SegmentationTestReport:
             head = torch.sigmoid(outputs[modality][0].float()).cpu() > self.threshold
             dice = region_metrics(head, truth, hd95=False)
             row.update({f"head_dice_{modality}_{k[5:]}": v for k, v in dice.items()})
+        if self.audit:
+            sequences = self._used_sequences = self._sequences(int(image.shape[1]))
+            for subset in sequence_subsets(sequences):
+                if len(subset) == len(sequences):
+                    dice = {k: v for k, v in row.items() if k.startswith("dice_")}
+                else:
+                    keep = [s in subset for s in sequences]
+                    logits = self.inferer(zero_sequences(image, keep), self.network)
+                    pred = torch.sigmoid(logits[0].float()).cpu() > self.threshold
+                    dice = region_metrics(pred, truth, hd95=False)
+                row.update({f"subset_{subset_name(subset)}_{k}": v for k, v in dice.items()})
         return row
 
     def _write(self, result: Mapping[str, Any]) -> None:
@@ -177,6 +264,10 @@ class SegmentationTestReport:
             writer = csv.DictWriter(f, fieldnames=list(cases[0]))
             writer.writeheader()
             writer.writerows(cases)
+        if "missing_sequences" in result:
+            audit = result["missing_sequences"]
+            plot_subset_dice(audit["subsets"], self.output_dir / "missing_sequences.png", title=self.title)
+            plot_shapley(audit["shapley"], self.output_dir / "shapley.png", title=self.title)
         history = getattr(self.balancing, "history", None)
         if history:
             method = getattr(self.balancing, "method_key", "cggm")

@@ -111,7 +111,8 @@ def test_branch_param_groups_tag_each_branch_and_the_rest():
 
 
 def test_cggm_grad_mode_applies_the_trackers_b():
-    model, _, cggm = _seg_setup(direction="off", tracker=BalanceTracker(MODALITIES, ema=0.0, tau=0.0, preset="guarded"))
+    tracker = BalanceTracker(MODALITIES, ema=0.0, tau=0.0, preset="guarded")
+    model, _, cggm = _seg_setup(direction="off", tracker=tracker)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for s in range(3):
         x, y = seg_batch(seed=s)
