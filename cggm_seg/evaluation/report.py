@@ -193,7 +193,8 @@ class SegmentationTestReport:
         if self.checkpoint is None or not self.checkpoint.is_file():
             return "weights at the end of training (no best-on-validation checkpoint found)"
         state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(state["network"])
+        # Ignite's Checkpoint saves a save_dict of one object as that object's bare state dict.
+        self.network.load_state_dict(state["network"] if "network" in state else state)
         if self.heads is not None and "heads" in state:
             nn.ModuleDict(dict(self.heads)).load_state_dict(state["heads"])
         return f"best-on-validation checkpoint {self.checkpoint}"

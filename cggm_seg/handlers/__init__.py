@@ -2,6 +2,7 @@
 
 from cggm_seg.handlers.base import HeadBalancingHandler
 from cggm_seg.handlers.cggm_handler import CGGMHandler
+from cggm_seg.handlers.curve import ValidationCurve
 from cggm_seg.handlers.factory import METHODS, handler_list, make_balancing_handler, present
 from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
@@ -10,6 +11,7 @@ from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
 __all__ = [
     "HeadBalancingHandler",
     "CGGMHandler",
+    "ValidationCurve",
     "METHODS",
     "handler_list",
     "make_balancing_handler",

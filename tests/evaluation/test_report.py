@@ -91,3 +91,11 @@ def test_no_hook_remains_on_the_network_after_a_report_with_heads(tmp_path):
     result = SegmentationTestReport(net, cases, SimpleInferer(), tmp_path, heads=heads, hd95=False).run()
     assert "head_dice_t1_mean" in result["summary"]
     assert sum(len(m._forward_hooks) for m in net.modules()) == 0
+
+
+def test_a_bare_network_checkpoint_is_loaded(tmp_path):
+    # CheckpointSaver writes a save_dict of one object (no heads) as its bare state dict
+    net = RegionsFromImage()
+    torch.save({"dummy": torch.tensor([100.0])}, tmp_path / "model.pt")
+    SegmentationTestReport(net, _cases(1), SimpleInferer(), tmp_path, checkpoint=tmp_path / "model.pt").run()
+    assert float(net.dummy.detach()) == 100.0
