@@ -22,7 +22,14 @@ from cggm_seg.data.check import check_dataset
 from cggm_seg.data.datalist import DEFAULT_FRACTIONS, load_datalist, make_datalist, write_datalist
 from cggm_seg.data.discovery import describe_layout, detect_layout, discover_cases
 
-__all__ = ["cache_root", "default_phantom_dir", "prepare_dataset", "inference_datalist", "DatasetCheckError"]
+__all__ = [
+    "cache_root",
+    "default_phantom_dir",
+    "prepare_dataset",
+    "split_cases",
+    "inference_datalist",
+    "DatasetCheckError",
+]
 
 
 class DatasetCheckError(ValueError):
@@ -113,6 +120,21 @@ def prepare_dataset(
     splits["layout"] = datalist["layout"]
     splits["datalist"] = str(path)
     return splits
+
+
+def split_cases(data: dict[str, Any], split: str) -> list[dict[str, Any]]:
+    """The labelled cases of one split of :func:`prepare_dataset`'s result, or of all (``"all"``).
+
+    Raises:
+        ValueError: an unknown split name, or a split without cases.
+    """
+    splits = ("training", "validation", "test")
+    if split not in (*splits, "all"):
+        raise ValueError(f"split must be one of {[*splits, 'all']}, got {split!r}.")
+    cases = [c for s in splits for c in data[s]] if split == "all" else list(data[split])
+    if not cases:
+        raise ValueError(f"the {split!r} split of this dataset has no labelled case to evaluate.")
+    return cases
 
 
 def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> list[dict[str, Any]]:

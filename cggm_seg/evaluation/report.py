@@ -133,8 +133,9 @@ class SegmentationTestReport:
         inferer: e.g. ``SlidingWindowInferer(roi_size, overlap=0.5)``.
         output_dir: the run folder where ``metrics.json``, ``metrics.csv`` and ``balance.png`` go.
         heads: modality -> light head, to report each head's Dice too (``None``: fused only).
-        checkpoint: the best model selected on validation (keys ``network`` and ``heads``); when
-            the file does not exist the weights in memory are evaluated (and the report says so).
+        checkpoint: the best model selected on validation (keys ``network`` and ``heads``, or the
+            network's bare state dict); when the file does not exist the weights in memory are
+            evaluated (and the report says so), unless ``require_checkpoint``.
         balancing: the run's CGGM / OGM-GE handler, for ``balance.png`` (``None``: no plot).
         device: where inference runs. Defaults to the network's device.
         hd95: also compute HD95 per region. Defaults to True.
@@ -144,6 +145,11 @@ class SegmentationTestReport:
             the canonical BraTS order when the image has four channels).
         audit: run the missing-sequence audit (every non-empty subset of ``sequences``). Defaults
             to True; it costs one more sliding-window pass per subset and case.
+        require_checkpoint: fail when ``checkpoint`` does not exist (auditing a given model)
+            instead of evaluating the weights in memory. Defaults to False.
+
+    Raises:
+        FileNotFoundError: in :meth:`run`, ``require_checkpoint`` and no checkpoint file.
     """
 
     def __init__(
@@ -161,6 +167,7 @@ class SegmentationTestReport:
         title: str = "",
         sequences: Sequence[str] | None = None,
         audit: bool = True,
+        require_checkpoint: bool = False,
     ) -> None:
         self.network = network
         self.dataloader = dataloader
@@ -175,6 +182,7 @@ class SegmentationTestReport:
         self.title = title
         self.sequences = None if sequences is None else tuple(sequences)
         self.audit = audit
+        self.require_checkpoint = require_checkpoint
         self._used_sequences: tuple[str, ...] = ()
         self.logger = logging.getLogger("cggm_seg.evaluation")
 
@@ -191,6 +199,8 @@ class SegmentationTestReport:
 
     def _load_checkpoint(self) -> str:
         if self.checkpoint is None or not self.checkpoint.is_file():
+            if self.require_checkpoint:
+                raise FileNotFoundError(f"no checkpoint to evaluate: {self.checkpoint} does not exist.")
             return "weights at the end of training (no best-on-validation checkpoint found)"
         state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         # Ignite's Checkpoint saves a save_dict of one object as that object's bare state dict.

@@ -234,3 +234,30 @@ def test_stopped_run_resumes_from_its_last_checkpoint(tmp_path):
     history = final["balancing"]["history"]
     # the balancing history continues where the first run stopped: no restart from iteration 1
     assert [h["iteration"] for h in history] == list(range(1, 2 * iterations_epoch1 + 1))
+
+
+@pytest.mark.slow
+def test_evaluate_bundle_audits_a_checkpoint_on_another_dataset(tmp_path):
+    """Train 1 epoch on the default phantom, then audit that checkpoint on every case of a
+    BraTS 2023 folder: no training, the 15-subset audit and Shapley values in evaluation/."""
+    trained = _run_bundle(_config("cggm"), tmp_path)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "brats_cggm"
+    data = tmp_path / "other"
+    write_phantom_dataset(
+        data, 3, seed=5, layout="brats2023", config=PhantomConfig(spacing=4.0), progress=False
+    )
+    evaluate = [CONFIG, str(BUNDLES / "evaluate.json")]
+    extra = ["--dataset_dir", str(data), "--evaluate_split", "all"]
+    result = _run_bundle(evaluate, tmp_path, *extra, "--checkpoint", str(run_dir / "models" / "model.pt"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Epoch[1]" not in result.stdout + result.stderr  # nothing trained
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    assert metrics["num_cases"] == 3 and "best-on-validation checkpoint" in metrics["source"]
+    audit = metrics["missing_sequences"]
+    assert len(audit["subsets"]) == 15
+    full = audit["subsets"][-1]["dice_mean"]
+    assert sum(audit["shapley"].values()) == pytest.approx(full)
+    assert (run_dir / "evaluation" / "shapley.png").is_file()
+    missing = _run_bundle(evaluate, tmp_path, *extra, "--checkpoint", str(tmp_path / "nope.pt"))
+    assert missing.returncode != 0 and "nope.pt does not exist" in missing.stdout + missing.stderr

@@ -47,3 +47,15 @@ def test_prepare_generates_phantom_in_cache_once(tmp_path, monkeypatch):
     prepare_dataset(folder, tmp_path / "run", **kwargs)  # second call reuses the cache
     assert marker.stat().st_mtime_ns == mtime
     assert (tmp_path / "cache").stat().st_mtime_ns == stamp
+
+
+def test_split_cases_picks_one_split_or_all():
+    from cggm_seg.data.prepare import split_cases
+
+    data = {"training": [{"case_id": "a"}], "validation": [], "test": [{"case_id": "b"}]}
+    assert split_cases(data, "test") == [{"case_id": "b"}]
+    assert [c["case_id"] for c in split_cases(data, "all")] == ["a", "b"]
+    with pytest.raises(ValueError, match="no labelled case"):
+        split_cases(data, "validation")
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_cases(data, "train")
