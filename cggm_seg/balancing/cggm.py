@@ -43,6 +43,7 @@ __all__ = [
     "direction_loss",
     "scale_gradients",
     "branch_param_groups",
+    "check_branch_groups",
     "scale_learning_rates",
     "restore_learning_rates",
     "CGGM",
@@ -117,9 +118,14 @@ def branch_param_groups(
     return groups
 
 
-def _check_branch_groups(
+def check_branch_groups(
     optimizer: torch.optim.Optimizer, params_by_modality: Mapping[str, Sequence[nn.Parameter]]
 ) -> None:
+    """Check that every branch's trainable parameters sit in param groups tagged with its modality.
+
+    Raises:
+        ValueError: a group mixes branches, or a branch parameter is in no tagged group.
+    """
     owner = {id(p): m for m, params in params_by_modality.items() for p in params}
     covered: set[int] = set()
     hint = "build the optimizer with branch_param_groups(model, branches, lr=...) for magnitude='lr'"
@@ -296,7 +302,8 @@ class CGGM:
                     )
                 # Only the final layer, on its detached input: g_F is this step's fused gradient,
                 # and L_gm's gradient can reach the final layer only.
-                fused_loss = self.loss_fn(self.final(self.observer.final_input), target.detach())
+                # .mean(): a loss with reduction="none" is reduced as MONAI's SupervisedTrainer does
+                fused_loss = self.loss_fn(self.final(self.observer.final_input), target.detach()).mean()
                 fused = torch.autograd.grad(fused_loss, params, create_graph=True)
                 fused_vec = torch.cat([g.reshape(-1) for g in fused])
                 reference = head_step.final_grads
@@ -329,7 +336,7 @@ class CGGM:
         if self._saved_lrs is not None:
             raise RuntimeError("learning rates are already scaled: call restore_magnitude() after each step.")
         if self._checked_optimizer != id(optimizer):
-            _check_branch_groups(optimizer, self.params_by_modality)
+            check_branch_groups(optimizer, self.params_by_modality)
             self._checked_optimizer = id(optimizer)
         self._saved_lrs = scale_learning_rates(optimizer, self.coefficients)
 

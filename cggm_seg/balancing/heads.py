@@ -79,6 +79,23 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
         offset += p.numel()
 
 
+def _check_prediction(modality: str, prediction: Any, target: torch.Tensor) -> None:
+    """A head's output must be a tensor with the target's batch size and, for dense targets of the
+    same rank, the target's spatial size (segmentation heads predict at the label's resolution)."""
+    if not isinstance(prediction, torch.Tensor):
+        raise TypeError(f"head {modality!r} returned {type(prediction).__name__}; expected a tensor.")
+    if prediction.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"head {modality!r} returned batch size {prediction.shape[0]} for a batch of {target.shape[0]} "
+            f"(prediction {list(prediction.shape)}, target {list(target.shape)})."
+        )
+    if prediction.dim() == target.dim() >= 3 and prediction.shape[2:] != target.shape[2:]:
+        raise ValueError(
+            f"head {modality!r} predicts {list(prediction.shape)} for a target of {list(target.shape)}: a "
+            "segmentation head must return logits at the label's spatial size."
+        )
+
+
 @dataclass
 class HeadStep:
     """What one :meth:`HeadTrainer.step` measured, per modality.
@@ -175,8 +192,12 @@ class HeadTrainer:
             # One head at a time (they share no parameter, so each gets its own loss's gradient):
             # only one head's graph, full-resolution maps for segmentation, is alive at once.
             with torch.enable_grad():
-                prediction = head(detach_features(features[m]))
-                loss = self.loss_fn(prediction, target)
+                try:
+                    prediction = head(detach_features(features[m]))
+                except (ValueError, RuntimeError, TypeError) as err:
+                    raise type(err)(f"head {m!r}: {err}") from err
+                _check_prediction(m, prediction, target)
+                loss = self.loss_fn(prediction, target).mean()  # reduction="none" as the trainer reduces it
                 loss.backward()
             losses[m] = loss.detach()
             scores[m] = self.score_fn(prediction.detach(), target)  # before the head's update

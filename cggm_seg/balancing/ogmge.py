@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, branch_parameters
+from cggm_seg.balancing.cggm import check_branch_groups, restore_learning_rates, scale_learning_rates
 from cggm_seg.balancing.heads import HeadTrainer
 from cggm_seg.balancing.observer import HeadObserver
 
@@ -101,6 +102,11 @@ class OGMGE:
         start_epoch: first epoch of the modulation window. Defaults to 0.
         end_epoch: first epoch after the window; ``None`` for no end. Defaults to 50 (the official
             0-50 of 100 epochs).
+        magnitude: ``"grad"`` (default, the paper's form: branch gradients ``k_m * g + h``; right for
+            SGD) or ``"lr"`` (the branch's learning rate times ``k_m`` for the step, the GE noise
+            added to the gradient: ``theta <- theta - lr * k_m * (g + h)``; survives Adam/AdamW,
+            which are nearly invariant to a gradient's scale; needs an optimizer built with
+            :func:`~cggm_seg.balancing.cggm.branch_param_groups`).
         seed: seed of the noise generator (one per device); ``None`` uses torch's global generator.
             Under DDP give a seed, so that every rank adds the same noise to its (identical) gradients.
 
@@ -125,6 +131,7 @@ class OGMGE:
         start_epoch: int = 0,
         end_epoch: int | None = 50,
         seed: int | None = None,
+        magnitude: str = "grad",
     ) -> None:
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")
@@ -142,6 +149,11 @@ class OGMGE:
         self.noise = noise
         self.start_epoch = int(start_epoch)
         self.end_epoch = None if end_epoch is None else int(end_epoch)
+        if magnitude not in ("grad", "lr"):
+            raise ValueError(f"magnitude must be 'grad' or 'lr', got {magnitude!r}.")
+        self.magnitude = magnitude
+        self._saved_lrs: list | None = None
+        self._checked_optimizer: int | None = None
         self.seed = seed
         self.observer = HeadObserver(model, heads, branches)
         m = len(self.modalities)
@@ -184,8 +196,10 @@ class OGMGE:
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
 
-    def apply_magnitude(self, epoch: int) -> None:
-        """Inside the epoch window, ``g <- k_m * g + h`` for every gradient of branch m.
+    def apply_magnitude(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Inside the epoch window, ``g <- k_m * g + h`` for every gradient of branch m (``grad``), or
+        ``g <- g + h`` and the branch's learning rate times ``k_m`` (``lr``; call
+        :meth:`restore_magnitude` after the step, :meth:`step` does both).
 
         ``h ~ N(0, std(g)^2)`` elementwise, with std the (unbiased) standard deviation of that
         parameter tensor's gradient before scaling: the official isotropic approximation of
@@ -193,11 +207,22 @@ class OGMGE:
 
         Args:
             epoch: the current epoch (0-based, as the window).
+            optimizer: the optimizer (``lr`` mode only).
+
+        Raises:
+            ValueError: ``lr`` mode without an optimizer, or one not built by ``branch_param_groups``.
         """
         if not self.in_window(epoch):
             return
+        if self.magnitude == "lr":
+            if optimizer is None:
+                raise ValueError("magnitude='lr' scales the optimizer's learning rates: pass the optimizer.")
+            if self._checked_optimizer != id(optimizer):
+                check_branch_groups(optimizer, self.params_by_modality)
+                self._checked_optimizer = id(optimizer)
+            self._saved_lrs = scale_learning_rates(optimizer, dict(zip(self.modalities, self.k.tolist())))
         for modality, params in self.params_by_modality.items():
-            factor = float(self.k[self.modalities.index(modality)])
+            factor = float(self.k[self.modalities.index(modality)]) if self.magnitude == "grad" else 1.0
             for p in params:
                 if p.grad is None:
                     continue
@@ -214,12 +239,22 @@ class OGMGE:
     def step(
         self, optimizer: torch.optim.Optimizer, epoch: int, scaler: torch.amp.GradScaler | None = None
     ) -> None:
-        """:meth:`apply_magnitude` then ``optimizer.step()`` (or ``scaler.step(optimizer)``)."""
-        self.apply_magnitude(epoch)
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
+        """:meth:`apply_magnitude`, ``optimizer.step()`` (or ``scaler.step(optimizer)``), then
+        :meth:`restore_magnitude`."""
+        self.apply_magnitude(epoch, optimizer)
+        try:
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+        finally:
+            self.restore_magnitude()
+
+    def restore_magnitude(self) -> None:
+        """``lr`` mode: put back the learning rates :meth:`apply_magnitude` scaled."""
+        if self._saved_lrs is not None:
+            restore_learning_rates(self._saved_lrs)
+            self._saved_lrs = None
 
     def remove(self) -> None:
         """Take the forward hooks off the model."""

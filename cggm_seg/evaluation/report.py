@@ -38,7 +38,7 @@ __all__ = ["SegmentationTestReport", "format_table", "format_subset_table", "mis
 
 #: the statistics drawn in ``balance.png`` for each method's handler
 _PANELS = {
-    "cggm": (("eps", "head score eps_i (EMA)"), ("B", "balancing coefficient B_i")),
+    "cggm": (("eps", "head score eps_i (smoothed)"), ("B", "balancing coefficient B_i")),
     "ogmge": (("s", "head score s_i"), ("k", "OGM coefficient k_i")),
     "monitor": (("eps", "head score eps_i (per batch)"),),
 }

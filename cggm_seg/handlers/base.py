@@ -10,7 +10,7 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from cggm_seg.balancing import HeadTrainer
+from cggm_seg.balancing import HeadTrainer, get_score
 from cggm_seg.handlers.utils import (
     engine_device,
     engine_network,
@@ -64,6 +64,9 @@ class HeadBalancingHandler:
         history_size: int,
         name: str | None,
     ) -> None:
+        get_score(score)  # an unknown score name fails when the config is parsed, not at the first step
+        if not (head_lr > 0):
+            raise ValueError(f"head_lr must be > 0, got {head_lr}.")
         self.heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
         self.modalities = tuple(self.heads.keys())
         self.branches = branches

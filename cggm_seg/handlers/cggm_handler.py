@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cggm_seg.balancing import CGGM, BalanceTracker, HeadTrainer
+from cggm_seg.balancing import CGGM, DIRECTIONS, MAGNITUDES, BalanceTracker, HeadTrainer
 from cggm_seg.handlers.base import HeadBalancingHandler
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ class CGGMHandler(HeadBalancingHandler):
             ``StatsHandler(state_attributes=...)``, TensorBoard or MLflow handlers).
 
     Raises:
-        ValueError: when the run starts, for branches, heads and tracker that do not cover the same
+        ValueError: at construction (when a bundle config is parsed), for an unknown magnitude,
+            direction, score or preset, or a setting out of range (rho <= 0, lam < 0, ...); when
+            the run starts, for branches, heads and tracker that do not cover the same
             modalities, heads whose final layer is shaped unlike the network's, or an engine
             without a network.
     """
@@ -119,6 +121,12 @@ class CGGMHandler(HeadBalancingHandler):
             window=window,
             z=z,
         )
+        if magnitude not in MAGNITUDES:
+            raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}.")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}.")
         self.settings = {"magnitude": magnitude, "direction": direction, "lam": lam}
 
     @property

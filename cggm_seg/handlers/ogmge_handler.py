@@ -46,13 +46,16 @@ class OGMGEHandler(HeadBalancingHandler):
         start_epoch, end_epoch: the modulation window in 0-based epochs, ``[start, end)``;
             ``end_epoch=None`` for no end. Defaults to 0 and 50 (the official 0-50 of 100 epochs).
         seed: seed of the GE noise (give one under DDP so that all ranks add the same noise).
+        magnitude: ``"grad"`` (default; scale the branch gradients, for SGD) or ``"lr"`` (scale the
+            branch learning rates for the step, for Adam/AdamW, which ignore a gradient's scale;
+            needs an optimizer built with :func:`cggm_seg.balancing.branch_param_groups`).
         network: the network to balance; ``None`` takes ``engine.network``.
         history_size: iterations kept in :attr:`history`. Defaults to 100000.
         name: logger name; ``None`` uses ``engine.logger``.
 
     Raises:
-        ValueError: alpha < 0 or an empty epoch window (at construction); when the run starts, heads and
-            branches of different modalities.
+        ValueError: alpha < 0, an empty epoch window, an unknown magnitude or score (at
+            construction); when the run starts, heads and branches of different modalities.
     """
 
     method_key = "ogmge"
@@ -71,6 +74,7 @@ class OGMGEHandler(HeadBalancingHandler):
         start_epoch: int = 0,
         end_epoch: int | None = 50,
         seed: int | None = None,
+        magnitude: str = "grad",
         network: nn.Module | None = None,
         history_size: int = 100_000,
         name: str | None = None,
@@ -82,7 +86,10 @@ class OGMGEHandler(HeadBalancingHandler):
             raise ValueError(f"alpha must be >= 0, got {alpha}.")
         if end_epoch is not None and end_epoch <= start_epoch:
             raise ValueError(f"the epoch window [{start_epoch}, {end_epoch}) is empty.")
+        if magnitude not in ("grad", "lr"):
+            raise ValueError(f"magnitude must be 'grad' or 'lr', got {magnitude!r}.")
         self.settings = {
+            "magnitude": magnitude,
             "alpha": alpha,
             "continuous": continuous,
             "noise": noise,
@@ -104,4 +111,7 @@ class OGMGEHandler(HeadBalancingHandler):
         self.method.observe(engine.state.output["label"])
 
     def _modulate(self, engine: Engine) -> None:
-        self.method.apply_magnitude(engine.state.epoch - 1)  # Ignite counts epochs from 1
+        self.method.apply_magnitude(engine.state.epoch - 1, engine.optimizer)  # Ignite counts epochs from 1
+
+    def _after_step(self, engine: Engine) -> None:
+        self.method.restore_magnitude()

@@ -87,6 +87,7 @@ class SegmentationHead(nn.Module):
         self.final = conv(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor], spatial_size: list[int] | None = None) -> torch.Tensor:
+        self._check(features)
         if spatial_size is None:
             spatial_size = [int(s) * self.stride for s in features[0].shape[2:]]
         # Projecting before upsampling is the same map (both linear) on fewer channels.
@@ -99,6 +100,29 @@ class SegmentationHead(nn.Module):
         if list(y.shape[2:]) != spatial_size:
             y = self._upsample(y, spatial_size)
         return self.final(self.act(y))
+
+    def _check(self, features: Any) -> None:
+        expected = [p.in_channels for p in self.projections]
+        if isinstance(features, torch.Tensor) or not isinstance(features, (list, tuple)):
+            got = (
+                f"a tensor of shape {list(features.shape)}"
+                if isinstance(features, torch.Tensor)
+                else type(features)
+            )
+            raise ValueError(
+                f"SegmentationHead expects a list of {len(expected)} feature maps B x C x D x H x W "
+                f"(fine to coarse, channels {expected}), got {got}; for a branch that returns one map, "
+                "build the head with in_channels=[C]."
+            )
+        shapes = [list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__ for f in features]
+        if len(features) != len(expected) or any(
+            not isinstance(f, torch.Tensor) or f.dim() != 5 or f.shape[1] != c
+            for f, c in zip(features, expected)
+        ):
+            raise ValueError(
+                f"SegmentationHead expects {len(expected)} maps B x C x D x H x W with channels {expected} "
+                f"(fine to coarse), got shapes {shapes}."
+            )
 
     def _upsample(self, y: torch.Tensor, size: list[int]) -> torch.Tensor:
         return F.interpolate(y, size=size, mode=self.interp_mode, align_corners=self.align_corners)
