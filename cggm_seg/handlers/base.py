@@ -151,6 +151,26 @@ class HeadBalancingHandler:
             self.history.append({"iteration": engine.state.iteration, "epoch": engine.state.epoch, **stats})
             del self.history[: -self.history_size]
 
+    def iteration_output(self, output: Any, loss_name: str = "train_loss") -> dict[str, float]:
+        """This iteration's loss and balancing statistics, for iteration-level logging.
+
+        Give it as the ``output_transform`` of ``TensorBoardStatsHandler`` or ``MLFlowHandler`` with
+        ``iteration_log=True``: they then write one value of every statistic (``B_<m>``, ``eps_<m>``,
+        ``cos_<m>``, ...) per iteration, where ``state_attributes`` writes one per epoch::
+
+            TensorBoardStatsHandler(log_dir, iteration_log=True, output_transform=handler.iteration_output)
+
+        Args:
+            output: the trainer's ``engine.state.output`` (a dict, or the decollated list of dicts).
+            loss_name: the name of the loss value. Defaults to ``"train_loss"``.
+        """
+        from monai.handlers import from_engine
+
+        values = {loss_name: float(from_engine(["loss"], first=True)(output))}
+        if self.method is not None:
+            values.update({k: float(v) for k, v in self.stats.items()})
+        return values
+
     def state_dict(self) -> dict[str, Any]:
         """Heads, their optimizer, the method's state and the history (tensors and numbers only).
 

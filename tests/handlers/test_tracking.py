@@ -60,3 +60,24 @@ def test_tensorboard_handler_logs_balancing_stats(seg_setup, make_trainer, batch
     assert len(scalars) == 1
     assert scalars[0].value == pytest.approx(trainer.state.B_t2, rel=1e-6)
     assert torch.isfinite(torch.tensor(events.Scalars("L_gm")[0].value))
+
+
+def test_tensorboard_gets_one_b_value_per_iteration(seg_setup, make_trainer, batches, tmp_path):
+    from monai.handlers import TensorBoardStatsHandler
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cggm_seg.handlers import CGGMHandler
+
+    net, heads, optimizer, loss = seg_setup
+    handler = CGGMHandler(heads, preset="guarded", tau=0.0)
+    writer = TensorBoardStatsHandler(
+        log_dir=str(tmp_path), iteration_log=True, epoch_log=False, output_transform=handler.iteration_output
+    )
+    make_trainer(net, optimizer, loss, batches(3), epochs=2, handlers=[handler, writer]).run()
+    writer._writer.flush()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    points = events.Scalars("B_t1")
+    assert [p.step for p in points] == [1, 2, 3, 4, 5, 6]
+    assert [p.value for p in points] == pytest.approx([h["B_t1"] for h in handler.history])
+    assert len(events.Scalars("train_loss")) == 6
