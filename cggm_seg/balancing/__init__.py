@@ -36,6 +36,8 @@ from cggm_seg.balancing.scores import (
     inverse_mae,
     region_true_class_probability,
     sign_accuracy,
+    softmax_dice_score,
+    softmax_true_class_probability,
     true_class_probability,
 )
 from cggm_seg.balancing.tracker import GUARDED_DEFAULTS, PRESETS, BalanceTracker, balance_coefficients
@@ -73,6 +75,8 @@ __all__ = [
     "inverse_mae",
     "region_true_class_probability",
     "sign_accuracy",
+    "softmax_dice_score",
+    "softmax_true_class_probability",
     "true_class_probability",
     "GUARDED_DEFAULTS",
     "PRESETS",

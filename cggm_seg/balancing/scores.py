@@ -2,6 +2,10 @@
 
 CGGM (METHOD.md 1.3) measures each head's performance eps_i every iteration and balances the
 modalities on its change; OGM-GE (METHOD.md 2.3) compares the heads' true-class probabilities.
+The sigmoid scores take region channels (BraTS TC, WT, ET) and same-shaped binary masks; the
+``softmax_*`` scores take the other common form, class logits with a background channel and a
+label of class indices (``B x 1 x *spatial``) or one-hot (``B x C x *spatial``).
+
 Every score here has the same signature::
 
     score(logits, target) -> 0-dim float tensor (detached, on ``logits.device``)
@@ -15,6 +19,9 @@ name                                 task            value
 ``soft_dice``                        segmentation    mean Dice of ``sigmoid(logits)``
 ``hard_dice``                        segmentation    mean Dice of ``sigmoid(logits) > 0.5``
 ``region_true_class_probability``    segmentation    mean of ``p`` where target 1, ``1 - p`` where 0
+``softmax_dice``                     segmentation    mean foreground Dice of ``softmax(logits)``
+``softmax_hard_dice``                segmentation    the same on the argmax
+``softmax_true_class_probability``   segmentation    mean softmax probability of each voxel's class
 ``accuracy``                         classification  fraction of correct argmax predictions
 ``true_class_probability``           classification  mean softmax probability of the true class
 ``inverse_mae``                      regression      ``1 / (1 + MAE)``
@@ -36,6 +43,8 @@ __all__ = [
     "SCORES",
     "dice_score",
     "region_true_class_probability",
+    "softmax_dice_score",
+    "softmax_true_class_probability",
     "accuracy",
     "true_class_probability",
     "inverse_mae",
@@ -124,6 +133,81 @@ def region_true_class_probability(
     prob = torch.sigmoid(_select_channels(logits, channels).float())
     truth = _select_channels(target, channels).float() > 0.5
     return torch.where(truth, prob, 1.0 - prob).mean()
+
+
+def _one_hot_target(logits: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
+    """``B x C x *spatial`` one-hot of a ``B x 1 x *spatial`` (or ``B x *spatial``) index label, or
+    a one-hot label as it is."""
+    if logits.ndim < 3:
+        raise ValueError(f"{what} expects B x C x *spatial class logits, got shape {tuple(logits.shape)}.")
+    if target.shape == logits.shape:
+        return target.float()
+    index = target[:, 0] if target.ndim == logits.ndim and target.shape[1] == 1 else target
+    if index.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(
+            f"{what} expects a label of class indices B x 1 x *spatial or one-hot B x C x *spatial for "
+            f"logits {tuple(logits.shape)}, got {tuple(target.shape)}."
+        )
+    index = index.long()
+    if index.min() < 0 or index.max() >= logits.shape[1]:
+        raise ValueError(
+            f"{what}: label values must be class indices in [0, {logits.shape[1] - 1}], "
+            f"got [{int(index.min())}, {int(index.max())}]."
+        )
+    return F.one_hot(index, logits.shape[1]).movedim(-1, 1).float()
+
+
+@torch.no_grad()
+def softmax_dice_score(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    hard: bool = False,
+    include_background: bool = False,
+    smooth: float = 1e-5,
+) -> torch.Tensor:
+    """Mean Dice over classes and batch of a softmax segmentation (a background channel first).
+
+    ``p = softmax(logits, dim=1)`` (or the one-hot of its argmax when ``hard``), ``t`` = the one-hot
+    label; per sample and class ``(2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)``, averaged
+    over the classes (without channel 0 unless ``include_background``) and the batch.
+
+    Args:
+        logits: ``B x C x *spatial`` class logits, C >= 2.
+        target: ``B x 1 x *spatial`` class indices or ``B x C x *spatial`` one-hot.
+        hard: use the argmax instead of the probabilities.
+        include_background: also average over channel 0. Defaults to False.
+        smooth: added to numerator and denominator. Defaults to 1e-5.
+
+    Returns:
+        0-dim float tensor in [0, 1].
+
+    Raises:
+        ValueError: a label of another shape, or class indices out of range.
+    """
+    truth = _one_hot_target(logits, target, "softmax_dice_score")
+    prob = F.softmax(logits.float(), dim=1)
+    if hard:
+        prob = F.one_hot(prob.argmax(1), logits.shape[1]).movedim(-1, 1).float()
+    first = 0 if include_background else 1
+    prob, truth = prob[:, first:], truth[:, first:]
+    dims = tuple(range(2, prob.ndim))
+    intersection = (prob * truth).sum(dims)
+    return ((2.0 * intersection + smooth) / (prob.sum(dims) + truth.sum(dims) + smooth)).mean()
+
+
+@torch.no_grad()
+def softmax_true_class_probability(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """OGM-GE's score for a softmax segmentation: the mean softmax probability of each voxel's class.
+
+    Args:
+        logits: ``B x C x *spatial`` class logits.
+        target: ``B x 1 x *spatial`` class indices or ``B x C x *spatial`` one-hot.
+
+    Returns:
+        0-dim float tensor in [0, 1].
+    """
+    truth = _one_hot_target(logits, target, "softmax_true_class_probability")
+    return (F.softmax(logits.float(), dim=1) * truth).sum(1).mean()
 
 
 def _class_targets(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -224,6 +308,9 @@ SCORES: dict[str, ScoreFn] = {
     "soft_dice": dice_score,
     "hard_dice": functools.partial(dice_score, hard=True),
     "region_true_class_probability": region_true_class_probability,
+    "softmax_dice": softmax_dice_score,
+    "softmax_hard_dice": functools.partial(softmax_dice_score, hard=True),
+    "softmax_true_class_probability": softmax_true_class_probability,
     "accuracy": accuracy,
     "true_class_probability": true_class_probability,
     "inverse_mae": inverse_mae,
