@@ -6,7 +6,14 @@ tensor in, one tensor out; per-modality encoders in ``model.encoders``; ``model.
 last layer ``model.final``.
 """
 
-from cggm_seg.networks.heads import TASKS, ClassificationHead, RegressionHead, SegmentationHead, make_heads
+from cggm_seg.networks.heads import (
+    TASKS,
+    ClassificationHead,
+    RegressionHead,
+    SegmentationHead,
+    build_heads,
+    make_heads,
+)
 from cggm_seg.networks.multi_branch import FUSIONS, Fusion, MultiBranchNet
 from cggm_seg.networks.multi_encoder import PRESETS, ModalityEncoder, MultiEncoderSegNet
 from cggm_seg.networks.multi_view import MultiViewNet, ViewEncoder
@@ -24,5 +31,6 @@ __all__ = [
     "RegressionHead",
     "SegmentationHead",
     "ViewEncoder",
+    "build_heads",
     "make_heads",
 ]

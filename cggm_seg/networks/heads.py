@@ -21,7 +21,7 @@ from torch import nn
 
 from cggm_seg.networks.pointwise import PointwiseConv3d
 
-__all__ = ["TASKS", "SegmentationHead", "ClassificationHead", "RegressionHead", "make_heads"]
+__all__ = ["TASKS", "SegmentationHead", "ClassificationHead", "RegressionHead", "build_heads", "make_heads"]
 
 #: The tasks :func:`make_heads` builds heads for.
 TASKS: tuple[str, ...] = ("segmentation", "classification", "regression")
@@ -54,9 +54,9 @@ class SegmentationHead(nn.Module):
             Defaults to False (plain ``nn.Conv3d``).
 
     Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them,
-    fine to coarse) and optionally ``spatial_size`` (the output's ``[D, H, W]``; default: the finest
-    map's size times its stride) -> logits ``B x out_channels x D x H x W``. The features are
-    detached first.
+    fine to coarse; a head of one map also takes the map itself) and optionally ``spatial_size``
+    (the output's ``[D, H, W]``; default: the finest map's size times its stride) -> logits
+    ``B x out_channels x D x H x W``. The features are detached first.
 
     Attributes:
         final: a 1x1x1 ``nn.Conv3d(hidden, out_channels)`` (a ``PointwiseConv3d`` with
@@ -87,7 +87,8 @@ class SegmentationHead(nn.Module):
         self.final = conv(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor], spatial_size: list[int] | None = None) -> torch.Tensor:
-        self._check(features)
+        if not torch.jit.is_scripting():
+            features = self._checked(features)
         if spatial_size is None:
             spatial_size = [int(s) * self.stride for s in features[0].shape[2:]]
         # Projecting before upsampling is the same map (both linear) on fewer channels.
@@ -101,7 +102,11 @@ class SegmentationHead(nn.Module):
             y = self._upsample(y, spatial_size)
         return self.final(self.act(y))
 
-    def _check(self, features: Any) -> None:
+    @torch.jit.unused
+    def _checked(self, features: Any) -> list[torch.Tensor]:
+        """``features`` as a list of maps, checked against the head's scales and channels."""
+        if isinstance(features, torch.Tensor) and len(self.projections) == 1:
+            return self._checked([features])  # a branch that returns one map
         expected = [p.in_channels for p in self.projections]
         if isinstance(features, torch.Tensor) or not isinstance(features, (list, tuple)):
             got = (
@@ -123,6 +128,7 @@ class SegmentationHead(nn.Module):
                 f"SegmentationHead expects {len(expected)} maps B x C x D x H x W with channels {expected} "
                 f"(fine to coarse), got shapes {shapes}."
             )
+        return list(features)
 
     def _upsample(self, y: torch.Tensor, size: list[int]) -> torch.Tensor:
         return F.interpolate(y, size=size, mode=self.interp_mode, align_corners=self.align_corners)
@@ -194,30 +200,115 @@ class RegressionHead(_VectorHead):
         super().__init__(in_features, hidden, out_features, act, dropout)
 
 
+def build_heads(
+    network: nn.Module,
+    example_input: torch.Tensor,
+    task: str = "segmentation",
+    branches: Any = None,
+    final: str | nn.Module = "final",
+    **kwargs: Any,
+) -> nn.ModuleDict:
+    """Light heads for any multi-branch network, shaped by probing it once with ``example_input``.
+
+    The network runs once (in eval mode, without gradients) with hooks on each branch; what a
+    branch returns decides its head:
+
+    - ``"segmentation"``: a tensor ``B x C x D x H x W`` or a list of them (multi-scale, fine to
+      coarse) -> a :class:`SegmentationHead` with ``in_channels`` the maps' channels, ``stride`` the
+      input size over the finest map's, ``hidden = final.in_channels`` and ``out_channels =
+      final.out_channels``; the fused ``final`` must be a 1x1x1 ``nn.Conv3d``.
+    - ``"classification"`` / ``"regression"``: a tensor ``B x F`` -> a :class:`ClassificationHead` /
+      :class:`RegressionHead` with ``in_features = F``, ``hidden = final.in_features`` and
+      ``final.out_features`` outputs; the fused ``final`` must be an ``nn.Linear``.
+
+    Every head's ``final`` then has the shape of the fused one, as CGGM's direction term needs.
+
+    Args:
+        network: the multimodal network (one input tensor, one output tensor).
+        example_input: one input batch of the shape training will use (zeros are fine).
+        task: one of :data:`TASKS`.
+        branches: modality -> the branch's module name(s) or module(s) (``None``:
+            ``network.branch_names()``); a branch of several modules gets the last one's output.
+        final: name (or module) of the fused final layer. Defaults to ``"final"``.
+        kwargs: passed to each head (``act``, ``interp_mode``, ``cpu_fast_paths``, ``dropout``...).
+
+    Returns:
+        modality -> head, on the CPU (move it with ``.to(device)``).
+
+    Raises:
+        ValueError: an unknown task, a final layer or branch output the task's heads cannot match,
+            naming the branch and what was found.
+    """
+    from cggm_seg.balancing.branches import FeatureTap, resolve_module, unwrap_model
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    final_layer = resolve_module(network, final, what="final layer")
+    segmentation = task == "segmentation"
+    if segmentation and not (isinstance(final_layer, nn.Conv3d) and final_layer.kernel_size == (1, 1, 1)):
+        raise ValueError(
+            f"segmentation heads need a 1x1x1 nn.Conv3d final layer to copy its shape; "
+            f"{final!r} is {final_layer!r}."
+        )
+    if not segmentation and not isinstance(final_layer, nn.Linear):
+        raise ValueError(f"{task} heads need an nn.Linear final layer; {final!r} is {final_layer!r}.")
+    tap = FeatureTap(network, branches, keep_without_grad=True)
+    model = unwrap_model(network)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            network(example_input)
+        features = tap.features
+    finally:
+        tap.remove()
+        model.train(was_training)
+    heads = {}
+    for modality, out in features.items():
+        out = out[-1] if isinstance(out, tuple) and len(tap.branches[modality]) > 1 else out
+        maps = [out] if isinstance(out, torch.Tensor) else list(out)
+        if segmentation:
+            if not maps or any(not isinstance(m, torch.Tensor) or m.dim() != 5 for m in maps):
+                shapes = [list(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__ for m in maps]
+                raise ValueError(
+                    f"branch {modality!r} returns {shapes}; segmentation heads need B x C x D x H x W "
+                    "maps (one tensor or a list, fine to coarse)."
+                )
+            ratios = {int(i) // int(f) for i, f in zip(example_input.shape[2:], maps[0].shape[2:])}
+            stride = kwargs.pop("stride", None) or (ratios.pop() if len(ratios) == 1 else 1)
+            heads[modality] = SegmentationHead(
+                [m.shape[1] for m in maps],
+                final_layer.in_channels,
+                final_layer.out_channels,
+                stride=stride,
+                **kwargs,
+            )
+            kwargs["stride"] = stride
+        else:
+            if len(maps) != 1 or maps[0].dim() != 2:
+                shapes = [list(m.shape) for m in maps]
+                raise ValueError(f"branch {modality!r} returns {shapes}; {task} heads need one B x F tensor.")
+            head_cls = ClassificationHead if task == "classification" else RegressionHead
+            heads[modality] = head_cls(
+                maps[0].shape[1], final_layer.in_features, final_layer.out_features, **kwargs
+            )
+    return nn.ModuleDict(heads)
+
+
 def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
-    """One light head per modality of ``model``, keyed like ``model.encoders``.
+    """One light head per modality of a cggm_seg network, through :func:`build_heads`.
 
-    Shapes are read from the model so that every head's ``final`` has the shape of ``model.final``:
-
-    - ``"segmentation"``: :class:`SegmentationHead` with ``in_channels = model.feature_channels``,
-      ``hidden = model.final.in_channels``, ``out_channels = model.final.out_channels`` (and
-      ``stride = model.feature_strides[0]`` when the model has ``feature_strides``;
-      ``cpu_fast_paths`` as the model's);
-    - ``"classification"`` / ``"regression"``: :class:`ClassificationHead` /
-      :class:`RegressionHead` with ``in_features = model.hidden`` (each encoder's output width),
-      ``hidden = model.final.in_features``, outputs ``model.final.out_features``.
+    The model is probed with a zero input of the smallest size it takes:
+    :class:`~cggm_seg.networks.MultiEncoderSegNet` (``1 x M x d x d x d``, d = its size divisor;
+    heads with the model's ``cpu_fast_paths``) or :class:`~cggm_seg.networks.MultiViewNet`
+    (``1 x in_features``). For another network use :func:`build_heads` with an example input.
 
     Args:
         task: one of :data:`TASKS`.
-        model: a network following the cggm_seg contract (``encoders``, ``final`` and the
-            attributes above), e.g. :class:`~cggm_seg.networks.MultiEncoderSegNet` or
-            :class:`~cggm_seg.networks.MultiViewNet`.
-        kwargs: passed to each head: ``act``; ``stride``, ``interp_mode``, ``cpu_fast_paths``
-            (segmentation); ``dropout``
-            (classification, regression).
-
-    The heads are created on the CPU: move them with ``.to(device)`` like the model. Pass the
-    network itself, not its ``DistributedDataParallel`` wrapper.
+        model: a cggm_seg network (``encoders``, ``final``); pass the network itself, not its
+            ``DistributedDataParallel`` wrapper.
+        kwargs: passed to each head: ``act``; ``interp_mode``, ``cpu_fast_paths`` (segmentation);
+            ``dropout`` (classification, regression).
 
     Raises:
         ValueError: for an unknown task, or a model that lacks what the task's heads need.
@@ -225,31 +316,27 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
     encoders = getattr(model, "encoders", None)
-    final = getattr(model, "final", None)
     if not isinstance(encoders, nn.ModuleDict):
-        raise ValueError(f"{type(model).__name__} has no nn.ModuleDict 'encoders': not a multimodal network.")
+        raise ValueError(
+            f"{type(model).__name__} has no nn.ModuleDict 'encoders': not a cggm_seg network; build the "
+            "heads of another network with build_heads(network, example_input, task, branches, final)."
+        )
+    branches = {m: f"encoders.{m}" for m in encoders}
+    final = getattr(model, "final", None)
     if task == "segmentation":
-        if not isinstance(final, nn.Conv3d) or not hasattr(model, "feature_channels"):
+        if not isinstance(final, nn.Conv3d) or not hasattr(model, "divisor"):
             raise ValueError(
-                f"segmentation heads need a model with 'feature_channels' and an nn.Conv3d 'final'; "
+                f"segmentation heads need a model with a size 'divisor' and an nn.Conv3d 'final'; "
                 f"{type(model).__name__} has final={type(final).__name__}."
             )
-        kwargs.setdefault("stride", getattr(model, "feature_strides", (1,))[0])
         kwargs.setdefault("cpu_fast_paths", bool(getattr(model, "cpu_fast_paths", False)))
-        return nn.ModuleDict(
-            {
-                name: SegmentationHead(
-                    model.feature_channels, final.in_channels, final.out_channels, **kwargs
-                )
-                for name in encoders
-            }
-        )
-    if not isinstance(final, nn.Linear) or not hasattr(model, "hidden"):
-        raise ValueError(
-            f"{task} heads need a model with 'hidden' and an nn.Linear 'final'; "
-            f"{type(model).__name__} has final={type(final).__name__}."
-        )
-    head_cls = ClassificationHead if task == "classification" else RegressionHead
-    return nn.ModuleDict(
-        {name: head_cls(model.hidden, final.in_features, final.out_features, **kwargs) for name in encoders}
-    )
+        d = model.divisor
+        example = torch.zeros(1, len(encoders), d, d, d, device=final.weight.device)
+    else:
+        if not isinstance(final, nn.Linear) or not hasattr(model, "in_features"):
+            raise ValueError(
+                f"{task} heads need a model with 'in_features' and an nn.Linear 'final'; "
+                f"{type(model).__name__} has final={type(final).__name__}."
+            )
+        example = torch.zeros(1, model.in_features, device=final.weight.device)
+    return build_heads(model, example, task, branches, "final", **kwargs)

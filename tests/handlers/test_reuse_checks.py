@@ -45,13 +45,14 @@ def test_segmentation_head_given_one_tensor_says_what_it_expects():
 
 
 def test_head_trainer_names_the_head_and_the_expected_size():
-    heads = {m: SegmentationHead([4], hidden=6) for m in ("t1", "t2")}
+    heads = {m: SegmentationHead([4, 8], hidden=6) for m in ("t1", "t2")}
     params = [p for h in heads.values() for p in h.parameters()]
     trainer = HeadTrainer(heads, DiceLoss(sigmoid=True), torch.optim.SGD(params, lr=0.1))
     target = torch.zeros(1, 3, 8, 8, 8)
     with pytest.raises(ValueError, match="head 't1': SegmentationHead expects a list"):
-        trainer.step({"t1": torch.randn(1, 4, 8, 8, 8), "t2": [torch.randn(1, 4, 8, 8, 8)]}, target)
-    half = {"t1": [torch.randn(1, 4, 4, 4, 4)], "t2": [torch.randn(1, 4, 4, 4, 4)]}  # stride 1: 4^3 out
+        trainer.step({"t1": torch.randn(1, 4, 8, 8, 8), "t2": torch.randn(1, 4, 8, 8, 8)}, target)
+    maps = [torch.randn(1, 4, 4, 4, 4), torch.randn(1, 8, 2, 2, 2)]
+    half = {"t1": maps, "t2": maps}  # stride 1: a 4^3 output for an 8^3 label
     with pytest.raises(
         ValueError, match=r"head 't1' predicts \[1, 3, 4, 4, 4\] for a target of \[1, 3, 8, 8, 8\]"
     ):
