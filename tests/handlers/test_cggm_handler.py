@@ -45,7 +45,7 @@ def _recorded_trainer(seg_setup, make_trainer, GradRecorder, batches, handler, n
 def test_supervised_trainer_gradients_scaled_between_backward_and_step(
     seg_setup, make_trainer, GradRecorder, batches
 ):
-    handler = CGGMHandler(seg_setup[1], warmup=1, ema=0.0, b_min=0.05)
+    handler = CGGMHandler(seg_setup[1], warmup=1, ema=0.0, b_min=0.05, preset="guarded")
     trainer, rec, coefficients = _recorded_trainer(seg_setup, make_trainer, GradRecorder, batches, handler)
     trainer.run()
     assert len(rec.at_step) == len(rec.after_backward) == 3
@@ -78,7 +78,7 @@ def test_direction_loss_is_added_before_backward(seg_setup, make_trainer, batche
 
 
 def test_amp_gradients_are_unscaled_before_modulation(seg_setup, make_trainer, GradRecorder, batches):
-    handler = CGGMHandler(seg_setup[1], warmup=1, ema=0.0, b_min=0.05)
+    handler = CGGMHandler(seg_setup[1], warmup=1, ema=0.0, b_min=0.05, preset="guarded")
     trainer, rec, coefficients = _recorded_trainer(
         seg_setup, make_trainer, GradRecorder, batches, handler, amp=True
     )
@@ -99,7 +99,7 @@ def test_amp_gradients_are_unscaled_before_modulation(seg_setup, make_trainer, G
 def test_gradient_accumulation_modulates_only_when_a_step_follows(
     seg_setup, make_trainer, GradRecorder, batches
 ):
-    handler = CGGMHandler(seg_setup[1], warmup=1, ema=0.0, b_min=0.05)
+    handler = CGGMHandler(seg_setup[1], warmup=1, ema=0.0, b_min=0.05, preset="guarded")
     trainer, rec, coefficients = _recorded_trainer(
         seg_setup, make_trainer, GradRecorder, batches, handler, n=4, accumulation_steps=2
     )
@@ -116,7 +116,7 @@ def test_gradient_accumulation_modulates_only_when_a_step_follows(
 def test_lr_mode_scales_branch_learning_rates_for_the_step_only(seg_setup, make_trainer, batches):
     net, heads, _, loss = seg_setup
     optimizer = torch.optim.Adam(branch_param_groups(net, lr=1e-3), lr=1e-3)
-    handler = CGGMHandler(heads, magnitude="lr", warmup=1, ema=0.0, b_min=0.05)
+    handler = CGGMHandler(heads, magnitude="lr", warmup=1, ema=0.0, b_min=0.05, preset="guarded")
     trainer = make_trainer(net, optimizer, loss, batches(3))
     seen = []
     optimizer.register_step_pre_hook(
@@ -157,7 +157,9 @@ def test_bare_ignite_engine(seg_setup, batches, GradRecorder):
     engine.optimizer = optimizer
     recorder = GradRecorder(net, optimizer)
     engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, recorder.on_backward)
-    handler = CGGMHandler(heads, network=net, loss_function=loss, warmup=1, ema=0.0, b_min=0.05)
+    handler = CGGMHandler(
+        heads, network=net, loss_function=loss, warmup=1, ema=0.0, b_min=0.05, preset="guarded"
+    )
     handler.attach(engine)
     coefficients = []
     engine.add_event_handler(

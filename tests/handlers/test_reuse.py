@@ -51,6 +51,7 @@ def test_cggm_handler_on_a_users_network():
         final="classifier",
         score="soft_dice",
         warmup=1,
+        preset="guarded",  # per-iteration B: the 8 iterations here are shorter than a trend window
         ema=0.0,
         b_min=0.05,
     )
