@@ -198,7 +198,7 @@ class CGGM:
         loss_fn: the fused task loss ``loss_fn(logits, target)`` (the direction term re-evaluates it).
         branches: modality -> encoder module name(s) / module(s) (``None``: ``model.branch_names()``).
         final: name (or module) of the fused model's final layer. Defaults to ``"final"``.
-        tracker: the :class:`BalanceTracker` (``None``: a guarded tracker with its defaults, rho 1).
+        tracker: the :class:`BalanceTracker` (``None``: the default ``trend`` tracker, rho 1).
         magnitude: ``"grad"`` (default, the paper's form), ``"lr"`` (for Adam/AdamW: needs an optimizer
             built with :func:`branch_param_groups`) or ``"off"``.
         direction: ``"gradient"`` (default), ``"weights"`` or ``"off"``.

@@ -217,6 +217,10 @@ class OGMGE:
         if self.magnitude == "lr":
             if optimizer is None:
                 raise ValueError("magnitude='lr' scales the optimizer's learning rates: pass the optimizer.")
+            if self._saved_lrs is not None:
+                raise RuntimeError(
+                    "learning rates are already scaled: call restore_magnitude() after each step."
+                )
             if self._checked_optimizer != id(optimizer):
                 check_branch_groups(optimizer, self.params_by_modality)
                 self._checked_optimizer = id(optimizer)

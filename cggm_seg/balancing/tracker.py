@@ -341,8 +341,11 @@ class BalanceTracker:
             return self.neutral()
         window = torch.stack(list(self.scores))
         self.eps = window.mean(0)
-        self.delta, se = score_slopes(window)  # the rate of improvement d_i, per iteration
-        total, total_se = self.delta.sum(), se.square().sum().sqrt()
+        self.delta, _ = score_slopes(window)  # the rate of improvement d_i, per iteration
+        # The heads are scored on the same batches, so their noise is correlated: the standard
+        # error of the summed slope is that of the summed scores' slope, not a sum in quadrature.
+        total_slope, total_se = score_slopes(window.sum(1, keepdim=True))
+        total, total_se = total_slope[0], total_se[0]
         if self.step <= self.warmup or len(self.scores) < self.window or not total > self.z * total_se:
             return self.neutral()
         return balance_coefficients(self.delta, self.rho)

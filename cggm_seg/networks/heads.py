@@ -228,7 +228,8 @@ def build_heads(
         example_input: one input batch of the shape training will use (zeros are fine).
         task: one of :data:`TASKS`.
         branches: modality -> the branch's module name(s) or module(s) (``None``:
-            ``network.branch_names()``); a branch of several modules gets the last one's output.
+            ``network.branch_names()``); a branch of several modules gives its head the tuple of
+            their outputs, read as maps fine to coarse.
         final: name (or module) of the fused final layer. Defaults to ``"final"``.
         kwargs: passed to each head (``act``, ``interp_mode``, ``cpu_fast_paths``, ``dropout``...).
 
@@ -265,8 +266,7 @@ def build_heads(
         model.train(was_training)
     heads = {}
     for modality, out in features.items():
-        out = out[-1] if isinstance(out, tuple) and len(tap.branches[modality]) > 1 else out
-        maps = [out] if isinstance(out, torch.Tensor) else list(out)
+        maps = [out] if isinstance(out, torch.Tensor) else list(out)  # what the head will receive
         if segmentation:
             if not maps or any(not isinstance(m, torch.Tensor) or m.dim() != 5 for m in maps):
                 shapes = [list(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__ for m in maps]
@@ -274,16 +274,23 @@ def build_heads(
                     f"branch {modality!r} returns {shapes}; segmentation heads need B x C x D x H x W "
                     "maps (one tensor or a list, fine to coarse)."
                 )
-            ratios = {int(i) // int(f) for i, f in zip(example_input.shape[2:], maps[0].shape[2:])}
-            stride = kwargs.pop("stride", None) or (ratios.pop() if len(ratios) == 1 else 1)
+            stride = kwargs.get("stride")
+            if stride is None:
+                ratios = {int(i) / int(f) for i, f in zip(example_input.shape[2:], maps[0].shape[2:])}
+                if len(ratios) != 1 or not float(next(iter(ratios))).is_integer():
+                    raise ValueError(
+                        f"branch {modality!r}: its finest map {list(maps[0].shape[2:])} is not the input "
+                        f"{list(example_input.shape[2:])} divided by one integer stride; give stride=."
+                    )
+                stride = int(ratios.pop())
+            options = {k: v for k, v in kwargs.items() if k != "stride"}
             heads[modality] = SegmentationHead(
                 [m.shape[1] for m in maps],
                 final_layer.in_channels,
                 final_layer.out_channels,
                 stride=stride,
-                **kwargs,
+                **options,
             )
-            kwargs["stride"] = stride
         else:
             if len(maps) != 1 or maps[0].dim() != 2:
                 shapes = [list(m.shape) for m in maps]

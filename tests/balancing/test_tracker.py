@@ -258,3 +258,16 @@ def test_settings_of_another_preset_are_refused():
         BalanceTracker(["a", "b"], preset="guarded", window=10)
     with pytest.raises(ValueError, match="window must be >= 3"):
         BalanceTracker(["a", "b"], window=2)
+
+
+def test_trend_guard_holds_under_noise_shared_by_the_heads():
+    """Heads scored on the same batch share its noise: with no trend at all, B must stay neutral
+    in nearly every window (the guard's z = 2 false-positive rate is about 2.3 % one-sided)."""
+    g = torch.Generator().manual_seed(0)
+    tracker = BalanceTracker(["a", "b", "c", "d"])
+    moved = 0
+    for t in range(1100):
+        shared = 0.1 * torch.randn(1, generator=g, dtype=F64)
+        b = tracker.update(0.5 + shared + 0.03 * torch.randn(4, generator=g, dtype=F64))
+        moved += t >= 100 and b.tolist() != [1.0] * 4
+    assert moved / 1000 < 0.06

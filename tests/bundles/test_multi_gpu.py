@@ -44,7 +44,7 @@ def test_overrides_name_handlers_that_exist():
     base = json.loads((BUNDLES / "brats_cggm.json").read_text())
     override = json.loads((BUNDLES / "multi_gpu_train.json").read_text())
     named = [k for k in override if "#handler_set#" in k]
-    assert len(named) == 4
+    assert len(named) == 5
     for key in named:
         section, _, name = key.split("#")[:3]
         assert name in base[section]["handler_set"], key

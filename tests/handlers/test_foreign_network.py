@@ -116,3 +116,35 @@ def test_build_heads_says_what_it_cannot_match():
     vector_branches.out = nn.Conv3d(8, 3, 1)  # a segmentation final layer on vector branches
     with pytest.raises(ValueError, match=r"branch 'a' returns \[\[2, 4\]\]; segmentation heads need"):
         build_heads(vector_branches, torch.zeros(2, 3), "segmentation", {"a": "a", "b": "b"}, final="out")
+
+
+def test_build_heads_for_a_branch_of_several_modules_trains():
+    from monai.losses import DiceLoss
+    from torch import nn
+
+    from cggm_seg.balancing import HeadTrainer
+    from cggm_seg.balancing.observer import HeadObserver
+
+    class TwoStage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a1, self.a2 = nn.Conv3d(1, 4, 3, padding=1), nn.Conv3d(4, 6, 3, stride=2, padding=1)
+            self.b1, self.b2 = nn.Conv3d(1, 4, 3, padding=1), nn.Conv3d(4, 6, 3, stride=2, padding=1)
+            self.out = nn.Conv3d(20, 3, 1)
+
+        def forward(self, x):
+            fa, fb = self.a1(x[:, :1]), self.b1(x[:, 1:])
+            ga, gb = self.a2(fa), self.b2(fb)
+            up = nn.functional.interpolate(torch.cat([ga, gb], 1), size=x.shape[2:])
+            return self.out(torch.cat([fa, fb, up], 1)[:, :20])
+
+    net = TwoStage()
+    branches = {"a": ["a1", "a2"], "b": ["b1", "b2"]}
+    heads = build_heads(net, torch.zeros(1, 2, 8, 8, 8), "segmentation", branches, final="out")
+    assert [p.in_channels for p in heads["a"].projections] == [4, 6]  # both modules' maps, fine to coarse
+    params = [p for h in heads.values() for p in h.parameters()]
+    trainer = HeadTrainer(heads, DiceLoss(sigmoid=True), torch.optim.SGD(params, lr=0.1))
+    with HeadObserver(net, trainer, branches) as observer:
+        net(torch.randn(2, 2, 8, 8, 8))
+        seen = observer.observe((torch.rand(2, 3, 8, 8, 8) > 0.5).float())
+    assert seen.scores.shape == (2,)

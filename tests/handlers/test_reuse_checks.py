@@ -125,3 +125,19 @@ def test_ogmge_lr_mode_scales_the_update_by_k_under_adam():
     assert scaled["b"] / reference["b"] == pytest.approx(1.0, rel=1e-6)
     # grad mode under Adam: the coefficient barely changes the update (Adam is scale invariant)
     assert _ogm_update("grad", 0.28)["a"] / _ogm_update("grad", 1.0)["a"] == pytest.approx(1.0, rel=0.05)
+
+
+def test_ogmge_lr_mode_refuses_to_scale_twice():
+    torch.manual_seed(0)
+    model = TwoBranch()
+    heads = {"a": VectorHead(), "b": VectorHead()}
+    params = [p for h in heads.values() for p in h.parameters()]
+    trainer = HeadTrainer(heads, nn.functional.cross_entropy, torch.optim.SGD(params, lr=0.1), "accuracy")
+    branches = {"a": "encoders.a", "b": "encoders.b"}
+    ogm = OGMGE(model, trainer, branches=branches, magnitude="lr", end_epoch=None)
+    optimizer = torch.optim.Adam(branch_param_groups(model, branches, lr=0.01))
+    ogm.apply_magnitude(0, optimizer)
+    with pytest.raises(RuntimeError, match="already scaled"):
+        ogm.apply_magnitude(0, optimizer)
+    ogm.restore_magnitude()
+    assert all(g["lr"] == 0.01 for g in optimizer.param_groups)
