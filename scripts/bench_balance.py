@@ -210,7 +210,7 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
     )
     least = min(joint_shapley, key=joint_shapley.get) if joint_shapley else None
     for method, rs in by_method.items():
-        if not rs or f"shapley_{SEQUENCES[0]}" not in rs[0]["m"]:
+        if not rs or any(f"shapley_{q}" not in rs[0]["m"] for q in SEQUENCES):  # unimodal: one sequence
             continue
         means = {s: statistics.fmean(r["m"][f"shapley_{s}"] for r in rs) for s in SEQUENCES}
         cells = [mean_std([r["m"][f"shapley_{s}"] for r in rs]) for s in SEQUENCES]
