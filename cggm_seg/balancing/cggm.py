@@ -44,6 +44,7 @@ __all__ = [
     "scale_gradients",
     "branch_param_groups",
     "check_branch_groups",
+    "check_settings",
     "scale_learning_rates",
     "restore_learning_rates",
     "CGGM",
@@ -173,6 +174,20 @@ def restore_learning_rates(saved: Sequence[tuple[dict[str, Any], Any]]) -> None:
         group["lr"] = lr
 
 
+def check_settings(magnitude: str, direction: str, lam: float) -> None:
+    """Check CGGM's modes and lambda.
+
+    Raises:
+        ValueError: an unknown magnitude or direction mode, or ``lam < 0``.
+    """
+    if magnitude not in MAGNITUDES:
+        raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}.")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0, got {lam}.")
+
+
 class CGGM:
     """Classifier-guided gradient modulation for a hand-written training loop (METHOD.md 1.3).
 
@@ -226,12 +241,7 @@ class CGGM:
         direction: str = "gradient",
         lam: float = 0.1,
     ) -> None:
-        if magnitude not in MAGNITUDES:
-            raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}.")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}.")
+        check_settings(magnitude, direction, lam)
         self.params_by_modality = branch_parameters(model, branches)
         modalities = tuple(self.params_by_modality)
         self.tracker = BalanceTracker(modalities) if tracker is None else tracker

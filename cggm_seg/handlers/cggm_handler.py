@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cggm_seg.balancing import CGGM, DIRECTIONS, MAGNITUDES, BalanceTracker, HeadTrainer
+from cggm_seg.balancing import CGGM, BalanceTracker, HeadTrainer
+from cggm_seg.balancing.cggm import check_settings
 from cggm_seg.handlers.base import HeadBalancingHandler
 
 if TYPE_CHECKING:
@@ -121,12 +122,7 @@ class CGGMHandler(HeadBalancingHandler):
             window=window,
             z=z,
         )
-        if magnitude not in MAGNITUDES:
-            raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}.")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}.")
+        check_settings(magnitude, direction, lam)  # a bad config fails when it is parsed
         self.settings = {"magnitude": magnitude, "direction": direction, "lam": lam}
 
     @property
