@@ -45,6 +45,7 @@ __all__ = [
     "branch_param_groups",
     "check_branch_groups",
     "check_settings",
+    "optimizer_step",
     "scale_learning_rates",
     "restore_learning_rates",
     "CGGM",
@@ -172,6 +173,20 @@ def restore_learning_rates(saved: Sequence[tuple[dict[str, Any], Any]]) -> None:
     """Put back the learning rates :func:`scale_learning_rates` changed."""
     for group, lr in saved:
         group["lr"] = lr
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, then: Callable[[], None]
+) -> None:
+    """``optimizer.step()`` (or ``scaler.step(optimizer)``), then ``then()`` even if the step fails
+    (the ``lr`` modes put the branches' learning rates back there)."""
+    try:
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+    finally:
+        then()
 
 
 def check_settings(magnitude: str, direction: str, lam: float) -> None:
@@ -360,13 +375,7 @@ class CGGM:
         """Step 4: :meth:`apply_magnitude`, ``optimizer.step()`` (or ``scaler.step(optimizer)``),
         :meth:`restore_magnitude`. With a GradScaler call ``scaler.update()`` afterwards as usual."""
         self.apply_magnitude(optimizer)
-        try:
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-        finally:
-            self.restore_magnitude()
+        optimizer_step(optimizer, scaler, then=self.restore_magnitude)
 
     def remove(self) -> None:
         """Take CGGM's forward hooks off the model."""

@@ -31,7 +31,12 @@ import torch
 from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, branch_parameters
-from cggm_seg.balancing.cggm import check_branch_groups, restore_learning_rates, scale_learning_rates
+from cggm_seg.balancing.cggm import (
+    check_branch_groups,
+    optimizer_step,
+    restore_learning_rates,
+    scale_learning_rates,
+)
 from cggm_seg.balancing.heads import HeadTrainer
 from cggm_seg.balancing.observer import HeadObserver
 
@@ -246,13 +251,7 @@ class OGMGE:
         """:meth:`apply_magnitude`, ``optimizer.step()`` (or ``scaler.step(optimizer)``), then
         :meth:`restore_magnitude`."""
         self.apply_magnitude(epoch, optimizer)
-        try:
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-        finally:
-            self.restore_magnitude()
+        optimizer_step(optimizer, scaler, then=self.restore_magnitude)
 
     def restore_magnitude(self) -> None:
         """``lr`` mode: put back the learning rates :meth:`apply_magnitude` scaled."""

@@ -90,15 +90,20 @@ class VectorHead(nn.Module):
         return self.final(self.fc(f.detach()))
 
 
-def _ogm_update(magnitude: str, k_a: float) -> dict[str, float]:
-    """Norm of one Adam step's update of each branch, with the OGM-GE coefficient of branch a forced."""
+def _two_branch_ogm(**kwargs) -> tuple[TwoBranch, dict[str, str], OGMGE]:
+    """A seeded two-branch MLP, its heads and OGM-GE with ``kwargs``."""
     torch.manual_seed(0)
     model = TwoBranch()
     heads = {"a": VectorHead(), "b": VectorHead()}
     params = [p for h in heads.values() for p in h.parameters()]
     trainer = HeadTrainer(heads, nn.functional.cross_entropy, torch.optim.SGD(params, lr=0.1), "accuracy")
     branches = {"a": "encoders.a", "b": "encoders.b"}
-    ogm = OGMGE(model, trainer, branches=branches, noise=False, magnitude=magnitude)
+    return model, branches, OGMGE(model, trainer, branches=branches, **kwargs)
+
+
+def _ogm_update(magnitude: str, k_a: float) -> dict[str, float]:
+    """Norm of one Adam step's update of each branch, with the OGM-GE coefficient of branch a forced."""
+    model, branches, ogm = _two_branch_ogm(noise=False, magnitude=magnitude)
     if magnitude == "lr":
         optimizer = torch.optim.Adam(branch_param_groups(model, branches, lr=0.01))
     else:
@@ -128,13 +133,7 @@ def test_ogmge_lr_mode_scales_the_update_by_k_under_adam():
 
 
 def test_ogmge_lr_mode_refuses_to_scale_twice():
-    torch.manual_seed(0)
-    model = TwoBranch()
-    heads = {"a": VectorHead(), "b": VectorHead()}
-    params = [p for h in heads.values() for p in h.parameters()]
-    trainer = HeadTrainer(heads, nn.functional.cross_entropy, torch.optim.SGD(params, lr=0.1), "accuracy")
-    branches = {"a": "encoders.a", "b": "encoders.b"}
-    ogm = OGMGE(model, trainer, branches=branches, magnitude="lr", end_epoch=None)
+    model, branches, ogm = _two_branch_ogm(magnitude="lr", end_epoch=None)
     optimizer = torch.optim.Adam(branch_param_groups(model, branches, lr=0.01))
     ogm.apply_magnitude(0, optimizer)
     with pytest.raises(RuntimeError, match="already scaled"):
