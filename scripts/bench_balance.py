@@ -14,8 +14,9 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
 - ``early_fusion``: one SegResNet on the four stacked sequences (no branches, no heads);
 - ``unimodal_<seq>``: the same network on one sequence: what each sequence can do alone.
 
-Every run uses one fixed split (``--split-seed``) and the same epochs; the seeds change the
-network's initialisation and the sampling. Model selection is on the validation split only (the
+Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
+methods that make the task harder, such as modality dropout, the longer budget their validation
+curves need to flatten); the seeds change the network's initialisation and the sampling. Model selection is on the validation split only (the
 bundle keeps the best-on-validation checkpoint); the test split is read once, by the final report.
 Runs go to ``--out/runs/<method>_seed<k>``; a run whose ``metrics.json`` exists is not run again,
 so a stopped benchmark carries on where it stopped.
@@ -69,6 +70,21 @@ def run_name(method: str, seed: int) -> str:
     return f"{method}_seed{seed}"
 
 
+def epochs_of(method: str, args: argparse.Namespace) -> int:
+    """The method's budget: ``--method-epochs`` where it names the method, else ``--epochs``."""
+    return dict(args.method_epochs).get(method, args.epochs)
+
+
+def method_epochs(text: str) -> tuple[str, int]:
+    """``METHOD=EPOCHS`` of ``--method-epochs``, checked."""
+    method, sep, epochs = text.partition("=")
+    if not sep or method not in METHODS or not epochs.isdigit() or int(epochs) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected METHOD=EPOCHS with METHOD one of {', '.join(METHODS)} and EPOCHS >= 1, got {text!r}"
+        )
+    return method, int(epochs)
+
+
 def bundle_command(method: str, seed: int, args: argparse.Namespace) -> list[str]:
     files, overrides = METHODS[method]
     configs = [str(BUNDLE), *(str(BUNDLE.parent / f) for f in files)]
@@ -80,7 +96,7 @@ def bundle_command(method: str, seed: int, args: argparse.Namespace) -> list[str
         "--seed", str(seed),
         "--split_seed", str(args.split_seed),
         "--split_fractions", str(list(args.fractions)),
-        "--epochs", str(args.epochs),
+        "--epochs", str(epochs_of(method, args)),
         "--val_interval", str(args.val_interval),
         "--roi_size", str([args.roi] * 3),
         "--resume", "False",
@@ -97,6 +113,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     folder = args.out / "runs" / run_name(method, seed)
     metrics = folder / "metrics.json"
     timing = folder / "bench_time.json"
+    curve = read_curve(folder / "validation.csv")
+    trained = curve[-1][0] if curve else None
+    if metrics.is_file() and trained != epochs_of(method, args):  # another budget: train again
+        print(f"{folder.name}: trained {trained} epochs, {epochs_of(method, args)} asked; running again")
+        metrics.unlink()
     if not metrics.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
@@ -118,6 +139,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "seed": seed,
         "metrics": json.loads(metrics.read_text()),
         "seconds": json.loads(timing.read_text())["seconds"] if timing.is_file() else math.nan,
+        "epochs": epochs_of(method, args),
         "curve": read_curve(folder / "validation.csv"),
         "folder": folder,
     }
@@ -179,8 +201,8 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
     joint = {r["seed"]: r for r in by_method.get("joint", [])}
     lines = [
         "| method | seeds | Dice TC | Dice WT | Dice ET | mean | Δ mean vs joint | 15-subset mean "
-        "| Δ subset vs joint | subset / all | weakest head | minutes per run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Δ subset vs joint | subset / all | weakest head | epochs | minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, rs in by_method.items():
         if not rs:
@@ -193,7 +215,7 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
         lines.append(
             f"| {method} | {len(rs)} | {col['dice_tc']} | {col['dice_wt']} | {col['dice_et']} "
             f"| {col['dice_mean']} | {delta_mean} | {col.get('subset_mean', '-')} | {delta_subset} "
-            f"| {ratio} | {col.get('weakest_head', '-')} | {minutes:.1f} |"
+            f"| {ratio} | {col.get('weakest_head', '-')} | {rs[0]['epochs']} | {minutes:.1f} |"
         )
     lines += [
         "",
@@ -284,6 +306,11 @@ def parser() -> argparse.ArgumentParser:
         "--roi", type=int, default=32, help="cubic training crop and inference window (default 32)"
     )
     p.add_argument("--epochs", type=int, default=100, help="epochs of every run (default 100)")
+    p.add_argument(
+        "--method-epochs", type=method_epochs, nargs="+", default=[], metavar="METHOD=EPOCHS",
+        help="a longer (or shorter) budget for some methods, e.g. moddrop=150 for methods that make "
+        "the task harder and need more epochs to flatten (the curves plot shows whether they did)",
+    )  # fmt: skip
     p.add_argument("--val-interval", type=int, default=10, help="epochs between validations (default 10)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument(
@@ -390,7 +417,7 @@ def render(args: argparse.Namespace, body: list[str], wall: float, runs: int) ->
             "## Does balancing balance? (`scripts/bench_balance.py`)",
             "",
             f"Data: {data}, one split (seed {args.split_seed}, fractions {list(args.fractions)}); every run "
-            f"{args.epochs} epochs, crop {args.roi}^3, validation every {args.val_interval} epochs, best-on-"
+            f"{args.epochs} epochs unless the table says otherwise, crop {args.roi}^3, validation every {args.val_interval} epochs, best-on-"
             f"validation checkpoint evaluated once on the test split; seeds {args.seeds} (unimodal and early "
             f"fusion: seed {args.seeds[0]} only{' unless --all-seeds' if not args.all_seeds else ''}). "
             f"{runs} runs, {args.jobs} in parallel with {args.threads} torch thread(s) each, on a "
