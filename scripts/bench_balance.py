@@ -10,7 +10,9 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
 - ``cggm_paper``: CGGM with the paper's bare per-iteration formula (``preset="paper"``);
 - ``ogmge``: OGM-GE (alpha 0.8, GE noise, first half of the epochs);
 - ``moddrop``: joint training with modality dropout (each sequence zeroed with p = 0.5, one kept);
-- ``cggm_moddrop``: CGGM and modality dropout together;
+- ``moddrop_p25``: the same with p = 0.25 (a third of the samples keep all four sequences, against
+  one in sixteen at p = 0.5): the trade-off between all-sequence and missing-sequence Dice;
+- ``cggm_moddrop``: CGGM and modality dropout (p = 0.5) together;
 - ``early_fusion``: one SegResNet on the four stacked sequences (no branches, no heads);
 - ``unimodal_<seq>``: the same network on one sequence: what each sequence can do alone.
 
@@ -58,6 +60,7 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     "cggm_paper": ([], ["--method", "cggm", "--methods#cggm#preset", "paper"]),
     "ogmge": ([], ["--method", "ogmge"]),
     "moddrop": ([], ["--method", "joint", "--modality_dropout", "0.5"]),
+    "moddrop_p25": ([], ["--method", "joint", "--modality_dropout", "0.25"]),
     "cggm_moddrop": ([], ["--method", "cggm", "--modality_dropout", "0.5"]),
     "early_fusion": (["early_fusion.json"], []),
     **{f"unimodal_{s}": (["unimodal.json"], ["--sequences", f"['{s}']"]) for s in SEQUENCES},
