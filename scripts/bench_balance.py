@@ -18,8 +18,9 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
 
 Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
 methods that make the task harder, such as modality dropout, the longer budget their validation
-curves need to flatten); the seeds change the network's initialisation and the sampling. Model selection is on the validation split only (the
-bundle keeps the best-on-validation checkpoint); the test split is read once, by the final report.
+curves need to flatten); the seeds change the network's initialisation and the sampling. Model
+selection is on the validation split only (the bundle keeps the best-on-validation checkpoint);
+the test split is read once, by the final report.
 Runs go to ``--out/runs/<method>_seed<k>``; a run whose ``metrics.json`` exists is not run again,
 so a stopped benchmark carries on where it stopped.
 
@@ -420,7 +421,8 @@ def render(args: argparse.Namespace, body: list[str], wall: float, runs: int) ->
             "## Does balancing balance? (`scripts/bench_balance.py`)",
             "",
             f"Data: {data}, one split (seed {args.split_seed}, fractions {list(args.fractions)}); every run "
-            f"{args.epochs} epochs unless the table says otherwise, crop {args.roi}^3, validation every {args.val_interval} epochs, best-on-"
+            f"{args.epochs} epochs unless the table says otherwise, crop {args.roi}^3, validation every "
+            f"{args.val_interval} epochs, best-on-"
             f"validation checkpoint evaluated once on the test split; seeds {args.seeds} (unimodal and early "
             f"fusion: seed {args.seeds[0]} only{' unless --all-seeds' if not args.all_seeds else ''}). "
             f"{runs} runs, {args.jobs} in parallel with {args.threads} torch thread(s) each, on a "

@@ -1,4 +1,5 @@
-"""cggm_seg.data: BraTS case discovery, datalists, label/region transforms and dataset checks."""
+"""cggm_seg.data: BraTS case discovery, datalists, label/region transforms and dataset checks; the
+multi-view vector and aligned-sequence datasets of the classification and regression bundles."""
 
 from cggm_seg.data.check import CheckReport, Problem, check_dataset
 from cggm_seg.data.datalist import DEFAULT_FRACTIONS, SPLITS, load_datalist, make_datalist, write_datalist
@@ -24,6 +25,8 @@ _TRANSFORMS = (
     "load_transforms",
 )
 _SEQUENCES = ("check_sequences", "zero_sequences", "SelectSequencesd", "RandSequenceDropoutd")
+_VIEWS = ("VIEW_DATASETS", "SKLEARN_DATASETS", "ViewData", "load_views", "load_sklearn_views")
+_ALIGNED = ("load_aligned_features", "write_aligned_features", "synthetic_aligned_features")
 
 
 def __getattr__(name: str) -> object:
@@ -35,6 +38,14 @@ def __getattr__(name: str) -> object:
         from cggm_seg.data import sequences
 
         return getattr(sequences, name)
+    if name in _VIEWS:
+        from cggm_seg.data import views
+
+        return getattr(views, name)
+    if name in _ALIGNED:
+        from cggm_seg.data import aligned
+
+        return getattr(aligned, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -57,6 +68,8 @@ __all__ = [
     "load_datalist",
     *_TRANSFORMS,
     *_SEQUENCES,
+    *_VIEWS,
+    *_ALIGNED,
     "Problem",
     "CheckReport",
     "check_dataset",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["plot_balance_history", "plot_subset_dice", "plot_shapley"]
+__all__ = ["plot_balance_history", "plot_subset_dice", "plot_subset_metric", "plot_shapley"]
 
 
 def _pyplot():
@@ -65,8 +65,44 @@ def plot_subset_dice(
     return _save(fig, png)
 
 
-def plot_shapley(shapley: Mapping[str, float], png: str | Path, title: str = "") -> Path:
-    """Bar chart of each sequence's Shapley value for the mean Dice (they sum to the all-sequence Dice)."""
+def plot_subset_metric(
+    subsets: Sequence[Mapping[str, object]], metric: str, png: str | Path, title: str = ""
+) -> Path:
+    """Bars of the missing-view audit: ``metric`` of the model given each subset of the views.
+
+    Args:
+        subsets: rows ``{"name": "mean+worst", metric: value, ...}``, smallest subsets first.
+        metric: the key drawn (e.g. ``"accuracy"``, ``"r2"``).
+        png: output file.
+        title: figure title.
+
+    Raises:
+        ValueError: no subsets.
+    """
+    if not subsets:
+        raise ValueError("no subsets to plot")
+    plt = _pyplot()
+    names = [str(row["name"]) for row in subsets]
+    values = [float(row[metric]) for row in subsets]  # type: ignore[arg-type]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(subsets) + 1.4))
+    ax.barh(range(len(values)), values, color="C0")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.3f}", va="center", fontsize=7)
+    ax.set_xlabel(metric)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{title + ': ' if title else ''}{metric} with views missing", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, png)
+
+
+def plot_shapley(
+    shapley: Mapping[str, float], png: str | Path, title: str = "", metric: str = "mean Dice",
+    players: str = "sequence",
+) -> Path:  # fmt: skip
+    """Bar chart of each sequence's (or view's) Shapley value for ``metric``: they sum to its
+    value with everything present minus its value with nothing."""
     if not shapley:
         raise ValueError("no Shapley values to plot")
     plt = _pyplot()
@@ -75,9 +111,9 @@ def plot_shapley(shapley: Mapping[str, float], png: str | Path, title: str = "")
     bars = ax.bar(names, values, color="tab:blue")
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("Shapley value (mean Dice)")
+    ax.set_ylabel(f"Shapley value ({metric})")
     ax.set_title(
-        f"{title + ': ' if title else ''}contribution of each sequence (sum {sum(values):.3f})", fontsize=9
+        f"{title + ': ' if title else ''}contribution of each {players} (sum {sum(values):.3f})", fontsize=9
     )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -34,7 +34,14 @@ from cggm_seg.evaluation.inference import NetworkWithHeads
 from cggm_seg.evaluation.metrics import region_metrics, summarise_cases
 from cggm_seg.evaluation.plots import plot_balance_history, plot_shapley, plot_subset_dice
 
-__all__ = ["SegmentationTestReport", "format_table", "format_subset_table", "missing_sequence_summary"]
+__all__ = [
+    "SegmentationTestReport",
+    "format_table",
+    "format_subset_table",
+    "missing_sequence_summary",
+    "load_best_checkpoint",
+    "plot_balance",
+]
 
 #: the statistics drawn in ``balance.png`` for each method's handler
 _PANELS = {
@@ -198,16 +205,7 @@ class SegmentationTestReport:
         return tuple(names)
 
     def _load_checkpoint(self) -> str:
-        if self.checkpoint is None or not self.checkpoint.is_file():
-            if self.require_checkpoint:
-                raise FileNotFoundError(f"no checkpoint to evaluate: {self.checkpoint} does not exist.")
-            return "weights at the end of training (no best-on-validation checkpoint found)"
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        # Ignite's Checkpoint saves a save_dict of one object as that object's bare state dict.
-        self.network.load_state_dict(state["network"] if "network" in state else state)
-        if self.heads is not None and "heads" in state:
-            nn.ModuleDict(dict(self.heads)).load_state_dict(state["heads"])
-        return f"best-on-validation checkpoint {self.checkpoint}"
+        return load_best_checkpoint(self.network, self.heads, self.checkpoint, self.require_checkpoint)
 
     def run(self) -> dict[str, Any]:
         """Evaluate every test case; print the table; write the files. Returns the metrics dict."""
@@ -279,19 +277,54 @@ class SegmentationTestReport:
             audit = result["missing_sequences"]
             plot_subset_dice(audit["subsets"], self.output_dir / "missing_sequences.png", title=self.title)
             plot_shapley(audit["shapley"], self.output_dir / "shapley.png", title=self.title)
-        history = getattr(self.balancing, "history", None)
-        if history:
-            method = getattr(self.balancing, "method_key", "cggm")
-            modalities = getattr(self.balancing, "modalities", ())
-            png = plot_balance_history(
-                history,
-                modalities,
-                self.output_dir / "balance.png",
-                title=f"{self.title or method}: balancing during training",
-                panels=_PANELS.get(method, _PANELS["cggm"]),
-            )
+        png = plot_balance(self.balancing, self.output_dir / "balance.png", self.title)
+        if png is not None:
             self.logger.info(f"balancing history plotted to {png}")
         self.logger.info(f"metrics written to {self.output_dir / 'metrics.json'} and metrics.csv")
+
+
+def load_best_checkpoint(
+    network: nn.Module,
+    heads: Mapping[str, nn.Module] | None,
+    checkpoint: Path | None,
+    require: bool = False,
+) -> str:
+    """Load a run's best-on-validation checkpoint into ``network`` (and ``heads``); returns what was
+    evaluated, for the report's title.
+
+    Args:
+        checkpoint: keys ``network`` and ``heads``, or the network's bare state dict (Ignite saves
+            a ``save_dict`` of one object so); ``None`` or a missing file: the weights in memory.
+        require: fail instead when the file does not exist.
+
+    Raises:
+        FileNotFoundError: ``require`` and no checkpoint file.
+    """
+    if checkpoint is None or not Path(checkpoint).is_file():
+        if require:
+            raise FileNotFoundError(f"no checkpoint to evaluate: {checkpoint} does not exist.")
+        return "weights at the end of training (no best-on-validation checkpoint found)"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    network.load_state_dict(state["network"] if "network" in state else state)
+    if heads is not None and "heads" in state:
+        nn.ModuleDict(dict(heads)).load_state_dict(state["heads"])
+    return f"best-on-validation checkpoint {checkpoint}"
+
+
+def plot_balance(balancing: Any, png: Path, title: str) -> Path | None:
+    """``balance.png`` of a run's balancing handler (CGGM, OGM-GE or the joint monitor), if it has
+    a history; the panels follow the method."""
+    history = getattr(balancing, "history", None)
+    if not history:
+        return None
+    method = getattr(balancing, "method_key", "cggm")
+    return plot_balance_history(
+        history,
+        getattr(balancing, "modalities", ()),
+        png,
+        title=f"{title or method}: balancing during training",
+        panels=_PANELS.get(method, _PANELS["cggm"]),
+    )
 
 
 def _first(value: Any) -> str:

@@ -7,6 +7,7 @@ from cggm_seg.handlers.factory import METHODS, handler_list, make_balancing_hand
 from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
 from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
+from cggm_seg.handlers.vector_metric import VectorMetric, vector_key_metric
 
 __all__ = [
     "HeadBalancingHandler",
@@ -20,4 +21,6 @@ __all__ = [
     "OGMGEHandler",
     "ResumableCheckpoint",
     "latest_checkpoint",
+    "VectorMetric",
+    "vector_key_metric",
 ]

@@ -16,9 +16,10 @@ from cggm_seg.networks.heads import (
 )
 from cggm_seg.networks.multi_branch import FUSIONS, Fusion, MultiBranchNet
 from cggm_seg.networks.multi_encoder import PRESETS, ModalityEncoder, MultiEncoderSegNet
-from cggm_seg.networks.multi_view import MultiViewNet, ViewEncoder
+from cggm_seg.networks.multi_view import ENCODERS, MultiViewNet, SequenceEncoder, ViewEncoder
 
 __all__ = [
+    "ENCODERS",
     "FUSIONS",
     "PRESETS",
     "TASKS",
@@ -30,6 +31,7 @@ __all__ = [
     "MultiViewNet",
     "RegressionHead",
     "SegmentationHead",
+    "SequenceEncoder",
     "ViewEncoder",
     "build_heads",
     "make_heads",

@@ -308,7 +308,8 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
     The model is probed with a zero input of the smallest size it takes:
     :class:`~cggm_seg.networks.MultiEncoderSegNet` (``1 x M x d x d x d``, d = its size divisor;
     heads with the model's ``cpu_fast_paths``) or :class:`~cggm_seg.networks.MultiViewNet`
-    (``1 x in_features``). For another network use :func:`build_heads` with an example input.
+    (``1 x in_features``, or ``1 x 1 x in_features`` with a sequence encoder). For another network
+    use :func:`build_heads` with an example input.
 
     Args:
         task: one of :data:`TASKS`.
@@ -345,5 +346,6 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
                 f"{task} heads need a model with 'in_features' and an nn.Linear 'final'; "
                 f"{type(model).__name__} has final={type(final).__name__}."
             )
-        example = torch.zeros(1, model.in_features, device=final.weight.device)
+        shape = getattr(model, "sample_shape", (model.in_features,))
+        example = torch.zeros(1, *shape, device=final.weight.device)
     return build_heads(model, example, task, branches, "final", **kwargs)

@@ -1,16 +1,23 @@
-"""A multimodal network for vector data: one small MLP encoder per view, late fusion, ``final``.
+"""A multimodal network for vector or sequence data: one encoder per view, late fusion, ``final``.
 
 Layout (V views of widths ``view_dims``)::
 
-    input B x sum(view_dims) --split--> V x (B x view_dims[v])
-      encoders[v]: Linear -> act -> dropout -> Linear -> act      -> B x hidden
+    input B x sum(view_dims) --split--> V x (B x view_dims[v])           (encoder="mlp")
+       or B x T x sum(view_dims) --split--> V x (B x T x view_dims[v])  (encoder="gru" / "transformer")
+      encoders[v]: Linear -> act -> dropout -> Linear -> act,
+                   or a GRU (last hidden state),
+                   or Linear -> Transformer encoder (sinusoidal positions) -> mean over T   -> B x hidden
       fusion:      concat -> Linear(V * hidden, hidden) -> act, or sum, or mean  -> B x hidden
       final:       nn.Linear(hidden, out_features)
     output B x out_features
+
+The sequence encoders are for word-aligned multimodal features such as CMU-MOSI and IEMOCAP
+(:mod:`cggm_seg.data.aligned`), whose modalities share one length T.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,7 +26,10 @@ from torch import nn
 
 from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
 
-__all__ = ["ViewEncoder", "MultiViewNet"]
+__all__ = ["ENCODERS", "ViewEncoder", "SequenceEncoder", "MultiViewNet"]
+
+#: the encoders of :class:`MultiViewNet`: vectors (``mlp``) or sequences (``gru``, ``transformer``)
+ENCODERS: tuple[str, ...] = ("mlp", "gru", "transformer")
 
 
 class ViewEncoder(nn.Sequential):
@@ -42,6 +52,61 @@ class ViewEncoder(nn.Sequential):
         )
 
 
+class SequenceEncoder(nn.Module):
+    """The encoder of one sequence view: ``B x T x in_features`` -> ``B x hidden``.
+
+    Args:
+        in_features: features per step.
+        hidden: output width (and the GRU's hidden size / the Transformer's model width).
+        kind: ``"gru"`` (one GRU layer; its last hidden state) or ``"transformer"`` (a linear
+            projection, sinusoidal position encoding, ``layers`` Transformer encoder layers of
+            ``heads`` attention heads, then the mean over the steps).
+        layers: GRU or Transformer layers. Defaults to 1.
+        heads: attention heads of the Transformer (``hidden`` must divide by it). Defaults to 4.
+        dropout: dropout inside the layers. Defaults to 0.
+    """
+
+    def __init__(
+        self, in_features: int, hidden: int, kind: str = "gru", layers: int = 1, heads: int = 4,
+        dropout: float = 0.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if kind not in ("gru", "transformer"):
+            raise ValueError(f"sequence encoder kind must be 'gru' or 'transformer', got {kind!r}.")
+        self.kind = kind
+        if kind == "gru":
+            self.gru = nn.GRU(in_features, hidden, num_layers=layers, batch_first=True,
+                              dropout=dropout if layers > 1 else 0.0)  # fmt: skip
+        else:
+            if hidden % heads:
+                raise ValueError(f"the Transformer's width hidden={hidden} must divide by heads={heads}.")
+            self.project = nn.Linear(in_features, hidden)
+            layer = nn.TransformerEncoderLayer(
+                hidden, heads, dim_feedforward=2 * hidden, dropout=dropout, batch_first=True
+            )
+            self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    @staticmethod
+    def positions(steps: int, width: int, device: torch.device) -> torch.Tensor:
+        """Sinusoidal position encoding ``steps x width`` (Vaswani et al. 2017)."""
+        position = torch.arange(steps, device=device, dtype=torch.float32)[:, None]
+        rate = torch.exp(
+            torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(1e4) / width)
+        )
+        pe = torch.zeros(steps, width, device=device)
+        pe[:, 0::2] = torch.sin(position * rate)
+        pe[:, 1::2] = torch.cos(position * rate)[:, : width // 2]
+        return pe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gru":
+            _, last = self.gru(x)
+            return last[-1]
+        h = self.project(x)
+        h = h + self.positions(h.shape[1], h.shape[2], h.device).to(h.dtype)
+        return self.transformer(h).mean(dim=1)
+
+
 class MultiViewNet(MultiBranchNet):
     """Multi-encoder network for classification or regression on concatenated feature views.
 
@@ -58,14 +123,19 @@ class MultiViewNet(MultiBranchNet):
             or ``"mean"``. Defaults to ``"concat"``.
         act: activation type and arguments. Defaults to ``"RELU"``.
         dropout: dropout probability inside each encoder and after fusion. Defaults to 0.
+        encoder: ``"mlp"`` (vectors, default), ``"gru"`` or ``"transformer"`` (sequences; see
+            :class:`SequenceEncoder`).
+        encoder_layers, attention_heads: layers and attention heads of the sequence encoders.
 
-    Input ``B x sum(view_dims)`` (the views concatenated in order); output ``B x out_features``.
+    Input ``B x sum(view_dims)`` (the views concatenated in order), or ``B x T x sum(view_dims)``
+    for the sequence encoders; output ``B x out_features``.
 
     Attributes:
         view_names: the view names, in input order.
         view_dims: the view widths, in input order.
         hidden: each encoder's output width (= ``final.in_features``).
         out_features: output width.
+        sequential: whether the input is ``B x T x sum(view_dims)``.
         final_layer_name: ``"final"``.
 
     Raises:
@@ -81,8 +151,13 @@ class MultiViewNet(MultiBranchNet):
         fusion: str = "concat",
         act: tuple | str = "RELU",
         dropout: float = 0.0,
+        encoder: str = "mlp",
+        encoder_layers: int = 1,
+        attention_heads: int = 4,
     ) -> None:
         super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
         if isinstance(view_dims, Mapping):
             names, dims = tuple(view_dims.keys()), tuple(view_dims.values())
         else:
@@ -95,12 +170,16 @@ class MultiViewNet(MultiBranchNet):
         self.in_features = sum(self.view_dims)
         self.hidden = int(hidden)
         self.out_features = int(out_features)
+        self.encoder = encoder
+        self.sequential = encoder != "mlp"
+
+        def make_encoder(width: int) -> nn.Module:
+            if encoder == "mlp":
+                return ViewEncoder(width, self.hidden, act, dropout)
+            return SequenceEncoder(width, self.hidden, encoder, encoder_layers, attention_heads, dropout)
 
         self.encoders = nn.ModuleDict(
-            {
-                name: ViewEncoder(d, self.hidden, act, dropout)
-                for name, d in zip(self.view_names, self.view_dims)
-            }
+            {name: make_encoder(d) for name, d in zip(self.view_names, self.view_dims)}
         )
         projection = nn.Sequential(
             nn.Linear(len(self.view_names) * self.hidden, self.hidden), get_act_layer(act)
@@ -109,14 +188,23 @@ class MultiViewNet(MultiBranchNet):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.final = nn.Linear(self.hidden, self.out_features)
 
+    __jit_unused_properties__ = ["sample_shape"]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample of the smallest input: ``(in_features,)``, or ``(1, in_features)``."""
+        return (1, self.in_features) if self.sequential else (self.in_features,)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``B x sum(view_dims)`` -> ``B x out_features``."""
-        if x.dim() != 2 or x.shape[1] != self.in_features:
+        """``B x sum(view_dims)`` (or ``B x T x sum(view_dims)``) -> ``B x out_features``."""
+        rank = 3 if self.sequential else 2
+        if x.dim() != rank or x.shape[-1] != self.in_features:
+            shape = f"B x T x {self.in_features}" if self.sequential else f"B x {self.in_features}"
             raise ValueError(
-                f"expected input B x {self.in_features} (views {self.view_names} of widths {self.view_dims} "
+                f"expected input {shape} (views {self.view_names} of widths {self.view_dims} "
                 f"concatenated), got shape {list(x.shape)}."
             )
-        views = torch.split(x, self.view_dims, dim=1)
+        views = torch.split(x, self.view_dims, dim=-1)
         features: list[torch.Tensor] = []
         index = 0
         for encoder in self.encoders.values():

@@ -1,0 +1,272 @@
+"""Multi-view vector datasets that ship offline, split into views for classification and regression.
+
+Three scikit-learn datasets, each cut into views along its documented features (the scikit-learn
+user guide, "Toy datasets"):
+
+- ``breast_cancer`` (569 x 30, binary: malignant 0 / benign 1): three views of the ten nuclear
+  measures, their ``mean``, standard ``error`` and ``worst`` value (feature names
+  ``"mean radius"``, ``"radius error"``, ``"worst radius"``, ...);
+- ``diabetes`` (442 x 10, regression of disease progression after one year): ``clinical``
+  (age, sex, bmi, bp) and ``serum`` (s1-s6, the six blood serum measures);
+- ``digits`` (1797 8x8 images, 10 classes): the four 4x4 quadrants ``top_left``, ``top_right``,
+  ``bottom_left``, ``bottom_right`` (16 pixels each, ``pixel_<row>_<col>``): four views, as BraTS
+  has four sequences.
+
+:func:`load_views` returns a :class:`ViewData`: seeded, stratified train / validation / test
+splits (regression targets stratified by quantile bins), features standardised with the
+training split's mean and standard deviation only (so a zero-filled view is the training mean:
+the missing-view audit's "absent"), regression targets standardised likewise (metrics are
+reported back in the target's units). The CMU-MOSI / IEMOCAP aligned-feature pickles are read by
+:func:`cggm_seg.data.aligned.load_aligned_features` into the same structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SKLEARN_DATASETS",
+    "VIEW_DATASETS",
+    "ViewData",
+    "sklearn_views",
+    "load_sklearn_views",
+    "load_views",
+    "stratified_split",
+]
+
+#: the scikit-learn datasets :func:`load_views` cuts into views
+SKLEARN_DATASETS: tuple[str, ...] = ("breast_cancer", "diabetes", "digits")
+#: every dataset name :func:`load_views` takes (the aligned ones need ``dataset_dir``)
+VIEW_DATASETS: tuple[str, ...] = (*SKLEARN_DATASETS, "mosi", "iemocap")
+_SPLITS = ("training", "validation", "test")
+
+
+@dataclass
+class ViewData:
+    """A multi-view dataset split three ways, ready for :class:`~cggm_seg.networks.MultiViewNet`.
+
+    Attributes:
+        name: the dataset.
+        task: ``"classification"`` or ``"regression"``.
+        metrics: the metric family of the test report: ``"classification"``, ``"regression"``,
+            ``"mosi"`` or ``"iemocap"`` (:mod:`cggm_seg.evaluation.vector_metrics`).
+        views: view name -> width, in input order (the input is the views concatenated on the last axis).
+        feature_names: view name -> the names of its columns (vector datasets; empty for sequences).
+        x: split (``"training"``, ``"validation"``, ``"test"``) -> float32 inputs ``N x sum(widths)``
+            (vectors) or ``N x T x sum(widths)`` (aligned sequences).
+        y: split -> targets: int64 ``N`` class indices, or float32 ``N x 1`` (standardised for the
+            scikit-learn regression; see ``target_mean``, ``target_std``).
+        num_classes: classes of a classification task (0 for regression).
+        target_mean, target_std: the regression target = ``y * target_std + target_mean``.
+        class_names: names of the classes, where the dataset has them.
+    """
+
+    name: str
+    task: str
+    metrics: str
+    views: dict[str, int]
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]
+    num_classes: int = 0
+    feature_names: dict[str, list[str]] = field(default_factory=dict)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def out_features(self) -> int:
+        """Outputs of the network: the number of classes, or 1 for regression."""
+        return self.num_classes if self.task == "classification" else 1
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the inputs are sequences ``N x T x D`` (aligned features)."""
+        return self.x["training"].dim() == 3
+
+    @property
+    def score(self) -> str:
+        """The heads' score for balancing: true-class probability (classification), 1 / (1 + MAE)."""
+        return "true_class_probability" if self.task == "classification" else "inverse_mae"
+
+    def records(self, split: str) -> list[dict[str, torch.Tensor]]:
+        """The split as MONAI-style dicts ``{"image": x_i, "label": y_i}`` for a ``Dataset``."""
+        return [{"image": x, "label": y} for x, y in zip(self.x[split], self.y[split])]
+
+    def sizes(self) -> dict[str, int]:
+        return {split: int(self.x[split].shape[0]) for split in _SPLITS}
+
+    def describe(self) -> str:
+        views = ", ".join(f"{v} ({w})" for v, w in self.views.items())
+        sizes = " / ".join(str(n) for n in self.sizes().values())
+        kind = f"{self.num_classes} classes" if self.task == "classification" else "regression"
+        return f"{self.name}: {kind}; views {views}; train / val / test {sizes}"
+
+
+def sklearn_views(name: str, feature_names: Sequence[str]) -> dict[str, list[int]]:
+    """The view split of a scikit-learn dataset: view -> column indices, from its feature names.
+
+    Raises:
+        ValueError: an unknown dataset, or feature names that do not give the documented views.
+    """
+    names = [str(n) for n in feature_names]
+    if name == "breast_cancer":
+        views = {
+            "mean": [i for i, n in enumerate(names) if n.startswith("mean ")],
+            "error": [i for i, n in enumerate(names) if n.endswith(" error")],
+            "worst": [i for i, n in enumerate(names) if n.startswith("worst ")],
+        }
+        expected = 10
+    elif name == "diabetes":
+        views = {
+            "clinical": [names.index(n) for n in ("age", "sex", "bmi", "bp") if n in names],
+            "serum": [names.index(n) for n in ("s1", "s2", "s3", "s4", "s5", "s6") if n in names],
+        }
+        expected = None
+    elif name == "digits":
+        quadrants = {"top_left": (0, 0), "top_right": (0, 4), "bottom_left": (4, 0), "bottom_right": (4, 4)}
+        views = {
+            view: [names.index(f"pixel_{r}_{c}") for r in range(r0, r0 + 4) for c in range(c0, c0 + 4)
+                   if f"pixel_{r}_{c}" in names]
+            for view, (r0, c0) in quadrants.items()
+        }  # fmt: skip
+        expected = 16
+    else:
+        raise ValueError(f"unknown scikit-learn dataset {name!r}; available: {list(SKLEARN_DATASETS)}.")
+    used = sorted(i for cols in views.values() for i in cols)
+    sizes = {v: len(c) for v, c in views.items()}
+    if used != list(range(len(names))) or (expected and set(sizes.values()) != {expected}):
+        raise ValueError(
+            f"the feature names of {name!r} do not give its documented views: {sizes} from {names}"
+        )
+    return views
+
+
+def stratified_split(
+    strata: np.ndarray, fractions: Sequence[float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of a seeded train / validation / test split that keeps each stratum's proportion.
+
+    Args:
+        strata: one stratum per sample (class labels, or quantile bins of a regression target).
+        fractions: three positive fractions (normalised to sum to 1).
+        seed: the split's seed.
+
+    Raises:
+        ValueError: not three positive fractions, or a split that would be empty.
+    """
+    from sklearn.model_selection import train_test_split
+
+    f = np.asarray(fractions, dtype=float)
+    if f.shape != (3,) or (f <= 0).any():
+        raise ValueError(
+            f"fractions must be three positive numbers (train, val, test), got {list(fractions)}."
+        )
+    f = f / f.sum()
+    index = np.arange(len(strata))
+    try:
+        train, rest = train_test_split(index, train_size=f[0], random_state=seed, stratify=strata)
+        val, test = train_test_split(
+            rest, train_size=f[1] / (f[1] + f[2]), random_state=seed, stratify=strata[rest]
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"cannot split {len(strata)} samples by fractions {f.round(3).tolist()}: {err}"
+        ) from None
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Standardise on the training split's statistics (constant columns: divided by 1)."""
+    axes = tuple(range(train.ndim - 1))
+    mean = train.mean(axis=axes, keepdims=True)
+    std = train.std(axis=axes, keepdims=True)
+    std = np.where(std > 1e-8, std, 1.0)
+    return tuple(((a - mean) / std).astype(np.float32) for a in (train, *others))
+
+
+def load_sklearn_views(name: str, seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> ViewData:
+    """One of :data:`SKLEARN_DATASETS` as a :class:`ViewData` (see the module docstring)."""
+    from sklearn import datasets
+
+    loader = {
+        "breast_cancer": datasets.load_breast_cancer,
+        "diabetes": datasets.load_diabetes,
+        "digits": datasets.load_digits,
+    }
+    if name not in loader:
+        raise ValueError(f"unknown scikit-learn dataset {name!r}; available: {list(SKLEARN_DATASETS)}.")
+    bunch = loader[name]()
+    data, target = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
+    names = list(bunch.feature_names)
+    columns = sklearn_views(name, names)
+    order = [i for cols in columns.values() for i in cols]
+    data = data[:, order]
+    regression = name == "diabetes"
+    strata = np.digitize(target, np.quantile(target, [0.2, 0.4, 0.6, 0.8])) if regression else target
+    parts = stratified_split(strata, fractions, seed)
+    xs = _standardise(*(data[p] for p in parts))
+    x = {split: torch.from_numpy(a) for split, a in zip(_SPLITS, xs)}
+    out = ViewData(
+        name=name,
+        task="regression" if regression else "classification",
+        metrics="regression" if regression else "classification",
+        views={v: len(c) for v, c in columns.items()},
+        feature_names={v: [str(names[i]) for i in c] for v, c in columns.items()},
+        x=x,
+        y={},
+    )
+    if regression:
+        mean, std = float(target[parts[0]].mean()), float(target[parts[0]].std())
+        out.target_mean, out.target_std = mean, std
+        out.y = {
+            s: torch.from_numpy(((target[p] - mean) / std).astype(np.float32))[:, None]
+            for s, p in zip(_SPLITS, parts)
+        }
+    else:
+        out.num_classes = int(target.max()) + 1
+        out.y = {s: torch.from_numpy(target[p].astype(np.int64)) for s, p in zip(_SPLITS, parts)}
+        out.class_names = [str(c) for c in getattr(bunch, "target_names", range(out.num_classes))]
+    return out
+
+
+def load_views(
+    dataset: str,
+    dataset_dir: str | Path | None = None,
+    seed: int = 0,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    **kwargs: object,
+) -> ViewData:
+    """A dataset of :data:`VIEW_DATASETS` by name: the bundles' ``data``.
+
+    Args:
+        dataset: ``breast_cancer``, ``diabetes``, ``digits`` (shipped with scikit-learn), or
+            ``mosi`` / ``iemocap`` (aligned-feature pickles, in ``dataset_dir``).
+        dataset_dir: for ``mosi`` / ``iemocap``: the pickle, or a folder holding one ``*.pkl``.
+        seed, fractions: the split of the scikit-learn datasets (the pickles carry their own).
+        kwargs: passed to :func:`~cggm_seg.data.aligned.load_aligned_features` (``nonfinite``,
+            ``modalities``, ``num_classes``).
+
+    Raises:
+        ValueError: an unknown dataset, or a pickle dataset without ``dataset_dir``.
+    """
+    if dataset in SKLEARN_DATASETS:
+        if dataset_dir:
+            raise ValueError(
+                f"{dataset!r} ships with scikit-learn: leave dataset_dir unset (got {dataset_dir})."
+            )
+        return load_sklearn_views(dataset, seed=seed, fractions=fractions)
+    if dataset in ("mosi", "iemocap"):
+        if not dataset_dir:
+            raise ValueError(
+                f"dataset {dataset!r} is read from its aligned-feature pickle: give --dataset_dir "
+                "(the .pkl file, or a folder holding one)."
+            )
+        from cggm_seg.data.aligned import load_aligned_features
+
+        return load_aligned_features(dataset_dir, dataset, **kwargs)  # type: ignore[arg-type]
+    raise ValueError(f"unknown dataset {dataset!r}; available: {list(VIEW_DATASETS)}.")
