@@ -75,3 +75,39 @@ def test_torchscript_roundtrip(tmp_path, fusion):
     x = torch.randn(3, 30)
     torch.jit.save(torch.jit.script(net), tmp_path / "net.ts")
     torch.testing.assert_close(torch.jit.load(tmp_path / "net.ts")(x), net(x))
+
+
+# -- sequence encoders (aligned multimodal features) ---------------------------------------------
+
+
+@pytest.mark.parametrize("encoder", ["gru", "transformer"])
+def test_sequence_encoders_take_b_t_d_and_give_heads(encoder):
+    from cggm_seg.networks import make_heads
+
+    net = MultiViewNet({"text": 6, "audio": 3, "vision": 5}, out_features=1, hidden=8, encoder=encoder,
+                       attention_heads=2)  # fmt: skip
+    assert net.sequential and net.sample_shape == (1, 14)
+    x = torch.randn(4, 7, 14)
+    assert net(x).shape == (4, 1)
+    heads = make_heads("regression", net)
+    assert list(heads) == ["text", "audio", "vision"]
+    features = net.encoders["audio"](x[..., 6:9])
+    assert features.shape == (4, 8) and heads["audio"](features).shape == (4, 1)
+
+
+def test_transformer_encoder_sees_the_order_of_the_steps():
+    torch.manual_seed(0)
+    net = MultiViewNet([3], out_features=1, hidden=8, encoder="transformer", attention_heads=2).eval()
+    x = torch.randn(1, 5, 3)
+    # mean pooling alone would be order-free; the position encoding makes the order count
+    assert not torch.allclose(net(x), net(x.flip(1)))
+
+
+def test_sequence_encoder_errors():
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        MultiViewNet([3], encoder="lstm")
+    with pytest.raises(ValueError, match="must divide by heads=4"):
+        MultiViewNet([3], hidden=6, encoder="transformer")
+    net = MultiViewNet([3, 2], encoder="gru")
+    with pytest.raises(ValueError, match=r"expected input B x T x 5 .* got shape \[4, 5\]"):
+        net(torch.randn(4, 5))

@@ -1,0 +1,86 @@
+"""The multi-view classification / regression bundle: model-zoo properties, and short runs of every
+shipped dataset and of the aligned-feature format through the same balancing handlers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigWorkflow, verify_metadata
+
+from cggm_seg.data.aligned import synthetic_aligned_features, write_aligned_features
+from cggm_seg.handlers import CGGMHandler, HeadMonitorHandler, OGMGEHandler
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "bundles" / "multiview_cggm.json")
+META = str(ROOT / "bundles" / "multiview_metadata.json")
+HANDLERS = {"cggm": CGGMHandler, "ogmge": OGMGEHandler, "joint": HeadMonitorHandler}
+
+
+def _workflow(tmp_path, **overrides):
+    return ConfigWorkflow(config_file=CONFIG, meta_file=META, workflow_type="train",
+                          bundle_root=str(tmp_path), **overrides)  # fmt: skip
+
+
+def test_metadata_verifies(tmp_path):
+    verify_metadata(meta_file=META, filepath=str(ROOT / "bundles" / "meta_schema.json"))
+
+
+@pytest.mark.parametrize("dataset", ["digits", "breast_cancer", "diabetes"])
+def test_model_zoo_properties(tmp_path, dataset):
+    workflow = _workflow(tmp_path, dataset=dataset)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+@pytest.mark.parametrize(
+    "dataset, method, views, main",
+    [
+        ("digits", "cggm", ["top_left", "top_right", "bottom_left", "bottom_right"], "accuracy"),
+        ("breast_cancer", "joint", ["mean", "error", "worst"], "accuracy"),
+        ("diabetes", "ogmge", ["clinical", "serum"], "r2"),
+    ],
+)
+def test_shipped_datasets_train_and_report(tmp_path, dataset, method, views, main):
+    workflow = _workflow(tmp_path, dataset=dataset, method=method, epochs=2)
+    workflow.initialize()
+    assert isinstance(workflow.parser.get_parsed_content("balancing"), HANDLERS[method])
+    workflow.run()
+    run = tmp_path / "runs" / f"multiview_{dataset}_{method}"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"] == dataset and list(metrics["heads"]) == views
+    assert main in metrics["metrics"] and all(main in m for m in metrics["heads"].values())
+    audit = metrics["missing_views"]
+    assert audit["main_metric"] == main and len(audit["subsets"]) == 2 ** len(views) - 1
+    full = audit["subsets"][-1][main]
+    assert full == pytest.approx(metrics["metrics"][main])
+    assert sum(audit["shapley"].values()) == pytest.approx(full - audit["empty"])
+    assert "best-on-validation checkpoint" in metrics["source"]
+    for name in ("metrics.csv", "missing_views.png", "shapley.png", "balance.png", "validation.csv"):
+        assert (run / name).is_file(), name
+    workflow.finalize()
+
+
+@pytest.mark.parametrize("dataset, main", [("mosi", "r2"), ("iemocap", "accuracy")])
+def test_aligned_features_train_with_a_sequence_encoder(tmp_path, dataset, main):
+    pickle = write_aligned_features(tmp_path / "data" / f"{dataset}.pkl", synthetic_aligned_features(dataset))
+    workflow = _workflow(tmp_path, dataset=dataset, dataset_dir=str(pickle.parent), epochs=2)
+    workflow.initialize()
+    assert workflow.parser.get_parsed_content("encoder") == "gru"
+    workflow.run()
+    metrics = json.loads((tmp_path / "runs" / f"multiview_{dataset}_cggm" / "metrics.json").read_text())
+    assert list(metrics["heads"]) == ["text", "audio", "vision"]
+    if dataset == "mosi":
+        assert {"mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7"} <= set(metrics["metrics"])
+    else:
+        assert {"accuracy", "f1_weighted"} <= set(metrics["metrics"])
+    assert metrics["missing_views"]["main_metric"] == main and len(metrics["missing_views"]["subsets"]) == 7
+    workflow.finalize()
+
+
+def test_unknown_dataset_fails_when_the_config_is_parsed(tmp_path):
+    workflow = _workflow(tmp_path, dataset="iris")
+    with pytest.raises(RuntimeError) as raised:
+        workflow.parser.get_parsed_content("data")
+    assert "unknown dataset 'iris'" in str(raised.value.__cause__)
