@@ -19,8 +19,9 @@ HANDLERS = {"cggm": CGGMHandler, "ogmge": OGMGEHandler, "joint": HeadMonitorHand
 
 
 def _workflow(tmp_path, **overrides):
-    return ConfigWorkflow(config_file=CONFIG, meta_file=META, workflow_type="train",
-                          bundle_root=str(tmp_path), **overrides)  # fmt: skip
+    return ConfigWorkflow(
+        config_file=CONFIG, meta_file=META, workflow_type="train", bundle_root=str(tmp_path), **overrides
+    )
 
 
 def test_metadata_verifies(tmp_path):
@@ -72,7 +73,9 @@ def test_aligned_features_train_with_a_sequence_encoder(tmp_path, dataset, main)
     metrics = json.loads((tmp_path / "runs" / f"multiview_{dataset}_cggm" / "metrics.json").read_text())
     assert list(metrics["heads"]) == ["text", "audio", "vision"]
     if dataset == "mosi":
-        assert {"mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7"} <= set(metrics["metrics"])
+        assert {"mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7"} <= set(
+            metrics["metrics"]
+        )
     else:
         assert {"accuracy", "f1_weighted"} <= set(metrics["metrics"])
     assert metrics["missing_views"]["main_metric"] == main and len(metrics["missing_views"]["subsets"]) == 7

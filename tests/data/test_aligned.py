@@ -45,12 +45,16 @@ def test_reads_a_folder_with_one_pickle_and_a_subset_of_modalities(tmp_path, mos
 def test_iemocap_label_formats(tmp_path):
     splits = synthetic_aligned_features("iemocap", samples={"train": 12, "valid": 4, "test": 4}, steps=3)
     index = load_aligned_features(write(tmp_path, splits, "a.pkl"), "iemocap")
-    assert index.task == "classification" and index.num_classes == 4 and index.y["training"].dtype == torch.int64
+    assert (
+        index.task == "classification" and index.num_classes == 4 and index.y["training"].dtype == torch.int64
+    )
     onehot, pairs = copy.deepcopy(splits), copy.deepcopy(splits)
     for split in splits:
         labels = splits[split]["labels"]
         onehot[split]["labels"] = np.eye(4)[labels]
-        pairs[split]["labels"] = np.stack([1 - np.eye(4)[labels], np.eye(4)[labels]], axis=2)  # MulT's N x 4 x 2
+        pairs[split]["labels"] = np.stack(
+            [1 - np.eye(4)[labels], np.eye(4)[labels]], axis=2
+        )  # MulT's N x 4 x 2
     for other in (onehot, pairs):
         data = load_aligned_features(write(tmp_path, other, "b.pkl"), "iemocap")
         for split in ("training", "test"):
@@ -60,7 +64,9 @@ def test_iemocap_label_formats(tmp_path):
 def test_nonfinite_values_can_be_zeroed(tmp_path, mosi, caplog):
     mosi["train"]["audio"][0, 0, 0] = -np.inf  # as in the real CMU-MOSI audio features
     mosi["train"]["audio"][1, 2, 3] = np.nan
-    with pytest.raises(ValueError, match=r"split 'train', modality 'audio': 2 non-finite values .*nonfinite='zero'"):
+    with pytest.raises(
+        ValueError, match=r"split 'train', modality 'audio': 2 non-finite values .*nonfinite='zero'"
+    ):
         load_aligned_features(write(tmp_path, mosi), "mosi")
     data = load_aligned_features(write(tmp_path, mosi), "mosi", nonfinite="zero")
     assert torch.isfinite(data.x["training"]).all()

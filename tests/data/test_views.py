@@ -29,7 +29,10 @@ def test_breast_cancer_views_are_mean_error_worst_of_the_ten_measures():
 
 def test_diabetes_views_are_clinical_and_serum():
     data = load_sklearn_views("diabetes")
-    assert data.feature_names == {"clinical": ["age", "sex", "bmi", "bp"], "serum": [f"s{i}" for i in range(1, 7)]}
+    assert data.feature_names == {
+        "clinical": ["age", "sex", "bmi", "bp"],
+        "serum": [f"s{i}" for i in range(1, 7)],
+    }
     assert data.task == "regression" and data.out_features == 1
     assert sum(data.sizes().values()) == 442
 
@@ -100,7 +103,10 @@ def test_regression_targets_are_standardised_on_train_and_map_back():
     bunch = datasets.load_diabetes()
     y = data.y["training"].double()
     assert abs(float(y.mean())) < 1e-5 and abs(float(y.std(unbiased=False)) - 1) < 1e-4
-    back = torch.cat([data.y[s] for s in ("training", "validation", "test")]) * data.target_std + data.target_mean
+    back = (
+        torch.cat([data.y[s] for s in ("training", "validation", "test")]) * data.target_std
+        + data.target_mean
+    )
     assert sorted(back.reshape(-1).round().tolist()) == sorted(bunch.target.tolist())
 
 

@@ -44,7 +44,9 @@ def test_mosi_acc7_clips_to_the_scale():
 
 
 def test_regression_metrics_by_hand_in_the_targets_units():
-    m = regression_metrics(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0]), scale=2.0, offset=1.0)
+    m = regression_metrics(
+        torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0]), scale=2.0, offset=1.0
+    )
     # back in units: pred 3 5 7, target 3 7 5
     assert m["mae"] == pytest.approx(4 / 3)
     assert m["rmse"] == pytest.approx(math.sqrt(8 / 3))

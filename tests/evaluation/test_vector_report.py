@@ -60,7 +60,9 @@ def test_report_audits_views_and_shares_out_the_accuracy(tmp_path):
     assert written["missing_views"]["shapley"] == pytest.approx(audit["shapley"])
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [r["input"] for r in rows] == ["all", "subset:a", "subset:b", "subset:a+b"]
-    assert (tmp_path / "missing_views.png").stat().st_size > 0 and (tmp_path / "shapley.png").stat().st_size > 0
+    assert (tmp_path / "missing_views.png").stat().st_size > 0 and (
+        tmp_path / "shapley.png"
+    ).stat().st_size > 0
 
 
 def test_regression_report_works_in_the_targets_units(tmp_path):
@@ -74,8 +76,16 @@ def test_regression_report_works_in_the_targets_units(tmp_path):
 
     y = torch.linspace(-1, 1, 11)[:, None]
     x = torch.cat([y + 0.5, torch.zeros(11, 1)], dim=1)  # off by 0.5 in standardised units
-    data = ViewData("toy", "regression", "regression", {"a": 1, "b": 1}, {"test": x}, {"test": y}, target_std=10.0,
-                    target_mean=100.0)  # fmt: skip
+    data = ViewData(
+        "toy",
+        "regression",
+        "regression",
+        {"a": 1, "b": 1},
+        {"test": x},
+        {"test": y},
+        target_std=10.0,
+        target_mean=100.0,
+    )
     result = VectorTestReport(Identity(), data, tmp_path).run()
     assert result["metrics"]["mae"] == pytest.approx(5.0)  # 0.5 x target_std
     assert result["missing_views"]["main_metric"] == "r2"
@@ -83,7 +93,8 @@ def test_regression_report_works_in_the_targets_units(tmp_path):
 
 
 def test_missing_checkpoint_is_an_error_when_required(tmp_path):
-    report = VectorTestReport(FirstViewOnly(), _data(), tmp_path, checkpoint=tmp_path / "none.pt",
-                              require_checkpoint=True)  # fmt: skip
+    report = VectorTestReport(
+        FirstViewOnly(), _data(), tmp_path, checkpoint=tmp_path / "none.pt", require_checkpoint=True
+    )
     with pytest.raises(FileNotFoundError, match="none.pt does not exist"):
         report.run()

@@ -84,8 +84,9 @@ def test_torchscript_roundtrip(tmp_path, fusion):
 def test_sequence_encoders_take_b_t_d_and_give_heads(encoder):
     from cggm_seg.networks import make_heads
 
-    net = MultiViewNet({"text": 6, "audio": 3, "vision": 5}, out_features=1, hidden=8, encoder=encoder,
-                       attention_heads=2)  # fmt: skip
+    net = MultiViewNet(
+        {"text": 6, "audio": 3, "vision": 5}, out_features=1, hidden=8, encoder=encoder, attention_heads=2
+    )
     assert net.sequential and net.sample_shape == (1, 14)
     x = torch.randn(4, 7, 14)
     assert net(x).shape == (4, 1)
