@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's cggm_seg, even where another one is installed
 BUNDLE = ROOT / "bundles" / "multiview_cggm.json"
 DATASETS = ("digits", "breast_cancer", "diabetes")
 
