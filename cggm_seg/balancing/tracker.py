@@ -379,10 +379,28 @@ class BalanceTracker:
             out.update({f"{name}_{m}": float(v) for m, v in zip(self.modalities, values)})
         return out
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings that shape B (saved with the state, checked when it is loaded)."""
+        return {
+            "preset": self.preset,
+            "rho": self.rho,
+            "ema": self.ema,
+            "tau": self.tau,
+            "b_min": self.b_min,
+            "b_max": self.b_max,
+            "renormalize": self.renormalize,
+            "warmup": self.warmup,
+            "window": self.window,
+            "z": self.z,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """Plain tensors, numbers and strings (loadable with ``torch.load(weights_only=True)``)."""
+        """Plain tensors, numbers and strings (loadable with ``torch.load(weights_only=True)``),
+        with the :attr:`settings` they were made under."""
         return {
             "modalities": list(self.modalities),
+            "settings": self.settings,
             "step": self.step,
             "eps": self.eps.clone(),
             "raw": self.raw.clone(),
@@ -396,13 +414,24 @@ class BalanceTracker:
         """Restore a :meth:`state_dict`, so that training resumes with identical B.
 
         Raises:
-            ValueError: the state was saved for other modalities.
+            ValueError: the state was saved for other modalities, or under other settings (a state
+                without settings, from before they were saved, loads into any tracker).
         """
         if list(state["modalities"]) != list(self.modalities):
             raise ValueError(
                 f"this tracker balances {list(self.modalities)}, "
                 f"the state is for {list(state['modalities'])}."
             )
+        saved = state.get("settings")
+        if saved is not None:
+            mine = self.settings
+            differ = {k: (saved.get(k), v) for k, v in mine.items() if not _same(saved.get(k), v)}
+            if differ:
+                detail = ", ".join(f"{k}: saved {a!r}, this tracker {b!r}" for k, (a, b) in differ.items())
+                raise ValueError(
+                    f"the tracker state was saved under other settings ({detail}); resume with the settings "
+                    "it was trained with, or start the run afresh (--resume False)."
+                )
         self.step = int(state["step"])
         for key in ("eps", "raw", "delta", "B"):
             setattr(self, key, torch.as_tensor(state[key], dtype=torch.float64).clone())
@@ -411,3 +440,10 @@ class BalanceTracker:
             (row.clone() for row in saved.reshape(-1, len(self.modalities))), maxlen=self.window or 1
         )
         self.history = deque((dict(h) for h in state["history"]), maxlen=self.history_size)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Settings equal, floats to rounding (a state saved and loaded through JSON or a checkpoint)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b

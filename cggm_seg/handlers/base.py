@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,20 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["HeadBalancingHandler"]
+__all__ = ["HeadBalancingHandler", "ADAPTIVE_OPTIMIZERS"]
+
+#: optimizers that divide each step by a running gradient scale, so that a scaled gradient moves the
+#: weights by (almost) the same amount: magnitude ``"grad"`` is then a no-op and ``"lr"`` is needed
+ADAPTIVE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+    torch.optim.RMSprop,
+)
 
 
 class HeadBalancingHandler:
@@ -81,6 +95,7 @@ class HeadBalancingHandler:
         self._name = name
         self.method: Any = None
         self._pending_state: Mapping[str, Any] | None = None
+        self._warned_nonfinite = False
 
     # -- to implement ------------------------------------------------------------------------------
     def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> Any:
@@ -129,9 +144,49 @@ class HeadBalancingHandler:
         if loss_fn is None:
             raise ValueError("no loss function: pass loss_function= or use an engine with `loss_function`.")
         heads = HeadTrainer(self.heads, loss_fn, self.head_optimizer, score_fn=self.score)
+        self._check_optimizer(getattr(engine, "optimizer", None))
         self.method = self._build(network, heads, loss_fn)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
+
+    def _check_optimizer(self, optimizer: Any) -> None:
+        """Warn (once, when the run starts) where gradient scaling cannot act: magnitude ``"grad"``
+        with an adaptive optimizer, which normalises the gradient's scale away."""
+        settings = getattr(self, "settings", {})
+        if settings.get("magnitude") == "grad" and isinstance(optimizer, ADAPTIVE_OPTIMIZERS):
+            import warnings
+
+            message = (
+                f"{type(self).__name__}: magnitude='grad' scales the branches' gradients, but "
+                f"{type(optimizer).__name__} divides each step by a running gradient scale, so the scaling "
+                "has almost no effect (a silent no-op). Use magnitude='lr' with an optimizer built by "
+                "cggm_seg.balancing.branch_param_groups(network, branches), or SGD."
+            )
+            warnings.warn(message, UserWarning, stacklevel=2)
+            self.logger.warning(message)
+
+    def _check_finite(self, engine: Engine, stats: Mapping[str, float]) -> None:
+        """Warn once when a head's statistics turn non-finite (its weights are NaN or inf: the
+        method then acts as if that head had learned nothing, silently)."""
+        if self._warned_nonfinite:
+            return
+        bad = [k for k, v in stats.items() if not math.isfinite(float(v))]
+        if not bad:
+            return
+        broken = [
+            m for m in self.modalities if any(not torch.isfinite(p).all() for p in self.heads[m].parameters())
+        ]
+        import warnings
+
+        self._warned_nonfinite = True
+        message = (
+            f"{type(self).__name__}: at iteration {engine.state.iteration} the heads "
+            f"{broken or bad} give non-finite {'weights' if broken else 'values'}: their scores "
+            "carry no signal, and the balancing acts as if they learned nothing. Lower head_lr "
+            f"(now {self.head_lr}) or check the loss of the heads."
+        )
+        warnings.warn(message, UserWarning, stacklevel=2)
+        self.logger.warning(message)
 
     def loss_completed(self, engine: Engine) -> None:
         loss = self._observe(engine)
@@ -146,6 +201,7 @@ class HeadBalancingHandler:
     def model_completed(self, engine: Engine) -> None:
         self._after_step(engine)
         stats = self.stats
+        self._check_finite(engine, stats)
         publish_stats(engine, stats)
         if self.history_size:
             self.history.append({"iteration": engine.state.iteration, "epoch": engine.state.epoch, **stats})

@@ -104,8 +104,21 @@ class OGMGEHandler(HeadBalancingHandler):
         return [f"{s}_{m}" for s in ("s", "rho", "k", "head_loss") for m in self.modalities]
 
     def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> OGMGE:
+        self.check_distributed_seed()
         self.logger.info(f"OGM-GE on {list(self.modalities)}: {self.settings}")
         return OGMGE(network, heads, branches=self.branches, **self.settings)
+
+    def check_distributed_seed(self) -> None:
+        """Raise where GE noise would differ between DDP ranks (noise on, no seed, several ranks)."""
+        if self.settings.get("noise") and self.settings.get("seed") is None:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                raise ValueError(
+                    "OGM-GE's noise under DistributedDataParallel needs a seed: with seed=None each of the "
+                    f"{dist.get_world_size()} ranks adds different noise to its copy of the weights, and "
+                    "the copies drift apart. Give OGMGEHandler(seed=...) (the bundles pass @seed)."
+                )
 
     def _observe(self, engine: Engine) -> None:
         self.method.observe(engine.state.output["label"])
