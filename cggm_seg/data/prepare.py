@@ -28,6 +28,7 @@ __all__ = [
     "prepare_dataset",
     "split_cases",
     "inference_datalist",
+    "check_roi_size",
     "DatasetCheckError",
 ]
 
@@ -191,3 +192,36 @@ def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> li
         paths = [os.path.abspath(p) for p in image] if isinstance(image, list) else os.path.abspath(image)
         entries.append({"image": paths, "case_id": c.case_id, "layout": c.layout})
     return entries
+
+
+def check_roi_size(data: dict[str, Any], roi_size: Any, split: str = "training") -> list[int]:
+    """Check that the training crop fits inside at least one volume of ``split``; returns it as a list.
+
+    A crop larger than every volume would only crop padding around each case (and cost its full
+    size in memory and time), so it is refused before anything is trained. Only the image headers
+    are read.
+
+    Args:
+        data: :func:`prepare_dataset`'s result.
+        roi_size: the crop, one size per spatial axis (the bundles' ``roi_size``).
+
+    Raises:
+        ValueError: a crop that is not three positive sizes, or larger than every volume on some axis.
+    """
+    import nibabel as nib
+
+    roi = [int(r) for r in roi_size] if isinstance(roi_size, (list, tuple)) else [int(roi_size)] * 3
+    if len(roi) != 3 or min(roi) < 1:
+        raise ValueError(f"roi_size must be three positive sizes (D, H, W), got {roi_size}.")
+    shapes = []
+    for case in data.get(split, []):
+        image = case["image"][0] if isinstance(case["image"], (list, tuple)) else case["image"]
+        shapes.append([int(s) for s in nib.load(image).shape[:3]])
+    if shapes and not any(all(r <= s for r, s in zip(roi, shape)) for shape in shapes):
+        largest = [max(s[d] for s in shapes) for d in range(3)]
+        fits = [min(r, g) for r, g in zip(roi, largest)]
+        raise ValueError(
+            f"roi_size {roi} is larger than every {split} volume (largest per axis: {largest} voxels): "
+            f"the crop would hold mostly padding. Give --roi_size at most {fits}."
+        )
+    return roi

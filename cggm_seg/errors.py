@@ -1,0 +1,51 @@
+"""Errors a user reads: the cause of a failed bundle run on the last lines of the output.
+
+MONAI's bundle parser wraps an error raised while it evaluates a config expression (a dataset
+check that fails, a setting out of range) in ``RuntimeError: Failed to evaluate
+ConfigExpression``, and prints the cause in the middle of a long chained traceback. Importing
+``cggm_seg`` (the bundles do) installs :func:`summarising_excepthook`, which prints the usual
+traceback and then, when the error came wrapped, the cause again as the final lines::
+
+    cggm_seg: the run stopped: ValueError: rho must be a positive finite number, got 0.0.
+
+Only the default ``sys.excepthook`` is replaced (an interactive shell or a debugger keeps its
+own); ``CGGM_SEG_PLAIN_ERRORS=1`` keeps Python's default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+__all__ = ["root_cause", "summarising_excepthook", "install_excepthook"]
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of ``error``'s chain (``raise ... from``, or raised while handling)."""
+    seen = {id(error)}
+    while True:
+        nxt = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if nxt is None or id(nxt) in seen:
+            return error
+        seen.add(id(nxt))
+        error = nxt
+
+
+def summarising_excepthook(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    """``sys.excepthook`` that repeats a wrapped error's cause after the traceback."""
+    sys.__excepthook__(kind, error, traceback)
+    cause = root_cause(error)
+    if cause is not error and not isinstance(cause, KeyboardInterrupt):
+        message = str(cause).strip() or "(no message)"
+        print(f"\ncggm_seg: the run stopped: {type(cause).__name__}: {message}", file=sys.stderr, flush=True)
+
+
+def install_excepthook() -> None:
+    """Install :func:`summarising_excepthook` where Python's default hook is in place."""
+    if os.environ.get("CGGM_SEG_PLAIN_ERRORS") == "1":
+        return
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = summarising_excepthook

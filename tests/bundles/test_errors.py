@@ -1,0 +1,113 @@
+"""Errors a user reads: a bundle run stopped by a bad setting or a bad dataset ends with the cause."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cggm_seg.errors import root_cause, summarising_excepthook
+
+ROOT = Path(__file__).resolve().parents[2]
+BRATS = str(ROOT / "bundles" / "brats_cggm.json")
+TINY = ["--phantom#cases", "3", "--phantom#spacing", "4.0", "--epochs", "1", "--roi_size", "[32,32,32]"]
+
+
+def test_root_cause_follows_the_chain():
+    try:
+        try:
+            raise ValueError("rho must be > 0")
+        except ValueError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from inner
+    except RuntimeError as outer:
+        assert str(root_cause(outer)) == "rho must be > 0"
+    plain = KeyError("x")
+    assert root_cause(plain) is plain
+
+
+def test_the_hook_repeats_the_cause_last(capsys):
+    try:
+        try:
+            raise ValueError("roi_size [512, 512, 512] is larger than every training volume")
+        except ValueError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression: $@trainer") from inner
+    except RuntimeError as outer:
+        summarising_excepthook(type(outer), outer, outer.__traceback__)
+    lines = capsys.readouterr().err.strip().splitlines()
+    cause = "ValueError: roi_size [512, 512, 512] is larger than every training volume"
+    assert lines[-1] == f"cggm_seg: the run stopped: {cause}"
+    assert any("Failed to evaluate ConfigExpression" in line for line in lines[:-1])  # the traceback stays
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("phantom_cache")  # one tiny phantom for every run of this module
+
+
+def _run(args, cache, tmp_path, config=BRATS):
+    env = dict(os.environ, CGGM_SEG_CACHE=str(cache), OMP_NUM_THREADS="1")
+    env.pop("CGGM_SEG_PLAIN_ERRORS", None)
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        config,
+        "--bundle_root",
+        str(tmp_path),
+    ]
+    done = subprocess.run(
+        [*command, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode != 0
+    return [line for line in done.stderr.strip().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, last",
+    [
+        (
+            ["--method", "cgmm"],
+            "ValueError: method must be one of ['cggm', 'joint', 'none', 'ogmge'], got 'cgmm'.",
+        ),
+        (["--methods#cggm#score", "dise"], "ValueError: unknown score 'dise'; available: ['accuracy',"),
+        (["--methods#cggm#rho", "0"], "ValueError: rho must be a positive finite number, got 0."),
+        (
+            ["--sequences", "['t1','pd']"],
+            "ValueError: sequences must be distinct names out of ['t1', 't1ce', 't2', 'flair'], "
+            "got ['t1', 'pd']",
+        ),
+        (
+            ["--roi_size", "[512,512,512]"],
+            "ValueError: roi_size [512, 512, 512] is larger than every training volume (largest per axis:",
+        ),
+    ],
+    ids=["method", "score", "rho", "sequences", "crop"],
+)
+def test_bad_settings_end_the_run_with_the_setting_and_what_is_expected(args, last, cache, tmp_path):
+    lines = _run([*TINY, *args], cache, tmp_path)
+    assert lines[-1].startswith(f"cggm_seg: the run stopped: {last}"), lines[-3:]
+    assert not list(tmp_path.glob("runs/*/models/*.pt"))  # nothing was trained
+
+
+@pytest.mark.slow
+def test_a_dataset_that_fails_its_check_ends_the_run_with_the_report(cache, tmp_path):
+    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+
+    data = tmp_path / "data"
+    write_phantom_dataset(data, 2, seed=0, config=PhantomConfig(spacing=4.0), progress=False)
+    missing = sorted(data.glob("*/*_t2.nii.gz"))[0]
+    missing.unlink()
+    lines = _run(["--dataset_dir", str(data), "--epochs", "1"], cache, tmp_path)
+    start = [
+        i for i, line in enumerate(lines) if line.startswith("cggm_seg: the run stopped: DatasetCheckError")
+    ]
+    assert start, lines[-5:]
+    tail = "\n".join(lines[start[-1] :])
+    assert "t2 sequence file not found" in tail and missing.name in tail
+    assert lines[-1].startswith("FAILED: 1 problem")
