@@ -204,6 +204,9 @@ def plot_curves(records: list[dict], datasets: list[str], methods: list[str], pn
         ax.set_title(dataset)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {main}")
+        # a diverging run (the paper preset) would squash the others: clip, and say so
+        ax.set_ylim(0.0 if main == "accuracy" else -0.5, 1.0)
+        ax.text(0.99, 0.01, "(clipped)", transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize="small")
     fig.suptitle("Validation curves of every run (one line per seed)")
@@ -261,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     wall = time.monotonic() - started
+    trained = sum(r["seconds"] for r in records if not math.isnan(r["seconds"]))
     methods = [m for m in args.methods if any(r["method"] == m for r in records)]
     body: list[str] = []
     for dataset in args.datasets:
@@ -271,7 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_doc:
         return 0
     plot_curves(records, args.datasets, methods, args.doc.parent / "bench_multiview_curves.png")
-    flags = " ".join(sys.argv[1:]) or "(defaults)"
+    shown, skip = [], False
+    for a in sys.argv[1:]:  # the flags that change results, not where they are written
+        if skip:
+            skip = False
+        elif a in ("--out", "--doc", "--jobs"):
+            skip = True
+        else:
+            shown.append(a)
+    flags = " ".join(shown) or "(defaults)"
     section = "\n".join(
         [
             markers()[0],
@@ -283,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             "every method (Δ = paired difference to joint training of the same seed). Subset mean: the "
             "main metric averaged over every non-empty subset of the views, absent views zero-filled (the "
             "training mean). Shapley values share out the main metric between the views (they sum to its "
-            f"value with every view minus its value with none). {len(jobs)} runs, {args.jobs} in parallel, "
-            f"one torch thread each, on a {os.cpu_count()}-core machine: {wall / 60:.0f} min wall.",
+            f"value with every view minus its value with none). {len(jobs)} runs, one torch thread each, on "
+            f"a {os.cpu_count()}-core machine: {trained / 60:.0f} min of run time in all (the last "
+            f"invocation: {wall / 60:.0f} min wall, {args.jobs} at a time; runs already done are read, not "
+            "repeated).",
             "",
             *body,
             "![validation curves](bench_multiview_curves.png)",
