@@ -4,6 +4,7 @@ from cggm_seg.handlers.base import HeadBalancingHandler
 from cggm_seg.handlers.cggm_handler import CGGMHandler
 from cggm_seg.handlers.curve import ValidationCurve
 from cggm_seg.handlers.factory import METHODS, handler_list, make_balancing_handler, present
+from cggm_seg.handlers.guard import NonFiniteGuard, NonFiniteTrainingError
 from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
 from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
@@ -13,6 +14,8 @@ __all__ = [
     "HeadBalancingHandler",
     "CGGMHandler",
     "ValidationCurve",
+    "NonFiniteGuard",
+    "NonFiniteTrainingError",
     "METHODS",
     "handler_list",
     "make_balancing_handler",

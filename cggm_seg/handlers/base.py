@@ -96,6 +96,7 @@ class HeadBalancingHandler:
         self.method: Any = None
         self._pending_state: Mapping[str, Any] | None = None
         self._warned_nonfinite = False
+        self._skip = False  # this iteration's loss is not finite: no head, tracker or branch update
 
     # -- to implement ------------------------------------------------------------------------------
     def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> Any:
@@ -189,16 +190,21 @@ class HeadBalancingHandler:
         self.logger.warning(message)
 
     def loss_completed(self, engine: Engine) -> None:
+        self._skip = not bool(torch.isfinite(torch.as_tensor(engine.state.output["loss"])).all())
+        if self._skip:
+            return
         loss = self._observe(engine)
         if loss is not None:
             engine.state.output["loss"] = loss
 
     def backward_completed(self, engine: Engine) -> None:
-        if step_follows(engine):
+        if not self._skip and step_follows(engine):
             unscale_gradients(engine)
             self._modulate(engine)
 
     def model_completed(self, engine: Engine) -> None:
+        if self._skip:
+            return
         self._after_step(engine)
         stats = self.stats
         self._check_finite(engine, stats)

@@ -45,7 +45,12 @@ def _method_args(method: str) -> list[str]:
 @pytest.mark.parametrize("method", [*METHODS, *VARIANTS])
 def test_model_zoo_properties(method, tmp_path, monkeypatch):
     monkeypatch.setenv("CGGM_SEG_CACHE", str(tmp_path))  # MONAI's check parses the datasets: tiny ones
-    tiny = {"phantom#cases": 3, "phantom#spacing": 4.0, "bundle_root": str(tmp_path)}
+    tiny = {
+        "phantom#cases": 3,
+        "phantom#spacing": 4.0,
+        "roi_size": [32, 32, 32],
+        "bundle_root": str(tmp_path),
+    }
     if method not in VARIANTS:
         tiny["method"] = method
     workflow = ConfigWorkflow(config_file=_config(method), meta_file=META, workflow_type="train", **tiny)
@@ -68,7 +73,13 @@ def test_method_bundles_are_short():
 
 def test_unknown_method_fails_when_the_config_is_parsed(tmp_path, monkeypatch):
     monkeypatch.setenv("CGGM_SEG_CACHE", str(tmp_path))
-    tiny = {"phantom#cases": 3, "phantom#spacing": 4.0, "bundle_root": str(tmp_path), "method": "cgmm"}
+    tiny = {
+        "phantom#cases": 3,
+        "phantom#spacing": 4.0,
+        "roi_size": [32, 32, 32],
+        "bundle_root": str(tmp_path),
+        "method": "cgmm",
+    }
     workflow = ConfigWorkflow(config_file=CONFIG, meta_file=META, workflow_type="train", **tiny)
     with pytest.raises(RuntimeError) as raised:  # MONAI wraps the error of the expression
         workflow.parser.get_parsed_content("balancing")

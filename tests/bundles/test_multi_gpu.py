@@ -65,7 +65,12 @@ def test_model_zoo_properties_with_one_rank(tmp_path, monkeypatch):
         config_file=[str(BUNDLES / "brats_cggm.json"), str(BUNDLES / "multi_gpu_train.json")],
         meta_file=str(BUNDLES / "metadata.json"),
         workflow_type="train",
-        **{"phantom#cases": 3, "phantom#spacing": 4.0, "bundle_root": str(tmp_path)},
+        **{
+            "phantom#cases": 3,
+            "phantom#spacing": 4.0,
+            "roi_size": [32, 32, 32],
+            "bundle_root": str(tmp_path),
+        },
     )
     workflow.initialize()
     try:
