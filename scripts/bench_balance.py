@@ -392,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     cggm_seed0 = args.out / "runs" / run_name("cggm", args.seeds[0]) / "balance.png"
     if cggm_seed0.is_file():
         shutil.copy(cggm_seed0, docs / "bench_balance_cggm_B.png")
-    section = render(args, body, wall, len(jobs))
+    run_minutes = sum(r["seconds"] for r in records if not math.isnan(r["seconds"])) / 60
+    section = render(args, body, wall, len(jobs), run_minutes)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_overhead import update_doc
 
@@ -408,7 +409,7 @@ def markers() -> tuple[str, str]:
     )
 
 
-def render(args: argparse.Namespace, body: list[str], wall: float, runs: int) -> str:
+def render(args: argparse.Namespace, body: list[str], wall: float, runs: int, run_minutes: float) -> str:
     data = (
         f"`--dataset_dir {args.dataset_dir}`"
         if args.dataset_dir
@@ -426,7 +427,9 @@ def render(args: argparse.Namespace, body: list[str], wall: float, runs: int) ->
             f"validation checkpoint evaluated once on the test split; seeds {args.seeds} (unimodal and early "
             f"fusion: seed {args.seeds[0]} only{' unless --all-seeds' if not args.all_seeds else ''}). "
             f"{runs} runs, {args.jobs} in parallel with {args.threads} torch thread(s) each, on a "
-            f"{os.cpu_count()}-core machine: {wall / 60:.0f} min wall in all (minutes per run below "
+            f"{os.cpu_count()}-core machine: {run_minutes:.0f} run-minutes in all, about "
+            f"{run_minutes / args.jobs:.0f} min wall at {args.jobs} at a time (this invocation: "
+            f"{wall / 60:.0f} min; runs already done are read, not repeated; minutes per run below "
             "include data loading, validation and the 16-pass test audit). Dice is case-level 3D Dice on "
             "full volumes (sliding window); the subset mean is over the 15 non-empty subsets of the "
             "sequences, missing ones zero-filled after intensity normalisation. Mean ± std over seeds; "
