@@ -38,6 +38,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
         k = ogm_coefficients(discrepancy_ratios(mean_over_ranks(s)), alpha=0.8).tolist()
         torch.save({"B": tracker_b, "k": k}, f"{out}/rank{rank}.pt")
+        dist.barrier()  # both ranks done with their collectives before either tears gloo down
     finally:
         dist.destroy_process_group()
 

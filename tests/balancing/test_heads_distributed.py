@@ -56,6 +56,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             },
             f"{out}/rank{rank}.pt",
         )
+        dist.barrier()  # both ranks done with their collectives before either tears gloo down
     finally:
         dist.destroy_process_group()
 
