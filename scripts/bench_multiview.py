@@ -36,6 +36,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's cggm_seg, even where another one is installed
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_balance import mean_std, paired  # noqa: E402  (the same summaries as the BraTS benchmark)
+
 BUNDLE = ROOT / "bundles" / "multiview_cggm.json"
 DATASETS = ("digits", "breast_cancer", "diabetes")
 
@@ -123,26 +126,6 @@ def measures(metrics: dict[str, Any]) -> dict[str, float]:
     out["weakest_head"] = min(m[main] for m in metrics["heads"].values())
     out.update({f"shapley_{v}": phi for v, phi in audit["shapley"].items()})
     return out
-
-
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
-
-
-def paired(records: list[dict], joint: dict[int, dict], key: str) -> str:
-    diffs = [r["m"][key] - joint[r["seed"]]["m"][key] for r in records if r["seed"] in joint]
-    if not diffs:
-        return "-"
-    return (
-        f"{statistics.fmean(diffs):+.3f} ± {statistics.pstdev(diffs):.3f}"
-        if len(diffs) > 1
-        else f"{diffs[0]:+.3f}"
-    )
 
 
 def dataset_table(dataset: str, records: list[dict], methods: list[str]) -> list[str]:
