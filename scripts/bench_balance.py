@@ -246,6 +246,19 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
         cells = [mean_std([r["m"][f"shapley_{s}"] for r in rs]) for s in SEQUENCES]
         gain = f"{means[least] / joint_shapley[least]:.2f}x" if least and joint_shapley[least] > 0 else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {least or '-'} | {gain} |")
+    alone = {}  # sequence -> its unimodal run's mean Dice
+    for s in SEQUENCES:
+        if by_method.get(f"unimodal_{s}"):
+            alone[s] = statistics.fmean(r["m"]["dice_mean"] for r in by_method[f"unimodal_{s}"])
+    if len(alone) == len(SEQUENCES):
+        from cggm_seg.evaluation.audit import sequence_subsets
+
+        best = [max(alone[s] for s in subset) for subset in sequence_subsets(SEQUENCES)]
+        lines += [
+            "",
+            "Reference: each subset scored by its best member alone (the unimodal rows): mean over the "
+            f"{len(best)} subsets {statistics.fmean(best):.3f}.",
+        ]
     return lines
 
 
@@ -402,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     if cggm_seed0.is_file():
         shutil.copy(cggm_seed0, docs / "bench_balance_cggm_B.png")
     run_minutes = sum(r["seconds"] for r in records if not math.isnan(r["seconds"])) / 60
+    default = sum(
+        r["seconds"] for r in records if r["method"] in DEFAULT_METHODS and not math.isnan(r["seconds"])
+    )
+    body += [
+        "",
+        f"A default run (every method but moddrop_p25): {default / 60:.0f} run-minutes by these runs' times.",
+    ]
     section = render(args, body, wall, len(jobs), run_minutes)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_overhead import update_doc

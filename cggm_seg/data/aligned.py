@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cggm_seg.data.views import ViewData
+from cggm_seg.data.views import ViewData, standardise
 
 __all__ = [
     "ALIGNED_SPLITS",
@@ -217,14 +217,9 @@ def load_aligned_features(
             raise ValueError(f"split {split!r} is empty.")
         labels[split] = _labels(part["labels"], split, dataset, counts["labels"], num_classes)
 
-    stacked = {s: np.concatenate([arrays[s][m] for m in modalities], axis=2) for s in ALIGNED_SPLITS}
-    train = stacked["train"]
-    mean = train.mean(axis=(0, 1), keepdims=True)
-    std = train.std(axis=(0, 1), keepdims=True)
-    std = np.where(std > 1e-8, std, 1.0)
-    x = {
-        ALIGNED_SPLITS[s]: torch.from_numpy(((a - mean) / std).astype(np.float32)) for s, a in stacked.items()
-    }
+    stacked = [np.concatenate([arrays[s][m] for m in modalities], axis=2) for s in ALIGNED_SPLITS]
+    # per feature, over samples and steps, with the training split's statistics
+    x = {ALIGNED_SPLITS[s]: torch.from_numpy(a) for s, a in zip(ALIGNED_SPLITS, standardise(*stacked))}
     y = {ALIGNED_SPLITS[s]: torch.from_numpy(v) for s, v in labels.items()}
     out = ViewData(
         name=dataset,

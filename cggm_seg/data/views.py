@@ -37,6 +37,7 @@ __all__ = [
     "load_sklearn_views",
     "load_views",
     "stratified_split",
+    "standardise",
 ]
 
 #: the scikit-learn datasets :func:`load_views` cuts into views
@@ -180,8 +181,9 @@ def stratified_split(
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def _standardise(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Standardise on the training split's statistics (constant columns: divided by 1)."""
+def standardise(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Standardise every array per feature (the last axis) with the mean and standard deviation of
+    ``train`` over all its other axes (constant features: divided by 1); float32."""
     axes = tuple(range(train.ndim - 1))
     mean = train.mean(axis=axes, keepdims=True)
     std = train.std(axis=axes, keepdims=True)
@@ -209,7 +211,7 @@ def load_sklearn_views(name: str, seed: int = 0, fractions: Sequence[float] = (0
     regression = name == "diabetes"
     strata = np.digitize(target, np.quantile(target, [0.2, 0.4, 0.6, 0.8])) if regression else target
     parts = stratified_split(strata, fractions, seed)
-    xs = _standardise(*(data[p] for p in parts))
+    xs = standardise(*(data[p] for p in parts))
     x = {split: torch.from_numpy(a) for split, a in zip(_SPLITS, xs)}
     out = ViewData(
         name=name,

@@ -15,6 +15,7 @@ from cggm_seg.balancing import HeadTrainer, get_score
 from cggm_seg.handlers.utils import (
     engine_device,
     engine_network,
+    is_finite,
     publish_stats,
     step_follows,
     unscale_gradients,
@@ -190,7 +191,7 @@ class HeadBalancingHandler:
         self.logger.warning(message)
 
     def loss_completed(self, engine: Engine) -> None:
-        self._skip = not bool(torch.isfinite(torch.as_tensor(engine.state.output["loss"])).all())
+        self._skip = not is_finite(engine.state.output["loss"])
         if self._skip:
             return
         loss = self._observe(engine)

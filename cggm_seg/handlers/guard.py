@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING
 
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from cggm_seg.handlers.utils import engine_network
+from cggm_seg.handlers.utils import engine_network, is_finite
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -20,15 +19,6 @@ __all__ = ["NonFiniteGuard", "NonFiniteTrainingError"]
 
 class NonFiniteTrainingError(RuntimeError):
     """Too many training steps in a row had a non-finite loss or gradients."""
-
-
-def _is_finite(x: object) -> bool:
-    if isinstance(x, torch.Tensor):
-        return bool(torch.isfinite(x).all())
-    try:
-        return math.isfinite(float(x))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return True
 
 
 class NonFiniteGuard:
@@ -79,14 +69,14 @@ class NonFiniteGuard:
             engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self.completed)
 
     def check_loss(self, engine: Engine) -> None:
-        self._bad = None if _is_finite(engine.state.output["loss"]) else "loss"
+        self._bad = None if is_finite(engine.state.output["loss"]) else "loss"
 
     def check_gradients(self, engine: Engine) -> None:
         network = engine_network(engine, self.network)
-        params = [p for p in network.parameters() if p.grad is not None]
         amp = bool(getattr(engine, "amp", False))
-        if self._bad is None and not amp and not all(bool(torch.isfinite(p.grad).all()) for p in params):
-            self._bad = "gradients"
+        if self._bad is None and not amp:
+            if not is_finite([p.grad for p in network.parameters() if p.grad is not None]):
+                self._bad = "gradients"
         if self._bad is not None:
             for p in network.parameters():
                 p.grad = None  # the optimizer skips parameters without a gradient

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,14 @@ from torch import nn
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["step_follows", "unscale_gradients", "publish_stats", "engine_network", "engine_device"]
+__all__ = [
+    "step_follows",
+    "unscale_gradients",
+    "publish_stats",
+    "engine_network",
+    "engine_device",
+    "is_finite",
+]
 
 
 def step_follows(engine: Engine) -> bool:
@@ -76,3 +84,17 @@ def engine_device(network: nn.Module) -> torch.device:
     for p in network.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def is_finite(value: object) -> bool:
+    """Whether a loss (tensor or number) or a list of tensors holds only finite values; one device sync."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return True
+        return bool(torch.stack([torch.isfinite(v).all() for v in value]).all())
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
