@@ -14,7 +14,10 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
   one in sixteen at p = 0.5): the trade-off between all-sequence and missing-sequence Dice;
 - ``cggm_moddrop``: CGGM and modality dropout (p = 0.5) together;
 - ``early_fusion``: one SegResNet on the four stacked sequences (no branches, no heads);
-- ``unimodal_<seq>``: the same network on one sequence: what each sequence can do alone.
+- ``unimodal_<seq>``: the same network on one sequence: what each sequence can do alone;
+- ``cggm_level0`` / ``ogmge_level0`` (opt-in): CGGM / OGM-GE with full-resolution heads
+  (``--head_level 0``), the heads before the default became half resolution: with
+  ``--section heads`` the comparison of the two heads' signal (scores, B) and Dice.
 
 Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
 methods that make the task harder, such as modality dropout, the longer budget their validation
@@ -30,6 +33,7 @@ that the budget is enough for each), the Shapley values, and CGGM's B during tra
 
     python scripts/bench_balance.py                       # the default phantom benchmark
     python scripts/bench_balance.py --dataset_dir /data/BraTS2021 --cases 0 --spacing 0 --epochs 300
+    python scripts/bench_balance.py --section heads --methods joint cggm cggm_level0 ogmge ogmge_level0
 """
 
 from __future__ import annotations
@@ -65,9 +69,11 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     "cggm_moddrop": ([], ["--method", "cggm", "--modality_dropout", "0.5"]),
     "early_fusion": (["early_fusion.json"], []),
     **{f"unimodal_{s}": (["unimodal.json"], ["--sequences", f"['{s}']"]) for s in SEQUENCES},
+    "cggm_level0": ([], ["--method", "cggm", "--head_level", "0"]),
+    "ogmge_level0": ([], ["--method", "ogmge", "--head_level", "0"]),
 }
-#: the methods of a default run (``moddrop_p25`` is opt-in: ``--methods ... moddrop_p25``)
-DEFAULT_METHODS = [m for m in METHODS if m != "moddrop_p25"]
+#: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
+DEFAULT_METHODS = [m for m in METHODS if m not in ("moddrop_p25", "cggm_level0", "ogmge_level0")]
 #: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
 DEFAULT_METHOD_EPOCHS = [("moddrop", 150), ("moddrop_p25", 150), ("cggm_moddrop", 150)]
 #: methods run with the first seed only by default (baselines that say what the data allow)
@@ -150,7 +156,41 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "epochs": epochs_of(method, args),
         "curve": read_curve(folder / "validation.csv"),
         "folder": folder,
+        "signal": signal(folder),
     }
+
+
+def signal(folder: Path) -> dict[str, float] | None:
+    """What a run's heads saw during training, from the balancing history in its last checkpoint:
+    the mean B of each sequence over all iterations and the mean score eps over the last tenth of
+    them (``None`` for a run without a balancing handler)."""
+    import re
+
+    import torch
+
+    files = sorted(
+        (int(m.group(1)), f)
+        for f in (folder / "models").glob("checkpoint_epoch=*.pt")
+        if (m := re.match(r"checkpoint_epoch=(\d+)\.pt$", f.name))
+    )
+    if not files:
+        return None
+    state = torch.load(files[-1][1], map_location="cpu", weights_only=True).get("balancing")
+    history = (state or {}).get("history") or []
+    if not history or f"eps_{SEQUENCES[0]}" not in history[0]:
+        return None
+    tail = history[-max(1, len(history) // 10) :]
+    out = {}
+    for s in SEQUENCES:
+        if f"B_{s}" in history[0]:
+            out[f"B_{s}"] = statistics.fmean(h[f"B_{s}"] for h in history)
+        out[f"eps_{s}"] = statistics.fmean(h[f"eps_{s}"] for h in tail)
+    return out
+
+
+def score_order(values: dict[str, float]) -> str:
+    """The sequences from the highest value to the lowest, e.g. ``t1ce > flair > t2 > t1``."""
+    return " > ".join(sorted(values, key=values.get, reverse=True))
 
 
 def read_curve(csv_file: Path) -> list[tuple[int, float]]:
@@ -246,6 +286,7 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
         cells = [mean_std([r["m"][f"shapley_{s}"] for r in rs]) for s in SEQUENCES]
         gain = f"{means[least] / joint_shapley[least]:.2f}x" if least and joint_shapley[least] > 0 else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {least or '-'} | {gain} |")
+    lines += signal_table(by_method)
     alone = {}  # sequence -> its unimodal run's mean Dice
     for s in SEQUENCES:
         if by_method.get(f"unimodal_{s}"):
@@ -260,6 +301,49 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
             f"{len(best)} subsets {statistics.fmean(best):.3f}.",
         ]
     return lines
+
+
+def signal_table(by_method: dict[str, list[dict]]) -> list[str]:
+    """The heads' signal of every method with heads: the order of their training scores, those
+    scores, the mean B (the balancing methods), and each head's own test Dice."""
+    rows = []
+    for method, rs in by_method.items():
+        rs = [r for r in rs if r.get("signal")]
+        if not rs:
+            continue
+        eps = {s: statistics.fmean(r["signal"][f"eps_{s}"] for r in rs) for s in SEQUENCES}
+        orders = sorted({score_order({s: r["signal"][f"eps_{s}"] for s in SEQUENCES}) for r in rs})
+        b = [mean_std([r["signal"].get(f"B_{s}", math.nan) for r in rs]) for s in SEQUENCES]
+        summaries = [r["metrics"]["summary"] for r in rs]
+        heads = [mean_std([m[f"head_dice_{s}_mean"]["mean"] for m in summaries]) for s in SEQUENCES]
+        rows.append(
+            f"| {method} | {score_order(eps)} | {'; '.join(orders)} | "
+            + " | ".join(f"{eps[s]:.3f}" for s in SEQUENCES)
+            + " | "
+            + " | ".join(b)
+            + " | "
+            + " | ".join(heads)
+            + " |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "What the heads saw: their training scores eps over the last tenth of the iterations (mean over "
+        "seeds, and the order of each seed), the mean B over all iterations (balancing methods only; the "
+        "joint run's heads only observe), and each head's own Dice on the test split (full volumes, the "
+        "head's logits upsampled to them):",
+        "",
+        "| method | eps order (mean) | eps order (each seed) | "
+        + " | ".join(f"eps {s}" for s in SEQUENCES)
+        + " | "
+        + " | ".join(f"B {s}" for s in SEQUENCES)
+        + " | "
+        + " | ".join(f"head Dice {s}" for s in SEQUENCES)
+        + " |",
+        "|---|---|---|" + "---|" * (3 * len(SEQUENCES)),
+        *rows,
+    ]
 
 
 def plot_curves(records: list[dict], methods: list[str], png: Path) -> None:
@@ -345,7 +429,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
-        help="methods to run (default: all but moddrop_p25)",
+        help="methods to run (default: all but moddrop_p25, cggm_level0 and ogmge_level0)",
     )  # fmt: skip
     p.add_argument(
         "--all-seeds", action="store_true", help="run the unimodal and early-fusion baselines on every seed"
@@ -355,6 +439,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_balance", help="benchmark folder")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-doc", action="store_true", help="print the tables only")
+    p.add_argument(
+        "--section",
+        default="main",
+        help="the section of --doc to write (default: main); another name writes its own section and plots",
+    )
     return p
 
 
@@ -409,11 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_doc:
         return 0
     docs = args.doc.parent
-    plot_curves(records, methods, docs / "bench_balance_curves.png")
-    plot_shapley_groups(records, methods, docs / "bench_balance_shapley.png")
+    plot_curves(records, methods, docs / png_name(args, "curves"))
+    plot_shapley_groups(records, methods, docs / png_name(args, "shapley"))
     cggm_seed0 = args.out / "runs" / run_name("cggm", args.seeds[0]) / "balance.png"
     if cggm_seed0.is_file():
-        shutil.copy(cggm_seed0, docs / "bench_balance_cggm_B.png")
+        shutil.copy(cggm_seed0, docs / png_name(args, "cggm_B"))
     run_minutes = sum(r["seconds"] for r in records if not math.isnan(r["seconds"])) / 60
     default = sum(
         r["seconds"] for r in records if r["method"] in DEFAULT_METHODS and not math.isnan(r["seconds"])
@@ -426,16 +515,24 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_overhead import update_doc
 
-    update_doc(args.doc, section, *markers())
+    update_doc(args.doc, section, *markers(args.section))
     print(f"wrote {args.doc}")
     return 0
 
 
-def markers() -> tuple[str, str]:
+def markers(section: str = "main") -> tuple[str, str]:
+    """The doc markers of ``--section`` (the default section keeps its historical markers)."""
+    key = "" if section == "main" else f" {section}"
     return (
-        "<!-- bench_balance:begin (written by scripts/bench_balance.py) -->",
-        "<!-- bench_balance:end -->",
+        f"<!-- bench_balance:begin{key} (written by scripts/bench_balance.py) -->",
+        f"<!-- bench_balance:end{key} -->",
     )
+
+
+def png_name(args: argparse.Namespace, what: str) -> str:
+    """The file name of one of the section's plots (``bench_balance_<what>.png`` for the default)."""
+    section = "" if args.section == "main" else f"{args.section}_"
+    return f"bench_balance_{section}{what}.png"
 
 
 def render(args: argparse.Namespace, body: list[str], wall: float, runs: int, run_minutes: float) -> str:
@@ -447,8 +544,10 @@ def render(args: argparse.Namespace, body: list[str], wall: float, runs: int, ru
     flags = " ".join(a for a in sys.argv[1:]) or "(defaults)"
     return "\n".join(
         [
-            markers()[0],
-            "## Does balancing balance? (`scripts/bench_balance.py`)",
+            markers(args.section)[0],
+            "## Does balancing balance? (`scripts/bench_balance.py`)"
+            if args.section == "main"
+            else f"## bench_balance, section `{args.section}`",
             "",
             f"Data: {data}, one split (seed {args.split_seed}, fractions {list(args.fractions)}); every run "
             f"{args.epochs} epochs unless the table says otherwise, crop {args.roi}^3, validation every "
@@ -466,14 +565,14 @@ def render(args: argparse.Namespace, body: list[str], wall: float, runs: int, ru
             "",
             *body,
             "",
-            "![validation curves](bench_balance_curves.png)",
+            f"![validation curves]({png_name(args, 'curves')})",
             "",
-            "![Shapley values](bench_balance_shapley.png)",
+            f"![Shapley values]({png_name(args, 'shapley')})",
             "",
-            "![CGGM's scores and B during training, seed 0](bench_balance_cggm_B.png)",
+            f"![CGGM's scores and B during training, seed 0]({png_name(args, 'cggm_B')})",
             "",
             f"Reproduce: `python scripts/bench_balance.py {flags}`",
-            markers()[1],
+            markers(args.section)[1],
         ]
     )
 

@@ -6,7 +6,10 @@ seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on
 - ``joint``: plain task loss, no heads;
 - ``cggm_magnitude``: CGGM, magnitude ``grad``, direction ``off``;
 - ``cggm_full``: CGGM, magnitude ``grad``, direction ``gradient``;
-- ``ogmge``: OGM-GE (GE noise on, inside its window).
+- ``ogmge``: OGM-GE (GE noise on, inside its window);
+- ``cggm_magnitude_level0``: CGGM magnitude-only with full-resolution heads (``level=0``), the
+  heads before ``--head-level`` (default :data:`~cggm_seg.networks.DEFAULT_LEVEL`) made them
+  predict at a coarser level: what the coarse heads save, in the same run.
 
 Step time: the methods are interleaved round-robin (one step of each in turn, the order rotated
 every round) so that a noisy, shared machine slows them alike; every method has its own model and
@@ -34,6 +37,7 @@ settings (preset, crop, batch, device, threads), or are appended.
 
     python scripts/bench_overhead.py                      # cpu_small, 64^3, batch 1, 20 steps
     python scripts/bench_overhead.py --device cuda --preset gpu_paper --crop 128
+    python scripts/bench_overhead.py --suite              # cpu_small on 1 and 2 threads, gpu_paper
 """
 
 from __future__ import annotations
@@ -55,13 +59,14 @@ import torch
 from monai.losses import DiceLoss
 
 from cggm_seg.balancing import CGGM, OGMGE, FeatureTap, HeadStep, HeadTrainer, get_score
-from cggm_seg.networks import PRESETS, MultiEncoderSegNet, make_heads
+from cggm_seg.networks import DEFAULT_LEVEL, PRESETS, MultiEncoderSegNet, make_heads
 
 METHODS: dict[str, str] = {
     "joint": "joint (plain loss, no heads)",
     "cggm_magnitude": "CGGM magnitude only (grad, direction off)",
     "cggm_full": "CGGM magnitude + direction (grad, gradient)",
     "ogmge": "OGM-GE (alpha 0.8, GE noise)",
+    "cggm_magnitude_level0": "CGGM magnitude only, full-resolution heads (level 0)",
 }
 PHASES: tuple[str, ...] = (
     "forward + loss",
@@ -71,8 +76,10 @@ PHASES: tuple[str, ...] = (
     "modulation + optimizer",
 )
 #: Targets: ratio of the median step time / of the peak memory to joint's.
-TIME_TARGETS: dict[str, float] = {"cggm_magnitude": 1.05, "cggm_full": 1.15}
-MEMORY_TARGET = 1.10
+TIME_TARGETS: dict[str, float] = {"cggm_magnitude": 1.05, "cggm_full": 1.10, "ogmge": 1.05}
+MEMORY_TARGET = 1.05
+#: the configurations of ``--suite`` (preset, threads), each its own section of the doc
+SUITE: tuple[tuple[str, int], ...] = (("cpu_small", 1), ("cpu_small", 2), ("gpu_paper", 1))
 #: The extra entry of the round-robin: heads' loss and score alone (see build_loss_floor).
 FLOOR = "loss_floor"
 #: glibc's initial mmap threshold, fixed in the "live" memory children: freed tensors then leave
@@ -132,9 +139,10 @@ def build_loss_floor(
 
 
 def build(
-    method: str, preset: str, device: torch.device, seed: int
+    method: str, preset: str, device: torch.device, seed: int, level: int = DEFAULT_LEVEL
 ) -> Callable[[torch.Tensor, torch.Tensor], list[float]]:
-    """A training step of ``method`` on its own model and optimizer; it returns the seconds of each phase."""
+    """A training step of ``method`` on its own model and optimizer; it returns the seconds of each
+    phase. ``level``: the level the heads predict at (``*_level0`` methods: 0, full resolution)."""
     torch.manual_seed(seed)
     model = MultiEncoderSegNet.from_preset(preset, cpu_fast_paths=preset == "cpu_small").to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
@@ -144,7 +152,8 @@ def build(
     update: Callable[[], None] = optimizer.step
     heads_seconds = [0.0]
     if method != "joint":
-        heads = make_heads("segmentation", model).to(device)
+        level = 0 if method.endswith("_level0") else level
+        heads = make_heads("segmentation", model, level=level).to(device)
         score = "region_true_class_probability" if method == "ogmge" else "soft_dice"
         trainer = HeadTrainer(
             heads, loss_fn, torch.optim.SGD(heads.parameters(), lr=1e-2, momentum=0.9), score
@@ -208,7 +217,7 @@ def profile_heads(args: argparse.Namespace, device: torch.device, steps: int = 5
 
     torch.manual_seed(args.seed)
     model = MultiEncoderSegNet.from_preset(args.preset, cpu_fast_paths=args.preset == "cpu_small").to(device)
-    heads = make_heads("segmentation", model).to(device)
+    heads = make_heads("segmentation", model, level=args.head_level).to(device)
     trainer = HeadTrainer(heads, make_loss(), torch.optim.SGD(heads.parameters(), lr=1e-2, momentum=0.9))
     tap = FeatureTap(model)
     x, y = make_batches(args.crop, args.batch, device, args.seed)[0]
@@ -227,7 +236,7 @@ def profile_heads(args: argparse.Namespace, device: torch.device, steps: int = 5
 def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, list[list[float]]]:
     """Per method, the phase seconds of each measured step (round-robin, rotated order)."""
     batches = make_batches(args.crop, args.batch, device, args.seed)
-    steps = {m: build(m, args.preset, device, args.seed) for m in METHODS}
+    steps = {m: build(m, args.preset, device, args.seed, args.head_level) for m in METHODS}
     n_heads = len(MultiEncoderSegNet.from_preset(args.preset).modalities)
     steps[FLOOR] = build_loss_floor(n_heads, batches[0][1].shape, device)
     names = list(steps)
@@ -269,7 +278,7 @@ def child(args: argparse.Namespace, device: torch.device) -> float:
         torch.manual_seed(args.seed)
         MultiEncoderSegNet.from_preset(args.preset, cpu_fast_paths=args.preset == "cpu_small").to(device)
     else:
-        step = build(args.child, args.preset, device, args.seed)
+        step = build(args.child, args.preset, device, args.seed, args.head_level)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -306,7 +315,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 def common_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--preset", args.preset, "--crop", str(args.crop), "--batch", str(args.batch)]
     flags += ["--device", args.device, "--seed", str(args.seed), "--memory-steps", str(args.memory_steps)]
-    return flags + ["--threads", str(args.threads)]
+    return flags + ["--threads", str(args.threads), "--head-level", str(args.head_level)]
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -345,7 +354,8 @@ def markdown(
         "(the machine is shared).",
         "",
         f"Settings: `{args.preset}` MultiEncoderSegNet, crop {args.crop}^3, batch {args.batch}, SGD "
-        "(lr 0.01, momentum 0.9) for the model and the heads, DiceLoss (sigmoid, squared), "
+        "(lr 0.01, momentum 0.9) for the model and the heads, DiceLoss (sigmoid, squared), heads at "
+        f"level {args.head_level} (the toolkit's default: {DEFAULT_LEVEL}; 0 is full resolution), "
         f"{args.warmup} warm-up and {args.steps} measured steps per method, round-robin. Memory: "
         f"{memory_kind}; one fresh process per method, {args.memory_steps} steps.",
         "",
@@ -415,7 +425,9 @@ def markdown(
 def reproduce_flags(args: argparse.Namespace) -> list[str]:
     defaults = vars(parser().parse_args([]))
     flags = []
-    for key in ("preset", "crop", "batch", "steps", "warmup", "threads", "device", "memory_steps", "seed"):
+    keys = ("preset", "crop", "batch", "steps", "warmup", "threads", "device", "memory_steps", "seed")
+    keys += ("head_level",)
+    for key in keys:
         value = getattr(args, key)
         if value != defaults[key]:
             flags.append(f"--{key.replace('_', '-')} {value}")
@@ -458,6 +470,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--memory-steps", type=int, default=5, help="steps of each memory child (default 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--head-level",
+        type=int,
+        default=DEFAULT_LEVEL,
+        help=f"level the heads predict at (default {DEFAULT_LEVEL}, the toolkit's; 0: full resolution)",
+    )
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="run " + ", ".join(f"{p} on {t} thread(s)" for p, t in SUITE) + " one after the other",
+    )
     p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     p.add_argument("--no-doc", action="store_true", help="print the tables only")
     p.add_argument(
@@ -465,6 +488,20 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--child", choices=["idle", *METHODS], help=argparse.SUPPRESS)
     return p
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """Every configuration of :data:`SUITE` in turn, each in its own process (a fresh thread pool),
+    each writing its section; the other flags (crop, steps, head level, ...) apply to all."""
+    for preset, threads in SUITE:
+        flags = [f for f in reproduce_flags(args) if not f.startswith(("--preset", "--threads"))]
+        command = [sys.executable, str(Path(__file__).resolve()), "--preset", preset]
+        command += ["--threads", str(threads)]
+        command += [part for flag in flags for part in flag.split(" ", 1)]
+        command += ["--doc", str(args.doc)] + (["--no-doc"] if args.no_doc else [])
+        print(f"suite: {preset}, {threads} thread(s)", file=sys.stderr, flush=True)
+        subprocess.run(command, check=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args, device)))
         return 0
 
+    if args.suite:
+        return run_suite(args)
     load_start = os.getloadavg()[0]
     print(f"timing {len(METHODS)} methods round-robin ...", file=sys.stderr, flush=True)
     measured = time_steps(args, device)

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from cggm_seg.balancing.branches import detach_features
 from cggm_seg.balancing.distributed import collective_device, mean_over_ranks
 from cggm_seg.balancing.scores import ScoreFn, get_score
 
-__all__ = ["HeadStep", "HeadTrainer", "flat_parameters", "flat_gradients"]
+__all__ = ["HeadStep", "HeadTrainer", "flat_parameters", "flat_gradients", "pool_target"]
 
 
 def flat_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -77,6 +78,41 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
     for p in params:
         p.grad = mean[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
         offset += p.numel()
+
+
+def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """A dense target pooled to ``size``, for a head that predicts at a coarser level.
+
+    Floating-point targets (region masks, soft labels) are averaged over each block of voxels, so
+    a coarse voxel's target is the fraction of it inside the region (what a Dice loss or score
+    takes as a soft label); integer targets (class indices) take each block's first voxel
+    (nearest-neighbour), since averaging class indices means nothing. Boolean masks are averaged
+    as floats.
+
+    Args:
+        target: ``B x C x *spatial``.
+        size: the coarse spatial size; each of ``target``'s spatial sizes must be an integer
+            multiple of it.
+
+    Raises:
+        ValueError: a size that does not divide the target's.
+    """
+    spatial = [int(s) for s in target.shape[2:]]
+    size = [int(s) for s in size]
+    if len(size) != len(spatial) or any(c < 1 or t % c for t, c in zip(spatial, size)):
+        raise ValueError(
+            f"cannot pool a target of spatial size {spatial} to {size}: each size must divide the "
+            "target's (a coarse head's level must halve the label an integer number of times)."
+        )
+    if size == spatial:
+        return target
+    factors = [t // c for t, c in zip(spatial, size)]
+    if target.is_floating_point() or target.dtype == torch.bool:
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}.get(len(size))
+        if pool is not None:
+            return pool(target.float() if target.dtype == torch.bool else target, factors)
+    index = [slice(None), slice(None), *(slice(0, None, f) for f in factors)]
+    return target[tuple(index)]
 
 
 def _check_prediction(modality: str, prediction: Any, target: torch.Tensor) -> None:
@@ -185,6 +221,7 @@ class HeadTrainer:
             KeyError: a modality without features.
         """
         target = target.detach()
+        pooled: dict[tuple[int, ...], torch.Tensor] = {}  # the target at each coarse head's size
         self.optimizer.zero_grad(set_to_none=True)
         scores: dict[str, torch.Tensor] = {}
         losses: dict[str, torch.Tensor] = {}
@@ -196,11 +233,21 @@ class HeadTrainer:
                     prediction = head(detach_features(features[m]))
                 except (ValueError, RuntimeError, TypeError) as err:
                     raise type(err)(f"head {m!r}: {err}") from err
-                _check_prediction(m, prediction, target)
-                loss = self.loss_fn(prediction, target).mean()  # reduction="none" as the trainer reduces it
+                head_target = target
+                coarse = getattr(head, "level", 0) and isinstance(prediction, torch.Tensor)
+                if coarse and prediction.dim() > 2:
+                    size = tuple(int(s) for s in prediction.shape[2:])
+                    if size not in pooled:
+                        try:
+                            pooled[size] = pool_target(target, size)
+                        except ValueError as err:
+                            raise ValueError(f"head {m!r} (level {head.level}): {err}") from err
+                    head_target = pooled[size]
+                _check_prediction(m, prediction, head_target)
+                loss = self.loss_fn(prediction, head_target).mean()  # reduction="none": the trainer reduces
                 loss.backward()
             losses[m] = loss.detach()
-            scores[m] = self.score_fn(prediction.detach(), target)  # before the head's update
+            scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
         if _world_size() > 1:
             _average_gradients(self._trainable)
         final_grads = {m: flat_gradients(head.final) for m, head in self.heads.items()}

@@ -7,6 +7,7 @@ last layer ``model.final``.
 """
 
 from cggm_seg.networks.heads import (
+    DEFAULT_LEVEL,
     TASKS,
     ClassificationHead,
     RegressionHead,
@@ -22,6 +23,7 @@ __all__ = [
     "ENCODERS",
     "FUSIONS",
     "PRESETS",
+    "DEFAULT_LEVEL",
     "TASKS",
     "ClassificationHead",
     "Fusion",

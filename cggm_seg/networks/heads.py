@@ -21,10 +21,23 @@ from torch import nn
 
 from cggm_seg.networks.pointwise import PointwiseConv3d
 
-__all__ = ["TASKS", "SegmentationHead", "ClassificationHead", "RegressionHead", "build_heads", "make_heads"]
+__all__ = [
+    "TASKS",
+    "DEFAULT_LEVEL",
+    "SegmentationHead",
+    "ClassificationHead",
+    "RegressionHead",
+    "build_heads",
+    "make_heads",
+]
 
 #: The tasks :func:`make_heads` builds heads for.
 TASKS: tuple[str, ...] = ("segmentation", "classification", "regression")
+
+#: The level segmentation heads predict at by default, where the branch returns more than one map:
+#: half resolution (``docs/benchmarks.md``: a sixth of the full-resolution heads' step, and the
+#: balancing benchmark's measurement of the signal).
+DEFAULT_LEVEL = 1
 
 
 class SegmentationHead(nn.Module):
@@ -38,9 +51,17 @@ class SegmentationHead(nn.Module):
     ``final``. However many scales there are, only one ``hidden``-channel map is upsampled to full
     resolution, the costly step of a light head on a CPU (``docs/benchmarks.md``).
 
+    With ``level = L > 0`` the head predicts at the resolution of the ``L``-th map instead (the
+    finer maps are not used): nothing is computed at full resolution, and the heads' trainer pools
+    the label to that resolution (:func:`cggm_seg.balancing.heads.pool_target`) for the loss and
+    the score. ``final`` keeps the fused model's shape, so the direction term still compares like
+    with like. Given an explicit ``spatial_size`` (test-time prediction), such a head upsamples its
+    3-channel logits to it (trilinear). ``docs/benchmarks.md`` measures what this saves and what it
+    does to the balancing signal.
+
     Args:
         in_channels: channels of each feature map, fine to coarse (e.g. the network's
-            ``feature_channels``).
+            ``feature_channels``); every map is still passed to ``forward``.
         hidden: channels after each scale's 1x1x1 convolution; also the input channels of
             ``final``, so set it to the fused model's ``final_channels``.
         out_channels: output channels. Defaults to 3 (TC, WT, ET).
@@ -52,11 +73,14 @@ class SegmentationHead(nn.Module):
         cpu_fast_paths: run the 1x1x1 convolutions as
             :class:`~cggm_seg.networks.pointwise.PointwiseConv3d` (matrix products on a CPU).
             Defaults to False (plain ``nn.Conv3d``).
+        level: the map whose resolution the head predicts at (0: the finest map, upsampled by
+            ``stride`` to the input's size). Defaults to 0.
 
     Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them,
     fine to coarse; a head of one map also takes the map itself) and optionally ``spatial_size``
-    (the output's ``[D, H, W]``; default: the finest map's size times its stride) -> logits
-    ``B x out_channels x D x H x W``. The features are detached first.
+    (the output's ``[D, H, W]``; default: the finest map's size times its stride at level 0, the
+    ``level``-th map's size above) -> logits ``B x out_channels x D x H x W``. The features are
+    detached first.
 
     Attributes:
         final: a 1x1x1 ``nn.Conv3d(hidden, out_channels)`` (a ``PointwiseConv3d`` with
@@ -72,32 +96,47 @@ class SegmentationHead(nn.Module):
         act: tuple | str = ("RELU", {"inplace": True}),
         interp_mode: str = "nearest",
         cpu_fast_paths: bool = False,
+        level: int = 0,
     ) -> None:
         super().__init__()
         if not in_channels:
             raise ValueError("in_channels must list at least one feature map.")
         if interp_mode not in ("nearest", "trilinear"):
             raise ValueError(f"interp_mode must be 'nearest' or 'trilinear', got {interp_mode!r}.")
+        if not (isinstance(level, int) and 0 <= level < len(in_channels)):
+            raise ValueError(
+                f"level must be an integer in [0, {len(in_channels) - 1}] (one of the {len(in_channels)} "
+                f"feature maps), got {level!r}."
+            )
         self.stride = int(stride)
+        self.level = level
+        self.in_channels = [int(c) for c in in_channels]
         self.interp_mode = interp_mode
         self.align_corners: bool | None = False if interp_mode == "trilinear" else None
         conv = PointwiseConv3d if cpu_fast_paths else nn.Conv3d
-        self.projections = nn.ModuleList([conv(c, hidden, kernel_size=1) for c in in_channels])
+        self.projections = nn.ModuleList([conv(c, hidden, kernel_size=1) for c in in_channels[level:]])
         self.act = get_act_layer(act)
         self.final = conv(hidden, out_channels, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor], spatial_size: list[int] | None = None) -> torch.Tensor:
         if not torch.jit.is_scripting():
             features = self._checked(features)
-        if spatial_size is None:
-            spatial_size = [int(s) * self.stride for s in features[0].shape[2:]]
         # Projecting before upsampling is the same map (both linear) on fewer channels.
-        projected = [projection(features[i].detach()) for i, projection in enumerate(self.projections)]
+        projected = [
+            projection(features[self.level + i].detach()) for i, projection in enumerate(self.projections)
+        ]
         y = projected[-1]
         for i in range(len(projected) - 2, -1, -1):
             z = projected[i]
             # In place on the projection's output, which its convolution does not keep for backward.
             y = z.add_(self._upsample(y, z.shape[2:]))
+        if self.level > 0:
+            logits = self.final(self.act(y))
+            if spatial_size is None or list(logits.shape[2:]) == spatial_size:
+                return logits
+            return F.interpolate(logits, size=spatial_size, mode="trilinear", align_corners=False)
+        if spatial_size is None:
+            spatial_size = [int(s) * self.stride for s in features[0].shape[2:]]
         if list(y.shape[2:]) != spatial_size:
             y = self._upsample(y, spatial_size)
         return self.final(self.act(y))
@@ -107,7 +146,7 @@ class SegmentationHead(nn.Module):
         """``features`` as a list of maps, checked against the head's scales and channels."""
         if isinstance(features, torch.Tensor) and len(self.projections) == 1:
             return self._checked([features])  # a branch that returns one map
-        expected = [p.in_channels for p in self.projections]
+        expected = self.in_channels
         if isinstance(features, torch.Tensor) or not isinstance(features, (list, tuple)):
             got = (
                 f"a tensor of shape {list(features.shape)}"
@@ -231,7 +270,9 @@ def build_heads(
             ``network.branch_names()``); a branch of several modules gives its head the tuple of
             their outputs, read as maps fine to coarse.
         final: name (or module) of the fused final layer. Defaults to ``"final"``.
-        kwargs: passed to each head (``act``, ``interp_mode``, ``cpu_fast_paths``, ``dropout``...).
+        kwargs: passed to each head (``act``, ``interp_mode``, ``cpu_fast_paths``, ``level``,
+            ``dropout``...). A segmentation head's ``level`` defaults to :data:`DEFAULT_LEVEL` where
+            its branch returns several maps and to 0 (full resolution) where it returns one.
 
     Returns:
         modality -> head, on the CPU (move it with ``.to(device)``).
@@ -283,7 +324,9 @@ def build_heads(
                         f"{list(example_input.shape[2:])} divided by one integer stride; give stride=."
                     )
                 stride = int(ratios.pop())
-            options = {k: v for k, v in kwargs.items() if k != "stride"}
+            options = {k: v for k, v in kwargs.items() if k not in ("stride", "level")}
+            level = kwargs.get("level")
+            options["level"] = (DEFAULT_LEVEL if len(maps) > DEFAULT_LEVEL else 0) if level is None else level
             heads[modality] = SegmentationHead(
                 [m.shape[1] for m in maps],
                 final_layer.in_channels,
@@ -295,9 +338,12 @@ def build_heads(
             if len(maps) != 1 or maps[0].dim() != 2:
                 shapes = [list(m.shape) for m in maps]
                 raise ValueError(f"branch {modality!r} returns {shapes}; {task} heads need one B x F tensor.")
+            if kwargs.get("level") is not None:
+                raise ValueError(f"level= is an option of segmentation heads; {task} heads have none.")
+            options = {k: v for k, v in kwargs.items() if k != "level"}
             head_cls = ClassificationHead if task == "classification" else RegressionHead
             heads[modality] = head_cls(
-                maps[0].shape[1], final_layer.in_features, final_layer.out_features, **kwargs
+                maps[0].shape[1], final_layer.in_features, final_layer.out_features, **options
             )
     return nn.ModuleDict(heads)
 
@@ -315,8 +361,9 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
         task: one of :data:`TASKS`.
         model: a cggm_seg network (``encoders``, ``final``); pass the network itself, not its
             ``DistributedDataParallel`` wrapper.
-        kwargs: passed to each head: ``act``; ``interp_mode``, ``cpu_fast_paths`` (segmentation);
-            ``dropout`` (classification, regression).
+        kwargs: passed to each head: ``act``; ``interp_mode``, ``cpu_fast_paths``, ``level``
+            (segmentation: the level the heads predict at, ``None`` or left out for
+            :data:`DEFAULT_LEVEL`, 0 for full resolution); ``dropout`` (classification, regression).
 
     Raises:
         ValueError: for an unknown task, or a model that lacks what the task's heads need.

@@ -10,6 +10,8 @@ from cggm_seg.balancing.heads import HeadTrainer, flat_gradients
 
 from .toy_nets import MODALITIES, SegHead, ToySegNet, seg_batch
 
+BCE = F.binary_cross_entropy_with_logits
+
 
 def _heads() -> nn.ModuleDict:
     torch.manual_seed(1)
@@ -50,3 +52,59 @@ def test_head_trainer_checks_heads():
         HeadTrainer({"a": shared, "b": shared}, F.mse_loss, opt)
     with pytest.raises(ValueError, match="unknown score"):
         HeadTrainer({"a": SegHead(), "b": SegHead()}, F.mse_loss, opt, score_fn="dice")
+
+
+def test_pool_target_by_hand():
+    from cggm_seg.balancing.heads import pool_target
+
+    target = torch.zeros(1, 1, 2, 2, 4)
+    target[0, 0, :, :, 0] = 1.0  # the first 2x2x2 block (w = 0, 1): its w = 0 half, 4 of 8 voxels
+    target[0, 0, 0, 0, 1] = 1.0  # plus one more voxel of it: 5 of 8
+    target[0, 0, :, :, 2:] = 1.0  # the second block: all inside
+    pooled = pool_target(target, (1, 1, 2))
+    torch.testing.assert_close(pooled, torch.tensor([0.625, 1.0]).view(1, 1, 1, 1, 2))
+    torch.testing.assert_close(pool_target(target.bool(), (1, 1, 2)), pooled)  # masks averaged as floats
+    classes = torch.arange(16).view(1, 1, 2, 2, 4)  # class indices: each block's first voxel
+    assert pool_target(classes, (1, 1, 2)).flatten().tolist() == [0, 2]
+    assert pool_target(target, (2, 2, 4)) is target
+    with pytest.raises(ValueError, match=r"cannot pool a target of spatial size \[2, 2, 4\] to \[1, 1, 3\]"):
+        pool_target(target, (1, 1, 3))
+
+
+def test_coarse_heads_learn_from_the_pooled_target():
+    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.networks import SegmentationHead
+
+    torch.manual_seed(0)
+    heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=1) for m in ("a", "b")})
+    before = copy.deepcopy(heads)
+    trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1))
+    features = {m: [torch.randn(2, 2, 8, 8, 8), torch.randn(2, 4, 4, 4, 4)] for m in heads}
+    target = (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
+    step = trainer.step(features, target)
+    coarse = pool_target(target, (4, 4, 4))
+    assert 0 < coarse.min() or coarse.max() < 1  # soft labels: fractions of each 2x2x2 block
+    for m in heads:
+        pred = before[m](features[m])
+        assert pred.shape == (2, 3, 4, 4, 4)
+        loss = F.binary_cross_entropy_with_logits(pred, coarse)
+        assert step.losses[m].item() == pytest.approx(loss.item())
+        torch.testing.assert_close(step.scores[m], trainer.score_fn(pred.detach(), coarse))
+        loss.backward()
+        torch.testing.assert_close(step.final_grads[m], flat_gradients(before[m].final))
+
+
+def test_a_full_resolution_head_of_the_wrong_size_still_fails():
+    from cggm_seg.networks import SegmentationHead
+
+    heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=0, stride=1) for m in ("a", "b")})
+    trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1))
+    features = {m: [torch.randn(1, 2, 4, 4, 4), torch.randn(1, 4, 2, 2, 2)] for m in heads}
+    with pytest.raises(ValueError, match="must return logits at the label's spatial size"):
+        trainer.step(features, torch.zeros(1, 3, 8, 8, 8))
+    coarse = nn.ModuleDict({m: SegmentationHead((2, 4, 8), hidden=3, level=1) for m in ("a", "b")})
+    trainer = HeadTrainer(coarse, BCE, torch.optim.SGD(coarse.parameters(), lr=0.1))
+    odd_maps = [torch.randn(1, 2, 6, 6, 6), torch.randn(1, 4, 3, 3, 3), torch.randn(1, 8, 2, 2, 2)]
+    odd = {m: odd_maps for m in coarse}
+    with pytest.raises(ValueError, match=r"head 'a' \(level 1\): cannot pool a target"):
+        trainer.step(odd, torch.zeros(1, 3, 8, 8, 8))

@@ -140,8 +140,10 @@ def test_build_heads_for_a_branch_of_several_modules_trains():
 
     net = TwoStage()
     branches = {"a": ["a1", "a2"], "b": ["b1", "b2"]}
+    full = build_heads(net, torch.zeros(1, 2, 8, 8, 8), "segmentation", branches, final="out", level=0)
+    assert [p.in_channels for p in full["a"].projections] == [4, 6]  # both modules' maps, fine to coarse
     heads = build_heads(net, torch.zeros(1, 2, 8, 8, 8), "segmentation", branches, final="out")
-    assert [p.in_channels for p in heads["a"].projections] == [4, 6]  # both modules' maps, fine to coarse
+    assert heads["a"].level == 1 and [p.in_channels for p in heads["a"].projections] == [6]
     params = [p for h in heads.values() for p in h.parameters()]
     trainer = HeadTrainer(heads, DiceLoss(sigmoid=True), torch.optim.SGD(params, lr=0.1))
     with HeadObserver(net, trainer, branches) as observer:

@@ -39,11 +39,53 @@ def test_segmentation_heads_match_the_net(preset):
 
 @pytest.mark.parametrize("shape", [(2, 4, 16, 16, 16), (1, 4, 8, 16, 24)])
 def test_segmentation_head_output_matches_net_output(seg_net, capture, shape):
-    heads = make_heads("segmentation", seg_net)
+    heads = make_heads("segmentation", seg_net, level=0)
     y, features = capture(seg_net, torch.randn(shape))
     for name, head in heads.items():
         assert head(features[name]).shape == y.shape
         assert head(tuple(features[name])).shape == y.shape
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16, 16), (1, 4, 8, 16, 24)])
+def test_default_segmentation_heads_predict_at_half_resolution(seg_net, capture, shape):
+    from cggm_seg.networks import DEFAULT_LEVEL
+
+    heads = make_heads("segmentation", seg_net)
+    y, features = capture(seg_net, torch.randn(shape))
+    half = (*y.shape[:2], *(s // 2 for s in y.shape[2:]))
+    for name, head in heads.items():
+        assert head.level == DEFAULT_LEVEL == 1
+        assert head.final.weight.shape == seg_net.final.weight.shape  # still like the fused final layer
+        assert [p.in_channels for p in head.projections] == list(seg_net.feature_channels[1:])
+        assert head(features[name]).shape == half
+        # an explicit size (test-time prediction): the logits upsampled to it
+        assert head(features[name], list(y.shape[2:])).shape == y.shape
+
+
+def test_coarse_head_ignores_the_finer_maps_and_upsamples_its_logits():
+    torch.manual_seed(0)
+    head = SegmentationHead((4, 8, 16), hidden=5, out_channels=2, level=1)
+    assert [p.in_channels for p in head.projections] == [8, 16]
+    features = [torch.randn(1, 4, 8, 8, 8), torch.randn(1, 8, 4, 4, 4), torch.randn(1, 16, 2, 2, 2)]
+    coarse = head(features)
+    assert coarse.shape == (1, 2, 4, 4, 4)
+    changed = [torch.randn_like(features[0]), *features[1:]]  # the finest map is not used
+    assert torch.equal(head(changed), coarse)
+    full = head(features, [8, 8, 8])
+    expected = torch.nn.functional.interpolate(coarse, size=[8, 8, 8], mode="trilinear", align_corners=False)
+    torch.testing.assert_close(full, expected)
+    for bad in (-1, 3, 1.0):
+        with pytest.raises(ValueError, match=r"level must be an integer in \[0, 2\]"):
+            SegmentationHead((4, 8, 16), hidden=5, level=bad)
+
+
+def test_level_is_refused_for_vector_heads():
+    from cggm_seg.networks import MultiViewNet
+
+    net = MultiViewNet({"a": 3, "b": 2}, out_features=2)
+    with pytest.raises(ValueError, match="level= is an option of segmentation heads"):
+        make_heads("classification", net, level=1)
+    assert set(make_heads("classification", net, level=None)) == {"a", "b"}
 
 
 def test_segmentation_head_spatial_size():
