@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, branch_parameters, resolve_module, unwrap_model
-from cggm_seg.balancing.heads import HeadStep, HeadTrainer, flat_parameters
+from cggm_seg.balancing.heads import HeadStep, HeadTrainer, flat_parameters, no_autocast
 from cggm_seg.balancing.observer import HeadObserver
 from cggm_seg.balancing.tracker import BalanceTracker
 
@@ -319,16 +319,18 @@ class CGGM:
 
     def _cosines(self, head_step: HeadStep, target: torch.Tensor) -> torch.Tensor:
         params = flat_parameters(self.final)
-        with torch.enable_grad():
+        with torch.enable_grad(), no_autocast(target.device):
             if self.direction == "gradient":
                 if self.observer.final_input is None:
                     raise RuntimeError(
                         "the final layer's input was not captured: run the model's forward first."
                     )
                 # Only the final layer, on its detached input: g_F is this step's fused gradient,
-                # and L_gm's gradient can reach the final layer only.
+                # and L_gm's gradient can reach the final layer only. In float32 outside autocast,
+                # as the heads' gradients it is compared with (no GradScaler scales this gradient).
                 # .mean(): a loss with reduction="none" is reduced as MONAI's SupervisedTrainer does
-                fused_loss = self.loss_fn(self.final(self.observer.final_input), target.detach()).mean()
+                final_input = self.observer.final_input.float()
+                fused_loss = self.loss_fn(self.final(final_input), target.detach()).mean()
                 fused = torch.autograd.grad(fused_loss, params, create_graph=True)
                 fused_vec = torch.cat([g.reshape(-1) for g in fused])
                 reference = head_step.final_grads

@@ -18,7 +18,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from cggm_seg.balancing.branches import detach_features
 from cggm_seg.balancing.distributed import collective_device, mean_over_ranks
 from cggm_seg.balancing.scores import ScoreFn, get_score
 
@@ -44,6 +43,12 @@ def flat_gradients(module: nn.Module) -> torch.Tensor:
             )
         grads.append(p.grad.detach().reshape(-1))
     return torch.cat(grads).clone()
+
+
+def no_autocast(device: torch.device) -> Any:
+    """A context that turns autocast off for ``device``'s type."""
+    kind = device.type if device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+    return torch.autocast(device_type=kind, enabled=False)
 
 
 def _world_size() -> int:
@@ -78,6 +83,17 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
     for p in params:
         p.grad = mean[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
         offset += p.numel()
+
+
+def float32_features(features: Any) -> Any:
+    """``features`` detached, with every floating-point tensor in float32 (also in nested lists):
+    what the heads take, whatever precision an autocast region gave the encoders."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach()
+        return features.float() if features.is_floating_point() else features
+    if isinstance(features, (list, tuple)):
+        return type(features)(float32_features(f) for f in features)
+    return features
 
 
 def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
@@ -227,10 +243,12 @@ class HeadTrainer:
         losses: dict[str, torch.Tensor] = {}
         for m, head in self.heads.items():
             # One head at a time (they share no parameter, so each gets its own loss's gradient):
-            # only one head's graph, full-resolution maps for segmentation, is alive at once.
-            with torch.enable_grad():
+            # only one head's graph is alive at once. In float32 outside any autocast region (the
+            # trainer's AMP covers the loss event where this runs): per-voxel Dice gradients
+            # underflow in float16, and the heads have no GradScaler of their own.
+            with torch.enable_grad(), no_autocast(target.device):
                 try:
-                    prediction = head(detach_features(features[m]))
+                    prediction = head(float32_features(features[m]))
                 except (ValueError, RuntimeError, TypeError) as err:
                     raise type(err)(f"head {m!r}: {err}") from err
                 head_target = target
@@ -246,8 +264,8 @@ class HeadTrainer:
                 _check_prediction(m, prediction, head_target)
                 loss = self.loss_fn(prediction, head_target).mean()  # reduction="none": the trainer reduces
                 loss.backward()
+                scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
             losses[m] = loss.detach()
-            scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
         if _world_size() > 1:
             _average_gradients(self._trainable)
         final_grads = {m: flat_gradients(head.final) for m, head in self.heads.items()}

@@ -7,7 +7,14 @@ from cggm_seg.handlers.factory import METHODS, handler_list, make_balancing_hand
 from cggm_seg.handlers.guard import NonFiniteGuard, NonFiniteTrainingError
 from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
-from cggm_seg.handlers.resume import ResumableCheckpoint, latest_checkpoint
+from cggm_seg.handlers.resume import (
+    BestCheckpoint,
+    RandomStates,
+    ResumableCheckpoint,
+    RunLock,
+    atomic_save,
+    latest_checkpoint,
+)
 from cggm_seg.handlers.vector_metric import VectorMetric, vector_key_metric
 
 __all__ = [
@@ -22,7 +29,11 @@ __all__ = [
     "present",
     "HeadMonitorHandler",
     "OGMGEHandler",
+    "BestCheckpoint",
+    "RandomStates",
     "ResumableCheckpoint",
+    "RunLock",
+    "atomic_save",
     "latest_checkpoint",
     "VectorMetric",
     "vector_key_metric",

@@ -29,6 +29,8 @@ else:
 
 __all__ = ["HeadBalancingHandler", "ADAPTIVE_OPTIMIZERS"]
 
+_NO_VERDICT = object()  # no NonFiniteGuard ran at this step
+
 #: optimizers that divide each step by a running gradient scale, so that a scaled gradient moves the
 #: weights by (almost) the same amount: magnitude ``"grad"`` is then a no-op and ``"lr"`` is needed
 ADAPTIVE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
@@ -97,7 +99,8 @@ class HeadBalancingHandler:
         self.method: Any = None
         self._pending_state: Mapping[str, Any] | None = None
         self._warned_nonfinite = False
-        self._skip = False  # this iteration's loss is not finite: no head, tracker or branch update
+        self._skip = False  # this iteration is not finite: no head, tracker or branch update
+        self._before: dict[str, Any] = {}
 
     # -- to implement ------------------------------------------------------------------------------
     def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> Any:
@@ -194,14 +197,53 @@ class HeadBalancingHandler:
         self._skip = not is_finite(engine.state.output["loss"])
         if self._skip:
             return
+        self._before = self._light_state()
         loss = self._observe(engine)
         if loss is not None:
             engine.state.output["loss"] = loss
 
     def backward_completed(self, engine: Engine) -> None:
-        if not self._skip and step_follows(engine):
+        if self._skip:
+            return
+        if self._gradients_not_finite(engine):
+            # The network will not step (NonFiniteGuard drops its gradients): neither do the heads
+            # nor the tracker, which already moved on at the loss event. NaN heads are one cause
+            # (through CGGM's direction term): say so, once.
+            self._check_finite(engine, self.stats)
+            self._restore_light_state(self._before)
+            self._skip = True
+            return
+        if step_follows(engine):
             unscale_gradients(engine)
             self._modulate(engine)
+
+    def _gradients_not_finite(self, engine: Engine) -> bool:
+        """This step's network gradients are not finite: the verdict of a :class:`NonFiniteGuard`
+        attached before this handler, or (without one, and not under AMP, whose scaler skips such
+        steps itself) this handler's own check."""
+        verdict = getattr(engine.state, "nonfinite_step", _NO_VERDICT)
+        if verdict is not _NO_VERDICT:
+            return verdict == "gradients"
+        if getattr(engine, "amp", False):
+            return False
+        network = engine_network(engine, self.network)
+        return not is_finite([p.grad for p in network.parameters() if p.grad is not None])
+
+    def _light_state(self) -> dict[str, Any]:
+        """A copy of what the loss event changes (heads, their optimizer, the method), to undo a
+        step whose gradients turn out not finite; the heads are a few thousand numbers."""
+        import copy
+
+        return {
+            "heads": {k: v.clone() for k, v in self.heads.state_dict().items()},
+            "head_optimizer": copy.deepcopy(self.head_optimizer.state_dict()),
+            "method": copy.deepcopy(self.method.state_dict()),
+        }
+
+    def _restore_light_state(self, state: Mapping[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.head_optimizer.load_state_dict(state["head_optimizer"])
+        self.method.load_state_dict(state["method"])
 
     def model_completed(self, engine: Engine) -> None:
         if self._skip:

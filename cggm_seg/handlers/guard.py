@@ -27,11 +27,12 @@ class NonFiniteGuard:
     At ``LOSS_COMPLETED`` it checks the loss; at ``BACKWARD_COMPLETED`` the network's gradients
     (under AMP only the loss: the ``GradScaler`` skips overflowing steps itself). A step found
     non-finite has every gradient set to ``None``, so the optimizer leaves every weight as it is
-    (no update, no momentum, no weight decay). The balancing handlers check the loss themselves
-    and, for a non-finite loss, neither train their heads nor update their tracker (a loss that is
-    finite with gradients that are not is caught only here, after the heads' step: the network
-    is still not updated). Each skip is logged with its iteration and counted; ``max_consecutive``
-    skips in a row stop the run with :class:`NonFiniteTrainingError`.
+    (no update, no momentum, no weight decay). Its verdict is ``engine.state.nonfinite_step``
+    (``None``, ``"loss"`` or ``"gradients"``): for a non-finite loss the balancing handlers neither
+    train their heads nor update their tracker; for non-finite gradients (found after the heads'
+    step) they put heads, head optimizer and tracker back as they were. Each skip is logged with
+    its iteration and counted; ``max_consecutive`` skips in a row stop the run with
+    :class:`NonFiniteTrainingError`.
 
     Attach it before the balancing handler (the bundles list it first).
 
@@ -70,6 +71,7 @@ class NonFiniteGuard:
 
     def check_loss(self, engine: Engine) -> None:
         self._bad = None if is_finite(engine.state.output["loss"]) else "loss"
+        engine.state.nonfinite_step = self._bad
 
     def check_gradients(self, engine: Engine) -> None:
         network = engine_network(engine, self.network)
@@ -77,6 +79,7 @@ class NonFiniteGuard:
         if self._bad is None and not amp:
             if not is_finite([p.grad for p in network.parameters() if p.grad is not None]):
                 self._bad = "gradients"
+        engine.state.nonfinite_step = self._bad  # None, "loss" or "gradients": the balancing handlers read it
         if self._bad is not None:
             for p in network.parameters():
                 p.grad = None  # the optimizer skips parameters without a gradient

@@ -95,3 +95,50 @@ def test_a_run_of_non_finite_steps_stops_the_training(seg_setup, make_trainer, b
 def test_max_consecutive_must_be_positive():
     with pytest.raises(ValueError, match="max_consecutive must be >= 1"):
         NonFiniteGuard(max_consecutive=0)
+
+
+@pytest.mark.parametrize("with_guard", [True, False])
+def test_non_finite_gradients_undo_the_heads_and_tracker_step(seg_setup, make_trainer, batches, with_guard):
+    from monai.engines.utils import IterationEvents
+
+    net, heads, sgd, loss = seg_setup
+    handler = CGGMHandler(heads)
+    guard = NonFiniteGuard()
+    trainer = make_trainer(net, sgd, loss, batches(3), handlers=[guard, handler] if with_guard else [handler])
+
+    def poison(engine):  # the loss is finite, the backward overflows
+        if engine.state.iteration == 2:
+            next(net.parameters()).grad.fill_(float("nan"))
+
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, poison)
+    # the poison must come first: re-register the checks after it, in the bundles' order
+    checks = [guard.check_gradients] if with_guard else []
+    for check in [*checks, handler.backward_completed]:
+        trainer.remove_event_handler(check, IterationEvents.BACKWARD_COMPLETED)
+        trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, check)
+    seen = {}
+    trainer.add_event_handler(
+        Events.ITERATION_STARTED,
+        lambda e: seen.__setitem__(("before", e.state.iteration), _snapshot(net, heads, handler)),
+    )
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: seen.__setitem__(("after", e.state.iteration), _snapshot(net, heads, handler)),
+    )
+    optimizer_states = []
+    for event in (Events.ITERATION_STARTED(once=2), Events.ITERATION_COMPLETED(once=2)):
+        trainer.add_event_handler(
+            event, lambda e: optimizer_states.append(copy.deepcopy(handler.head_optimizer.state_dict()))
+        )
+    trainer.run()
+    before, after = seen[("before", 2)], seen[("after", 2)]
+    assert _equal(before["heads"], after["heads"])  # the heads' step was undone
+    assert before["tracker_step"] == after["tracker_step"]  # so was the tracker's
+    assert before["history"] == after["history"]  # and nothing was recorded
+    start, end = (state["state"] for state in optimizer_states)  # the heads' Adam moments too
+    assert start.keys() == end.keys() and start
+    assert all(_equal(start[k], end[k]) for k in start)
+    if with_guard:  # the network did not step either, and the next step is a normal one
+        assert _equal(before["net"], after["net"]) and guard.skipped == [2]
+        assert seen[("after", 3)]["tracker_step"] == after["tracker_step"] + 1
+        assert not _equal(seen[("before", 3)]["heads"], seen[("after", 3)]["heads"])

@@ -1,0 +1,266 @@
+"""A run killed at any point and started again with the same command ends as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from cggm_seg.handlers import (
+    BestCheckpoint,
+    RandomStates,
+    ResumableCheckpoint,
+    atomic_save,
+    latest_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+# -- the bundle, killed mid-epoch ------------------------------------------------------------------
+
+
+def _command(root: Path) -> list[str]:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    command += [str(ROOT / "bundles" / "brats_cggm.json"), "--bundle_root", str(root)]
+    command += ["--phantom#cases", "6", "--phantom#spacing", "4.0", "--roi_size", "[32,32,32]"]
+    command += ["--epochs", "3", "--val_interval", "1"]
+    return command + ["--train#handler_set#kill_at", "$__import__('kill_at').KillAt()"]
+
+
+def _env(tmp_path: Path, kill_epoch: int | None) -> dict[str, str]:
+    env = dict(os.environ, CGGM_SEG_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HELPERS), env.get("PYTHONPATH", "")])
+    env.pop("CGGM_SEG_TEST_KILL_EPOCH", None)
+    if kill_epoch is not None:
+        env["CGGM_SEG_TEST_KILL_EPOCH"] = str(kill_epoch)
+    return env
+
+
+def _metrics(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.pop("source")  # names the run's own checkpoint path
+    return metrics
+
+
+def _assert_same_state(a: dict, b: dict, where: str = "") -> None:
+    assert a.keys() == b.keys(), where
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{where}{key}"
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    # the uninterrupted run (the kill handler is there, but does nothing)
+    straight = subprocess.run(
+        _command(tmp_path / "a"),
+        cwd=ROOT,
+        env=_env(tmp_path, None),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    # the same command, killed (SIGKILL) in the middle of epoch 2, then started again as it was
+    root = tmp_path / "b"
+    killed = subprocess.run(
+        _command(root), cwd=ROOT, env=_env(tmp_path, 2), capture_output=True, text=True, timeout=900
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_b = root / "runs" / "brats_cggm"
+    assert latest_checkpoint(run_b / "models").name == "checkpoint_epoch=1.pt"  # killed during epoch 2
+    assert not (run_b / "metrics.json").exists()
+    resumed = subprocess.run(
+        _command(root), cwd=ROOT, env=_env(tmp_path, None), capture_output=True, text=True, timeout=900
+    )
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert "resuming from" in log and "checkpoint_epoch=1.pt" in log
+
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log  # epoch 1 was not trained again
+    assert sorted(p.name for p in (run_b / "models").glob("checkpoint_epoch=*")) == ["checkpoint_epoch=3.pt"]
+    run_a = tmp_path / "a" / "runs" / "brats_cggm"
+    a, b = (torch.load(r / "models" / "checkpoint_epoch=3.pt", weights_only=True) for r in (run_a, run_b))
+    _assert_same_state(a["network"], b["network"], "network.")
+    assert a["balancing"]["history"] == b["balancing"]["history"]  # B and the scores, iteration by iteration
+    _assert_same_state(a["balancing"]["heads"], b["balancing"]["heads"], "heads.")
+    assert a["best"] == b["best"] and a["best"]["best_epoch"] >= 1  # the best-on-validation record
+    assert a["trainer"] == b["trainer"]
+    best_a, best_b = (torch.load(r / "models" / "model.pt", weights_only=True) for r in (run_a, run_b))
+    _assert_same_state(best_a["network"], best_b["network"], "model.pt network.")
+    assert _metrics(run_a) == _metrics(run_b)  # every test figure, the audit and the heads
+
+
+# -- the pieces ------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_write_cut_off_half_way_leaves_nothing_to_load(tmp_path):
+    """SIGKILL in the middle of atomic_save: the target is absent or whole, never half a file."""
+    good = atomic_save({"x": torch.arange(4)}, tmp_path / "checkpoint_epoch=1.pt")
+    script = textwrap.dedent(
+        f"""
+        import os, signal, torch
+        from cggm_seg.handlers import atomic_save
+
+        class Half:  # pickled midway through the write: the process dies with half the bytes out
+            def __reduce__(self):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        atomic_save({{"x": torch.zeros(10**6), "y": Half()}}, {str(tmp_path / "checkpoint_epoch=2.pt")!r})
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert (tmp_path / "checkpoint_epoch=2.pt.part").is_file()  # what the killed write left
+    assert not (tmp_path / "checkpoint_epoch=2.pt").exists()
+    assert latest_checkpoint(tmp_path) == good  # the .part file is not a checkpoint
+    assert torch.equal(torch.load(good, weights_only=True)["x"], torch.arange(4))
+
+
+def test_a_failed_write_removes_its_part_file(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError, match="no"):
+        atomic_save({"y": Unpicklable()}, tmp_path / "a.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _engine(epochs_done: list[int]) -> Engine:
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        (weight * batch).sum().backward()
+        optimizer.step()
+
+    engine = Engine(step)
+    engine.weight = weight
+    engine.optimizer = optimizer
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_done.append(e.state.epoch))
+    return engine
+
+
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_older_one_used(tmp_path, caplog):
+    done: list[int] = []
+    engine = _engine(done)
+    ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}, n_saved=2).attach(engine)
+    engine.run([torch.ones(2)] * 3, max_epochs=2)
+    newest = tmp_path / "checkpoint_epoch=2.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # cut off, as an older version's crash could leave it
+
+    done.clear()
+    engine = _engine(done)
+    resume = ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}, n_saved=2)
+    with caplog.at_level("WARNING"):
+        resume.attach(engine)
+    assert resume.resumed_from == tmp_path / "checkpoint_epoch=1.pt"
+    assert "checkpoint_epoch=2.pt does not load" in caplog.text
+    assert (tmp_path / "checkpoint_epoch=2.pt.corrupt").is_file()  # kept, not deleted
+    engine.run([torch.ones(2)] * 3, max_epochs=2)
+    assert done == [2]  # epoch 1 came from the checkpoint
+
+
+def test_the_scaler_is_saved_and_restored(tmp_path):
+    engine = _engine([])
+    engine.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
+    engine.run([torch.ones(2)], max_epochs=1)
+    saved = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)
+    assert saved["scaler"]["scale"] == 256.0
+
+    engine = _engine([])
+    engine.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
+    engine.run([torch.ones(2)], max_epochs=2)
+    assert engine.scaler.get_scale() == 256.0
+
+
+def test_random_states_restore_every_generator():
+    from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd
+
+    transform = Compose(
+        [
+            RandFlipd(keys="image", prob=0.5),
+            RandCropByPosNegLabeld(keys="image", label_key="image", spatial_size=[2, 2, 2], num_samples=1),
+        ]
+    )
+    transform.set_random_state(seed=3)
+    states = RandomStates(transform)
+    # the Compose, both dictionary transforms, and the array cropper inside the second
+    assert len(states.state_dict()["transforms"]) == 4
+
+    def draws():
+        generators = [transform.transforms[0].R, transform.transforms[1].cropper.R]
+        return (torch.rand(3), np.random.rand(3), random.random(), [g.rand() for g in generators])
+
+    saved = states.state_dict()
+    first = draws()
+    states.load_state_dict(saved)
+    second = draws()
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    assert first[2:] == second[2:]
+
+    with pytest.raises(ValueError, match="holds the states of 4 random transforms, this run's training"):
+        RandomStates(Compose([RandFlipd(keys="image", prob=0.5)])).load_state_dict(saved)
+
+
+class _Evaluator:
+    def __init__(self) -> None:
+        self.state = type("State", (), {"metrics": {}, "epoch": 0, "key_metric_name": "val_dice"})()
+
+
+def test_best_checkpoint_keeps_the_best_across_a_resume(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    best = BestCheckpoint(tmp_path, {"network": net})
+    evaluator = _Evaluator()
+    for epoch, score in ((1, 0.5), (2, 0.8), (3, 0.7)):
+        evaluator.state.epoch, evaluator.state.metrics = epoch, {"val_dice": score}
+        with torch.no_grad():
+            net.weight.fill_(epoch)
+        best(evaluator)
+    assert best.state_dict() == {"best_metric": 0.8, "best_epoch": 2}
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["network"]["weight"].flatten().tolist() == [
+        2,
+        2,
+    ]
+
+    # a resumed run: the record comes back, and a worse epoch leaves model.pt alone
+    resumed = BestCheckpoint(tmp_path, {"network": net})
+    resumed.load_state_dict(best.state_dict())
+    evaluator.state.epoch, evaluator.state.metrics = 4, {"val_dice": 0.75}
+    with torch.no_grad():
+        net.weight.fill_(4)
+    resumed(evaluator)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["network"]["weight"].flatten().tolist() == [
+        2,
+        2,
+    ]
+    evaluator.state.metrics = {"val_dice": 0.8}  # a tie keeps the earlier epoch
+    resumed(evaluator)
+    assert resumed.best_epoch == 2
+
+    evaluator.state.metrics = {"other": 1.0}
+    with pytest.raises(KeyError, match="selects on 'val_dice', which the evaluator did not compute"):
+        resumed(evaluator)
+    with pytest.raises(ValueError, match="mode must be 'max' or 'min'"):
+        BestCheckpoint(tmp_path, {"network": net}, mode="best")
+
+
+def test_reserved_names_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"must not name \['scaler'\]"):
+        ResumableCheckpoint(tmp_path, {"scaler": object()})
