@@ -21,6 +21,17 @@ def _snapshot(net, heads, handler):
     }
 
 
+def _record(trainer, net, heads, handler):
+    """(``"before"`` / ``"after"``, iteration) -> a snapshot, filled in as the trainer runs."""
+    seen = {}
+    for event, when in ((Events.ITERATION_STARTED, "before"), (Events.ITERATION_COMPLETED, "after")):
+        trainer.add_event_handler(
+            event,
+            lambda e, when=when: seen.__setitem__((when, e.state.iteration), _snapshot(net, heads, handler)),
+        )
+    return seen
+
+
 def _equal(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
@@ -32,15 +43,7 @@ def test_a_nan_batch_is_skipped_and_training_goes_on(seg_setup, make_trainer, ba
     data[1]["image"][0, 2, 3, 3, 3] = float("nan")  # one voxel of one sequence of iteration 2
     guard, handler = NonFiniteGuard(max_consecutive=3), CGGMHandler(heads)
     trainer = make_trainer(net, sgd, loss, data, handlers=[guard, handler])
-    seen = {}
-    trainer.add_event_handler(
-        Events.ITERATION_STARTED,
-        lambda e: seen.__setitem__(("before", e.state.iteration), _snapshot(net, heads, handler)),
-    )
-    trainer.add_event_handler(
-        Events.ITERATION_COMPLETED,
-        lambda e: seen.__setitem__(("after", e.state.iteration), _snapshot(net, heads, handler)),
-    )
+    seen = _record(trainer, net, heads, handler)
     trainer.run()
     before, after = seen[("before", 2)], seen[("after", 2)]
     assert _equal(before["net"], after["net"])  # no weight update (nor momentum, nor weight decay)
@@ -116,15 +119,7 @@ def test_non_finite_gradients_undo_the_heads_and_tracker_step(seg_setup, make_tr
     for check in [*checks, handler.backward_completed]:
         trainer.remove_event_handler(check, IterationEvents.BACKWARD_COMPLETED)
         trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, check)
-    seen = {}
-    trainer.add_event_handler(
-        Events.ITERATION_STARTED,
-        lambda e: seen.__setitem__(("before", e.state.iteration), _snapshot(net, heads, handler)),
-    )
-    trainer.add_event_handler(
-        Events.ITERATION_COMPLETED,
-        lambda e: seen.__setitem__(("after", e.state.iteration), _snapshot(net, heads, handler)),
-    )
+    seen = _record(trainer, net, heads, handler)
     optimizer_states = []
     for event in (Events.ITERATION_STARTED(once=2), Events.ITERATION_COMPLETED(once=2)):
         trainer.add_event_handler(
