@@ -78,7 +78,12 @@ PHASES: tuple[str, ...] = (
     "modulation + optimizer",
 )
 #: Targets: ratio of the median step time / of the peak memory to joint's.
-TIME_TARGETS: dict[str, float] = {"cggm_magnitude": 1.05, "cggm_full": 1.10, "ogmge": 1.05, "ogmge_level0": 1.05}
+TIME_TARGETS: dict[str, float] = {
+    "cggm_magnitude": 1.05,
+    "cggm_full": 1.10,
+    "ogmge": 1.05,
+    "ogmge_level0": 1.05,
+}
 MEMORY_TARGET = 1.05
 #: the configurations of ``--suite`` (preset, threads), each its own section of the doc
 SUITE: tuple[tuple[str, int], ...] = (("cpu_small", 1), ("cpu_small", 2), ("gpu_paper", 1))

@@ -35,7 +35,7 @@ __all__ = [
 TASKS: tuple[str, ...] = ("segmentation", "classification", "regression")
 
 #: The level segmentation heads predict at by default, where the branch returns more than one map:
-#: half resolution (``docs/benchmarks.md``: a sixth of the full-resolution heads' step, and the
+#: half resolution (``docs/benchmarks.md``: a quarter of the full-resolution heads' step, and the
 #: balancing benchmark's measurement of the signal).
 DEFAULT_LEVEL = 1
 
