@@ -165,18 +165,15 @@ def signal(folder: Path) -> dict[str, float] | None:
     """What a run's heads saw during training, from the balancing history in its last checkpoint:
     the mean B of each sequence over all iterations and the mean score eps over the last tenth of
     them (``None`` for a run without a balancing handler)."""
-    import re
-
     import torch
 
-    files = sorted(
-        (int(m.group(1)), f)
-        for f in (folder / "models").glob("checkpoint_epoch=*.pt")
-        if (m := re.match(r"checkpoint_epoch=(\d+)\.pt$", f.name))
-    )
-    if not files:
+    sys.path.insert(0, str(ROOT))
+    from cggm_seg.handlers.resume import latest_checkpoint
+
+    newest = latest_checkpoint(folder / "models")
+    if newest is None:
         return None
-    state = torch.load(files[-1][1], map_location="cpu", weights_only=True).get("balancing")
+    state = torch.load(newest, map_location="cpu", weights_only=True).get("balancing")
     history = (state or {}).get("history") or []
     if not history or f"eps_{SEQUENCES[0]}" not in history[0]:
         return None

@@ -116,12 +116,16 @@ def branch_parameters(model: nn.Module, branches: BranchSpec | None = None) -> d
     return out
 
 
-def detach_features(features: Any) -> Any:
-    """``features`` with every tensor detached, also inside (nested) lists and tuples."""
+def detach_features(features: Any, float32: bool = False) -> Any:
+    """``features`` with every tensor detached, also inside (nested) lists and tuples.
+
+    ``float32=True`` also casts floating-point tensors to float32: what the heads take, whatever
+    precision an autocast region gave the encoders."""
     if isinstance(features, torch.Tensor):
-        return features.detach()
+        features = features.detach()
+        return features.float() if float32 and features.is_floating_point() else features
     if isinstance(features, (list, tuple)):
-        return type(features)(detach_features(f) for f in features)
+        return type(features)(detach_features(f, float32) for f in features)
     return features
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["mean_over_ranks", "collective_device"]
+__all__ = ["mean_over_ranks", "collective_device", "rank", "world_size"]
+
+
+def world_size() -> int:
+    """The number of ranks of the default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def collective_device() -> torch.device:

@@ -18,7 +18,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from cggm_seg.balancing.distributed import collective_device, mean_over_ranks
+from cggm_seg.balancing.branches import detach_features
+from cggm_seg.balancing.distributed import collective_device, mean_over_ranks, world_size
 from cggm_seg.balancing.scores import ScoreFn, get_score
 
 __all__ = ["HeadStep", "HeadTrainer", "flat_parameters", "flat_gradients", "pool_target"]
@@ -51,11 +52,6 @@ def no_autocast(device: torch.device) -> Any:
     return torch.autocast(device_type=kind, enabled=False)
 
 
-def _world_size() -> int:
-    """The number of ranks of the default process group (1 without one)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def _broadcast_from_rank0(tensors: list[torch.Tensor]) -> None:
     """Overwrite ``tensors`` in place with rank 0's values (a collective: every rank calls it)."""
     if not tensors:
@@ -83,17 +79,6 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
     for p in params:
         p.grad = mean[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
         offset += p.numel()
-
-
-def float32_features(features: Any) -> Any:
-    """``features`` detached, with every floating-point tensor in float32 (also in nested lists):
-    what the heads take, whatever precision an autocast region gave the encoders."""
-    if isinstance(features, torch.Tensor):
-        features = features.detach()
-        return features.float() if features.is_floating_point() else features
-    if isinstance(features, (list, tuple)):
-        return type(features)(float32_features(f) for f in features)
-    return features
 
 
 def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
@@ -208,7 +193,7 @@ class HeadTrainer:
         self.optimizer = optimizer
         self.score_fn = get_score(score_fn)
         self._trainable = [p for head in self.heads.values() for p in head.parameters() if p.requires_grad]
-        if _world_size() > 1:
+        if world_size() > 1:
             # Like DDP's construction: every rank starts from the same heads.
             _broadcast_from_rank0(
                 [t for head in self.heads.values() for t in (*head.parameters(), *head.buffers())]
@@ -248,7 +233,7 @@ class HeadTrainer:
             # underflow in float16, and the heads have no GradScaler of their own.
             with torch.enable_grad(), no_autocast(target.device):
                 try:
-                    prediction = head(float32_features(features[m]))
+                    prediction = head(detach_features(features[m], float32=True))
                 except (ValueError, RuntimeError, TypeError) as err:
                     raise type(err)(f"head {m!r}: {err}") from err
                 head_target = target
@@ -266,7 +251,7 @@ class HeadTrainer:
                 loss.backward()
                 scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
             losses[m] = loss.detach()
-        if _world_size() > 1:
+        if world_size() > 1:
             _average_gradients(self._trainable)
         final_grads = {m: flat_gradients(head.final) for m, head in self.heads.items()}
         final_weights = {

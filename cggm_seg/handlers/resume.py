@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
+
+from cggm_seg.balancing.branches import unwrap_model
+from cggm_seg.balancing.distributed import rank, world_size
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Checkpoint")
@@ -45,14 +47,6 @@ __all__ = [
 ]
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -81,9 +75,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 def _state_of(obj: Any) -> Any:
     """``obj.state_dict()``, of the module inside a ``DataParallel`` / DDP wrapper."""
-    if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        obj = obj.module
-    return obj.state_dict()
+    return (unwrap_model(obj) if isinstance(obj, nn.Module) else obj).state_dict()
 
 
 def _numpy_state(state: tuple) -> dict[str, Any]:
@@ -168,7 +160,7 @@ class RandomStates:
         Raises:
             ValueError: the checkpoint's random transforms are not this run's (another pipeline).
         """
-        if _world_size() > 1:
+        if world_size() > 1:
             logging.getLogger("cggm_seg.handlers").info(
                 "random states are not restored under torch.distributed (each rank keeps its own)"
             )
@@ -268,7 +260,7 @@ class BestCheckpoint:
         if not self._better(score):
             return
         self.best_metric, self.best_epoch = score, int(engine.state.epoch)
-        if _rank() == 0:
+        if rank() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_save({k: _state_of(v) for k, v in self.save_dict.items()}, self.path)
             self.logger.info(f"epoch {self.best_epoch}: best {name} so far, {score:.4f}; saved {self.path}")
@@ -436,11 +428,12 @@ class ResumableCheckpoint:
         self.resumed_from: Path | None = None
         self.lock = RunLock(self.ckpt_dir)
         self.objects: dict[str, Any] = {}
+        self._read: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         if self._name is None:
             self.logger = engine.logger
-        if _rank() == 0:
+        if rank() == 0:
             self.lock.acquire()  # rank 0 holds it for the whole job
             engine.add_event_handler(Events.COMPLETED, self.lock.release)
         objects: dict[str, Any] = {**self.save_dict, "trainer": engine}
@@ -451,31 +444,34 @@ class ResumableCheckpoint:
         objects["random_states"] = RandomStates(getattr(getattr(loader, "dataset", None), "transform", None))
         self.objects = objects
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
-        path = self._resumable() if self.resume else None
-        if path is None:
+        found = self._resumable() if self.resume else None
+        if found is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: training starts from scratch")
             return
+        path, checkpoint = found
         self.logger.info(f"resuming from {path}")
         self.resumed_from = path
+        self._read = checkpoint  # loaded at STARTED, then dropped
         engine.add_event_handler(Events.STARTED, self.load, path)
 
-    def _resumable(self) -> Path | None:
-        """The newest per-epoch checkpoint that loads; those that do not are renamed aside."""
+    def _resumable(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest per-epoch checkpoint that loads, and its content (kept for :meth:`load`, so
+        the file is read once); those that do not load are renamed aside."""
         for path in reversed(_epoch_checkpoints(self.ckpt_dir)):
             try:
-                torch.load(path, map_location="cpu", weights_only=True)
+                checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
             except Exception as err:  # a truncated zip, a damaged pickle: not a checkpoint to resume
-                if _rank() == 0:
+                if rank() == 0:
                     aside = path.with_name(path.name + ".corrupt")
                     os.replace(path, aside)
                     self.logger.warning(f"{path.name} does not load ({err}); moved to {aside.name}")
                 continue
-            return path
+            return path, checkpoint
         return None
 
     def save(self, engine: Engine) -> None:
         """Write ``checkpoint_epoch=N.pt`` (rank 0 only) and delete those beyond the newest ``n_saved``."""
-        if _rank() != 0:
+        if rank() != 0:
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         state = {k: _state_of(v) for k, v in self.objects.items()}
@@ -484,12 +480,15 @@ class ResumableCheckpoint:
             stale.unlink(missing_ok=True)
 
     def load(self, engine: Engine, path: Path) -> None:
-        """Restore every object from ``path`` (at ``STARTED``), keeping the trainer's ``max_epochs``.
+        """Restore every object from ``path`` (at ``STARTED``; the content read on attach, not the
+        file again), keeping the trainer's ``max_epochs``.
 
         Raises:
             ValueError: the checkpoint is further on than this run's ``max_epochs``.
         """
-        checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
+        checkpoint, self._read = self._read, None
+        if checkpoint is None:
+            checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
         missing = [k for k in self.objects if k not in checkpoint]
         if missing:
             self.logger.warning(
