@@ -18,7 +18,9 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
 - ``cggm_level0`` (opt-in): CGGM with full-resolution heads (``--head_level 0``), the heads before
   the default became half resolution; ``ogmge_level1`` (opt-in): OGM-GE with half-resolution heads
   (the bundle keeps full-resolution ones for OGM-GE): with ``--section heads`` the comparison of
-  the two heads' signal (scores, B) and Dice.
+  the two heads' signal (scores, B) and Dice; ``ogmge_level1_full`` (opt-in): OGM-GE with
+  half-resolution heads scored at full resolution (``score_at="full"``: their logits upsampled to
+  the label), the loss and the step staying at half resolution.
 
 Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
 methods that make the task harder, such as modality dropout, the longer budget their validation
@@ -72,9 +74,11 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     **{f"unimodal_{s}": (["unimodal.json"], ["--sequences", f"['{s}']"]) for s in SEQUENCES},
     "cggm_level0": ([], ["--method", "cggm", "--head_level", "0"]),
     "ogmge_level1": ([], ["--method", "ogmge", "--head_level", "1"]),
+    "ogmge_level1_full": ([], ["--method", "ogmge", "--head_level", "1", "--methods#ogmge#score_at", "full"]),
 }
 #: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
-DEFAULT_METHODS = [m for m in METHODS if m not in ("moddrop_p25", "cggm_level0", "ogmge_level1")]
+OPT_IN = ("moddrop_p25", "cggm_level0", "ogmge_level1", "ogmge_level1_full")
+DEFAULT_METHODS = [m for m in METHODS if m not in OPT_IN]
 #: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
 DEFAULT_METHOD_EPOCHS = [("moddrop", 150), ("moddrop_p25", 150), ("cggm_moddrop", 150)]
 #: methods run with the first seed only by default (baselines that say what the data allow)
@@ -164,7 +168,8 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 def signal(folder: Path) -> dict[str, float] | None:
     """What a run's heads saw during training, from the balancing history in its last checkpoint:
     the mean B of each sequence over all iterations and the mean score eps over the last tenth of
-    them (``None`` for a run without a balancing handler)."""
+    them; for OGM-GE its score s (as eps) and, as B, its coefficient k averaged over the iterations
+    it modulated (some k < 1). ``None`` for a run without a balancing handler."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -175,14 +180,17 @@ def signal(folder: Path) -> dict[str, float] | None:
         return None
     state = torch.load(newest, map_location="cpu", weights_only=True).get("balancing")
     history = (state or {}).get("history") or []
-    if not history or f"eps_{SEQUENCES[0]}" not in history[0]:
+    ogmge = bool(history) and f"s_{SEQUENCES[0]}" in history[0]
+    if not history or not (ogmge or f"eps_{SEQUENCES[0]}" in history[0]):
         return None
     tail = history[-max(1, len(history) // 10) :]
+    score, coefficient = ("s", "k") if ogmge else ("eps", "B")
+    acting = [h for h in history if any(h[f"k_{s}"] < 1 for s in SEQUENCES)] if ogmge else history
     out = {}
     for s in SEQUENCES:
-        if f"B_{s}" in history[0]:
-            out[f"B_{s}"] = statistics.fmean(h[f"B_{s}"] for h in history)
-        out[f"eps_{s}"] = statistics.fmean(h[f"eps_{s}"] for h in tail)
+        if f"{coefficient}_{s}" in history[0] and acting:
+            out[f"B_{s}"] = statistics.fmean(h[f"{coefficient}_{s}"] for h in acting)
+        out[f"eps_{s}"] = statistics.fmean(h[f"{score}_{s}"] for h in tail)
     return out
 
 
@@ -329,8 +337,9 @@ def signal_table(by_method: dict[str, list[dict]]) -> list[str]:
         "",
         "What the heads saw: their training scores eps over the last tenth of the iterations (mean over "
         "seeds, and the order of each seed), the mean B over all iterations (balancing methods only; the "
-        "joint run's heads only observe), and each head's own Dice on the test split (full volumes, the "
-        "head's logits upsampled to them):",
+        "joint run's heads only observe; for OGM-GE its true-class probability s and its coefficient k, "
+        "averaged over the iterations it modulated), and each head's own Dice on the test split (full "
+        "volumes, the head's logits upsampled to them):",
         "",
         "| method | eps order (mean) | eps order (each seed) | "
         + " | ".join(f"eps {s}" for s in SEQUENCES)
@@ -427,7 +436,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
-        help="methods to run (default: all but moddrop_p25, cggm_level0 and ogmge_level1)",
+        help="methods to run (default: all but " + ", ".join(OPT_IN) + ")",
     )  # fmt: skip
     p.add_argument(
         "--all-seeds", action="store_true", help="run the unimodal and early-fusion baselines on every seed"

@@ -15,7 +15,8 @@ seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on
 Step time: the methods are interleaved round-robin (one step of each in turn, the order rotated
 every round) so that a noisy, shared machine slows them alike; every method has its own model and
 optimizers. A step is everything a training iteration does: zero_grad, forward, loss, the heads'
-step and the tracker (balanced methods), the direction term, backward, modulation, optimizer step.
+step and the tracker (balanced methods), backward, the direction term (CGGM adds its gradient after
+the backward), modulation, optimizer step.
 Each phase is timed too, the heads' step on its own. A fifth entry of the round-robin times what
 any full-resolution head costs at least: the task loss (forward and backward) and the score on
 full-resolution logits, once per modality, with no head at all.
@@ -73,9 +74,9 @@ METHODS: dict[str, str] = {
 PHASES: tuple[str, ...] = (
     "forward + loss",
     "heads step",
-    "tracker + direction",
+    "tracker",
     "backward",
-    "modulation + optimizer",
+    "direction + modulation + optimizer",
 )
 #: Targets: ratio of the median step time / of the peak memory to joint's.
 TIME_TARGETS: dict[str, float] = {

@@ -10,7 +10,10 @@ Two parts, both driven by the balancing coefficients B of :class:`BalanceTracker
 - **Direction**: the fused model's gradient is pulled towards the B-weighted unimodal gradient
   directions, ``max sum_i B_i cos(grad_F L, grad_{f_i} L_i)``, as the extra loss ``lam * L_gm``.
   ``gradient`` (default) compares this step's final-layer gradients; ``weights`` the final-layer
-  weights (the reference code's variant, but on this step); ``off``.
+  weights (the reference code's variant, but on this step); ``off``. Its gradient is added to the
+  final layer's gradient after the main backward (:meth:`CGGM.direction_backward`): the result is
+  that of ``(loss + lam * L_gm).backward()``, but the small graph of the direction term is built
+  once the network's activations are freed, so it adds nothing to the step's peak memory.
 
 A hand-written loop uses :class:`CGGM` like this (the order matters)::
 
@@ -18,9 +21,14 @@ A hand-written loop uses :class:`CGGM` like this (the order matters)::
     for x, y in loader:
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)        # 1. forward: hooks keep branch features + final input
-        loss = cggm.training_loss(loss, y) # 2. heads step + tracker update -> B; 3. + lam * L_gm
-        loss.backward()                    # 4. backward
-        cggm.step(optimizer)               # 5. magnitude (grads or lrs x B) -> optimizer.step()
+        cggm.training_loss(loss, y)        # 2. heads step + tracker update -> B
+        loss.backward()                    # 3. backward
+        cggm.step(optimizer)               # 4. + grad of lam * L_gm, magnitude (grads or lrs x B), step
+
+With gradient accumulation or gradient clipping, call ``cggm.direction_backward()`` right after
+each ``loss.backward()`` (with ``scale=`` the factor the loss was multiplied by before backward:
+a GradScaler's scale, ``1 / accumulation_steps``), before any clipping; :meth:`CGGM.step` then
+finds nothing left to add.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, branch_parameters, resolve_module, unwrap_model
+from cggm_seg.balancing.distributed import mean_over_ranks
 from cggm_seg.balancing.heads import HeadStep, HeadTrainer, flat_parameters, no_autocast
 from cggm_seg.balancing.observer import HeadObserver
 from cggm_seg.balancing.tracker import BalanceTracker
@@ -210,9 +219,10 @@ class CGGM:
 
     1. ``model(x)``: forward hooks keep each branch's output and the final layer's input.
     2. :meth:`training_loss`: the heads train one step on the detached features; their scores
-       update the tracker, which gives B; the direction term ``lam * L_gm`` is added to the loss.
+       update the tracker, which gives B. The final layer's input is kept for the direction term.
     3. ``loss.backward()``.
-    4. :meth:`step`: magnitude (``grad``: branch gradients x B_i; ``lr``: branch learning rates
+    4. :meth:`step`: :meth:`direction_backward` (the gradient of ``lam * L_gm`` is added to the
+       final layer's), magnitude (``grad``: branch gradients x B_i; ``lr``: branch learning rates
        x B_i, restored after the step), then ``optimizer.step()``.
 
     The ``gradient`` direction term is cheap and exact: the final layer is re-evaluated on its
@@ -220,7 +230,10 @@ class CGGM:
     ``g_F = autograd.grad(loss_fn(z', y), final params, create_graph=True)`` is this step's gradient
     of the fused loss w.r.t. the final layer, and the gradient of ``L_gm`` reaches the final layer
     only, never the encoders. It assumes the model's output is ``final``'s output and the fused loss
-    is ``loss_fn`` (extra loss terms are not part of g_F).
+    is ``loss_fn`` (extra loss terms are not part of g_F). It is evaluated after the main backward,
+    with the final layer's weights of this step (the optimizer has not stepped yet), so the result
+    equals back-propagating ``loss + lam * L_gm`` in one pass; under ``DistributedDataParallel`` its
+    gradient is averaged over the ranks, as DDP averages the rest.
 
     Args:
         model: the multimodal network (one input tensor, one output tensor).
@@ -236,6 +249,8 @@ class CGGM:
 
     Attributes:
         coefficients: modality -> B_i of the current iteration (``None`` before the first).
+        direction_grads: what the last :meth:`direction_backward` added to the final layer's
+            gradients (scale included), one tensor per parameter; ``None`` before it.
         stats: the current iteration's ``eps_<m>``, ``d_<m>``, ``B_<m>``, ``head_loss_<m>``,
             ``cos_<m>`` and ``L_gm`` as floats (no ``cos_<m>`` with direction ``off``).
 
@@ -278,7 +293,11 @@ class CGGM:
         self.direction = direction
         self.lam = float(lam)
         self.observer = HeadObserver(model, heads, branches, final=self.final)
+        self._distributed = isinstance(model, nn.parallel.DistributedDataParallel)
+        # what direction_backward needs, kept by training_loss: the heads' step, target, final input
+        self._pending: tuple[HeadStep, torch.Tensor, torch.Tensor | None] | None = None
         self.coefficients: dict[str, float] | None = None
+        self.direction_grads: list[torch.Tensor] | None = None
         self.stats: dict[str, float] = {}
         self._saved_lrs: list[tuple[dict[str, Any], Any]] | None = None
         self._checked_optimizer: int | None = None
@@ -289,7 +308,8 @@ class CGGM:
         return self.tracker.modalities
 
     def training_loss(self, loss: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Steps 2-3 of the iteration: train the heads, update B, add ``lam * L_gm`` to ``loss``.
+        """Step 2 of the iteration: train the heads one step, update B; keep what the direction
+        term needs for :meth:`direction_backward`.
 
         Call after the model's forward and before ``loss.backward()``.
 
@@ -298,7 +318,11 @@ class CGGM:
             target: this batch's target as ``loss_fn`` takes it.
 
         Returns:
-            ``loss + lam * L_gm`` (``loss`` itself with direction ``off``).
+            ``loss``, unchanged: the direction term's gradient is added after the backward.
+
+        Raises:
+            RuntimeError: direction ``gradient`` and the final layer's input was not captured (no
+                forward of the model ran with gradients).
         """
         seen = self.observer.observe(target)
         order = [self.observer.modalities.index(m) for m in self.modalities]
@@ -306,31 +330,79 @@ class CGGM:
         self.coefficients = dict(zip(self.modalities, b.tolist()))
         self.stats = self.tracker.stats()
         self.stats.update(seen.stats)
+        self.stats["L_gm"] = 0.0
+        self._pending = None
         if self.direction != "off":
-            cosines = self._cosines(seen.step, target)
-            l_gm = direction_loss(b.to(cosines), cosines)
-            self.stats.update({f"cos_{m}": float(c) for m, c in zip(self.modalities, cosines.detach())})
-            self.stats["L_gm"] = float(l_gm.detach())
-            loss = loss + self.lam * l_gm
-        else:
-            self.stats["L_gm"] = 0.0
+            final_input = self.observer.final_input
+            if self.direction == "gradient" and final_input is None:
+                self.observer.clear()
+                raise RuntimeError("the final layer's input was not captured: run the model's forward first.")
+            self._pending = (seen.step, target.detach(), final_input)
         self.observer.clear()
         return loss
 
-    def _cosines(self, head_step: HeadStep, target: torch.Tensor) -> torch.Tensor:
+    def direction_backward(self, scale: float = 1.0) -> bool:
+        """Step 4a: add ``scale`` x the gradient of ``lam * L_gm`` to the final layer's gradients.
+
+        Call after ``loss.backward()`` and before the optimizer step (:meth:`step` calls it when it
+        was not called). Does nothing with direction ``off`` or when nothing is pending (already
+        applied, or no :meth:`training_loss` this iteration). ``cos_<m>`` and ``L_gm`` are put in
+        :attr:`stats`.
+
+        Args:
+            scale: the factor the task loss was multiplied by before its backward, so that both
+                gradients carry it: a GradScaler's current scale, ``1 / accumulation_steps``, their
+                product. Defaults to 1.
+
+        Returns:
+            Whether the added gradient is finite (True when nothing was added). A non-finite one is
+            added all the same, so that the step's gradients show it.
+        """
+        if self._pending is None:
+            return True
+        head_step, target, final_input = self._pending
+        self._pending = None
+        params = flat_parameters(self.final)
+        cosines = self._cosines(head_step, target, final_input)
+        self.observer.clear()  # re-evaluating the final layer ran its hook: keep nothing past the step
+        b = torch.tensor([self.coefficients[m] for m in self.modalities])
+        with torch.enable_grad(), no_autocast(target.device):
+            l_gm = direction_loss(b.to(cosines), cosines)
+            grads = torch.autograd.grad(self.lam * l_gm, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        if self._distributed:
+            flat = mean_over_ranks(flat)  # DDP has averaged the task gradient over the ranks alike
+        flat = flat * float(scale)
+        offset = 0
+        self.direction_grads = []
+        for p in params:
+            g = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+            self.direction_grads.append(g)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.add_(g)
+        self.stats.update({f"cos_{m}": float(c) for m, c in zip(self.modalities, cosines.detach())})
+        self.stats["L_gm"] = float(l_gm.detach())
+        return bool(torch.isfinite(flat).all())
+
+    def discard_direction(self) -> None:
+        """Drop what :meth:`training_loss` kept for the direction term (for a step that is skipped)."""
+        self._pending = None
+
+    def _cosines(
+        self, head_step: HeadStep, target: torch.Tensor, final_input: torch.Tensor | None
+    ) -> torch.Tensor:
         params = flat_parameters(self.final)
         with torch.enable_grad(), no_autocast(target.device):
             if self.direction == "gradient":
-                if self.observer.final_input is None:
-                    raise RuntimeError(
-                        "the final layer's input was not captured: run the model's forward first."
-                    )
                 # Only the final layer, on its detached input: g_F is this step's fused gradient,
                 # and L_gm's gradient can reach the final layer only. In float32 outside autocast,
                 # as the heads' gradients it is compared with (no GradScaler scales this gradient).
                 # .mean(): a loss with reduction="none" is reduced as MONAI's SupervisedTrainer does
-                final_input = self.observer.final_input.float()
-                fused_loss = self.loss_fn(self.final(final_input), target.detach()).mean()
+                fused_loss = self.loss_fn(self.final(final_input.float()), target).mean()
                 fused = torch.autograd.grad(fused_loss, params, create_graph=True)
                 fused_vec = torch.cat([g.reshape(-1) for g in fused])
                 reference = head_step.final_grads
@@ -374,14 +446,19 @@ class CGGM:
             self._saved_lrs = None
 
     def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
-        """Step 4: :meth:`apply_magnitude`, ``optimizer.step()`` (or ``scaler.step(optimizer)``),
-        :meth:`restore_magnitude`. With a GradScaler call ``scaler.update()`` afterwards as usual."""
+        """Step 4: :meth:`direction_backward` (if not called yet; scaled by the GradScaler's scale),
+        :meth:`apply_magnitude`, ``optimizer.step()`` (or ``scaler.step(optimizer)``),
+        :meth:`restore_magnitude`. With a GradScaler call ``scaler.update()`` afterwards as usual;
+        call :meth:`direction_backward` yourself before any ``scaler.unscale_(optimizer)``."""
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        self.direction_backward(scale)
         self.apply_magnitude(optimizer)
         optimizer_step(optimizer, scaler, then=self.restore_magnitude)
 
     def remove(self) -> None:
         """Take CGGM's forward hooks off the model."""
         self.observer.remove()
+        self.discard_direction()
 
     def state_dict(self) -> dict[str, Any]:
         """The tracker's state (heads, their optimizer and the model are checkpointed by the user)."""

@@ -22,7 +22,19 @@ from cggm_seg.balancing.branches import detach_features
 from cggm_seg.balancing.distributed import collective_device, mean_over_ranks, world_size
 from cggm_seg.balancing.scores import ScoreFn, get_score
 
-__all__ = ["HeadStep", "HeadTrainer", "flat_parameters", "flat_gradients", "pool_target"]
+__all__ = [
+    "HeadStep",
+    "HeadTrainer",
+    "SCORE_AT",
+    "flat_parameters",
+    "flat_gradients",
+    "pool_target",
+    "upsample_logits",
+]
+
+#: Where a coarse head's score is measured: at the head's own resolution against the pooled target
+#: (``"head"``), or on its logits upsampled to the target against the full-resolution target (``"full"``).
+SCORE_AT: tuple[str, ...] = ("head", "full")
 
 
 def flat_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -79,6 +91,18 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
     for p in params:
         p.grad = mean[offset : offset + p.numel()].view_as(p).to(p.dtype).clone()
         offset += p.numel()
+
+
+def upsample_logits(logits: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """``B x C x *spatial`` logits resized to ``size`` by (bi/tri)linear interpolation, as a
+    segmentation head with an explicit ``spatial_size`` resizes them (``align_corners=False``)."""
+    modes = {1: "linear", 2: "bilinear", 3: "trilinear"}
+    dims = logits.dim() - 2
+    if dims not in modes:
+        raise ValueError(
+            f"can only upsample 1-3 spatial dimensions, got logits of shape {tuple(logits.shape)}."
+        )
+    return F.interpolate(logits, size=tuple(int(s) for s in size), mode=modes[dims], align_corners=False)
 
 
 def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
@@ -162,6 +186,10 @@ class HeadTrainer:
         optimizer: the heads' own optimizer over the heads' parameters (nothing else).
         score_fn: the task score (name from :data:`cggm_seg.balancing.scores.SCORES` or a callable
             ``(prediction, target) -> 0-dim tensor``). Defaults to ``"soft_dice"``.
+        score_at: for heads that predict at a coarser level (``head.level > 0``), where the score
+            is measured: ``"head"`` (default), at the head's resolution against the target pooled
+            to it (as the head's loss); ``"full"``, on the head's logits upsampled to the target's
+            size, against the full-resolution target (the loss stays at the head's resolution).
 
     Under an initialised ``torch.distributed`` process group with more than one rank, the heads'
     parameters and buffers are set to rank 0's here, and every :meth:`step` averages the heads'
@@ -169,7 +197,8 @@ class HeadTrainer:
     construct the trainer and call :meth:`step` the same number of times (as with DDP).
 
     Raises:
-        ValueError: fewer than two heads, a head without ``final``, or heads sharing parameters.
+        ValueError: fewer than two heads, a head without ``final``, heads sharing parameters, or an
+            unknown ``score_at``.
     """
 
     def __init__(
@@ -178,7 +207,11 @@ class HeadTrainer:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         optimizer: torch.optim.Optimizer,
         score_fn: str | ScoreFn = "soft_dice",
+        score_at: str = "head",
     ) -> None:
+        if score_at not in SCORE_AT:
+            raise ValueError(f"score_at must be one of {SCORE_AT}, got {score_at!r}.")
+        self.score_at = score_at
         self.heads: dict[str, nn.Module] = dict(heads.items())
         if len(self.heads) < 2:
             raise ValueError(f"need one head per modality (at least two), got {list(self.heads)}.")
@@ -249,7 +282,11 @@ class HeadTrainer:
                 _check_prediction(m, prediction, head_target)
                 loss = self.loss_fn(prediction, head_target).mean()  # reduction="none": the trainer reduces
                 loss.backward()
-                scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
+                if self.score_at == "full" and head_target is not target:
+                    full = upsample_logits(prediction.detach(), target.shape[2:])
+                    scores[m] = self.score_fn(full, target)  # before the head's update
+                else:
+                    scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
             losses[m] = loss.detach()
         if world_size() > 1:
             _average_gradients(self._trainable)

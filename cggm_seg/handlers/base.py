@@ -12,6 +12,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from cggm_seg.balancing import HeadTrainer, get_score
+from cggm_seg.balancing.heads import SCORE_AT
 from cggm_seg.handlers.utils import (
     engine_device,
     engine_network,
@@ -49,9 +50,10 @@ class HeadBalancingHandler:
     """Base of the handlers that observe each modality through a light head and modulate its branch.
 
     Subclasses build their method in :meth:`_build` and implement :meth:`_observe` (at
-    ``LOSS_COMPLETED``: may return a replacement loss), :meth:`_modulate` (at
-    ``BACKWARD_COMPLETED``, only when an optimizer step follows, after AMP unscaling),
-    :meth:`_after_step`, :attr:`stats` and :attr:`method`.
+    ``LOSS_COMPLETED``: may return a replacement loss), :meth:`_after_backward` (at
+    ``BACKWARD_COMPLETED``, every iteration, before the gradients are checked: may add to them),
+    :meth:`_modulate` (at ``BACKWARD_COMPLETED``, only when an optimizer step follows, after AMP
+    unscaling), :meth:`_after_step`, :attr:`stats` and :attr:`method`.
 
     Args:
         heads: modality -> light head with a ``final`` layer (moved to the network's device at start).
@@ -61,6 +63,8 @@ class HeadBalancingHandler:
         loss_function: the task loss ``(logits, target) -> scalar`` of the heads (and CGGM's
             direction term); ``None`` takes ``engine.loss_function``.
         score: the heads' score (name in :data:`cggm_seg.balancing.SCORES` or a callable).
+        score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
+            resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
         network: the network to balance; ``None`` takes ``engine.network`` when the run starts.
         history_size: iterations kept in :attr:`history`.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -80,8 +84,12 @@ class HeadBalancingHandler:
         network: nn.Module | None,
         history_size: int,
         name: str | None,
+        score_at: str = "head",
     ) -> None:
         get_score(score)  # an unknown score name fails when the config is parsed, not at the first step
+        if score_at not in SCORE_AT:
+            raise ValueError(f"score_at must be one of {SCORE_AT}, got {score_at!r}.")
+        self.score_at = score_at
         if not (head_lr > 0):
             raise ValueError(f"head_lr must be > 0, got {head_lr}.")
         self.heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
@@ -111,6 +119,11 @@ class HeadBalancingHandler:
 
     def _modulate(self, engine: Engine) -> None:
         raise NotImplementedError
+
+    def _after_backward(self, engine: Engine) -> bool:
+        """Called at BACKWARD_COMPLETED of every iteration the heads stepped, before the gradients
+        are checked; returns whether what it added to the gradients is finite."""
+        return True
 
     def _after_step(self, engine: Engine) -> None:
         """Called at MODEL_COMPLETED, after the optimizer step."""
@@ -148,7 +161,9 @@ class HeadBalancingHandler:
         loss_fn = self.loss_function or getattr(engine, "loss_function", None)
         if loss_fn is None:
             raise ValueError("no loss function: pass loss_function= or use an engine with `loss_function`.")
-        heads = HeadTrainer(self.heads, loss_fn, self.head_optimizer, score_fn=self.score)
+        heads = HeadTrainer(
+            self.heads, loss_fn, self.head_optimizer, score_fn=self.score, score_at=self.score_at
+        )
         self._check_optimizer(getattr(engine, "optimizer", None))
         self.method = self._build(network, heads, loss_fn)
         if self._pending_state is not None:
@@ -205,6 +220,11 @@ class HeadBalancingHandler:
     def backward_completed(self, engine: Engine) -> None:
         if self._skip:
             return
+        added_finite = self._after_backward(engine)
+        if not added_finite and getattr(engine.state, "nonfinite_step", _NO_VERDICT) is None:
+            # a NonFiniteGuard passed the gradients before this handler added to them: drop the
+            # step as the guard would have (it counts the verdict when the iteration completes)
+            self._drop_gradients(engine)
         if self._gradients_not_finite(engine):
             # The network will not step (NonFiniteGuard drops its gradients): neither do the heads
             # nor the tracker, which already moved on at the loss event. NaN heads are one cause
@@ -216,6 +236,15 @@ class HeadBalancingHandler:
         if step_follows(engine):
             unscale_gradients(engine)
             self._modulate(engine)
+
+    def _drop_gradients(self, engine: Engine) -> None:
+        """Skip this step as :class:`~cggm_seg.handlers.NonFiniteGuard` does: every gradient to
+        ``None`` and the verdict ``"gradients"``. Under AMP the GradScaler skips it itself."""
+        if getattr(engine, "amp", False):
+            return
+        for p in engine_network(engine, self.network).parameters():
+            p.grad = None
+        engine.state.nonfinite_step = "gradients"
 
     def _gradients_not_finite(self, engine: Engine) -> bool:
         """This step's network gradients are not finite: the verdict of a :class:`NonFiniteGuard`

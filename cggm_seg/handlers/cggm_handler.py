@@ -25,11 +25,13 @@ class CGGMHandler(HeadBalancingHandler):
 
     - ``FORWARD_COMPLETED``: forward hooks have kept each branch's output and the final layer's input;
     - ``LOSS_COMPLETED``: the light heads train one step on the detached branch features with their
-      own optimizer, their scores update the balance tracker (B), and ``lam * L_gm`` is added to
-      ``engine.state.output["loss"]`` before backward;
-    - ``BACKWARD_COMPLETED`` (only when an optimizer step follows, see gradient accumulation): under
-      AMP the gradients are unscaled first, then each branch's gradients (``magnitude="grad"``) or
-      learning rates (``"lr"``) are scaled by B_i;
+      own optimizer, and their scores update the balance tracker (B);
+    - ``BACKWARD_COMPLETED``: the gradient of ``lam * L_gm`` is added to the final layer's gradient
+      (scaled as the trainer scaled the loss: GradScaler, ``1 / accumulation_steps``), the same
+      gradient as back-propagating ``loss + lam * L_gm``, but built after the network's activations
+      are freed, so that it adds no peak memory; then, only when an optimizer step follows (see
+      gradient accumulation), under AMP the gradients are unscaled, and each branch's gradients
+      (``magnitude="grad"``) or learning rates (``"lr"``) are scaled by B_i;
     - ``MODEL_COMPLETED``: learning rates scaled in ``lr`` mode are restored; the iteration's
       statistics are put on ``engine.state`` and appended to :attr:`history`.
 
@@ -48,6 +50,8 @@ class CGGMHandler(HeadBalancingHandler):
             re-evaluates and the heads train with; ``None`` takes ``engine.loss_function``.
         score: the heads' task score eps (see :data:`cggm_seg.balancing.SCORES`). Defaults to
             ``"soft_dice"`` (mean soft Dice over the region channels).
+        score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
+            resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
         rho, ema, tau, b_min, b_max, renormalize, warmup, preset, window, z: the
             :class:`BalanceTracker` settings (``None`` keeps the preset's default; the default
             preset ``"trend"`` measures each head's rate of improvement as the slope of its scores
@@ -86,6 +90,7 @@ class CGGMHandler(HeadBalancingHandler):
         head_lr: float = 1e-3,
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         score: str | Callable = "soft_dice",
+        score_at: str = "head",
         rho: float = 1.0,
         ema: float | None = None,
         tau: float | None = None,
@@ -104,7 +109,16 @@ class CGGMHandler(HeadBalancingHandler):
         name: str | None = None,
     ) -> None:
         super().__init__(
-            heads, branches, head_optimizer, head_lr, loss_function, score, network, history_size, name
+            heads,
+            branches,
+            head_optimizer,
+            head_lr,
+            loss_function,
+            score,
+            network,
+            history_size,
+            name,
+            score_at=score_at,
         )
         self.final = final
         # Built now so that bad settings fail when the config is parsed, not at the first iteration.
@@ -148,9 +162,22 @@ class CGGMHandler(HeadBalancingHandler):
             **self.settings,
         )
 
-    def _observe(self, engine: Engine) -> torch.Tensor:
+    def _observe(self, engine: Engine) -> None:
         output = engine.state.output
-        return self.method.training_loss(output["loss"], output["label"])
+        self.method.training_loss(output["loss"], output["label"])
+
+    def _after_backward(self, engine: Engine) -> bool:
+        if getattr(engine.state, "nonfinite_step", None) is not None:  # a NonFiniteGuard dropped the step
+            self.method.discard_direction()
+            return True
+        scale = 1.0
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
+            scale = float(scaler.get_scale())  # the trainer back-propagated scaler.scale(loss)
+        accumulation = int(getattr(engine, "accumulation_steps", 1) or 1)
+        if accumulation > 1:
+            scale /= accumulation  # ... of loss / accumulation_steps
+        return self.method.direction_backward(scale)
 
     def _modulate(self, engine: Engine) -> None:
         self.method.apply_magnitude(engine.optimizer)

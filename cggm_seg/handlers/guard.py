@@ -34,7 +34,9 @@ class NonFiniteGuard:
     its iteration and counted; ``max_consecutive`` skips in a row stop the run with
     :class:`NonFiniteTrainingError`.
 
-    Attach it before the balancing handler (the bundles list it first).
+    Attach it before the balancing handler (the bundles list it first). A balancing handler that
+    adds to the gradients after this check (CGGM's direction term) and finds its addition not
+    finite drops the step the same way and sets the verdict, which is counted here.
 
     Args:
         max_consecutive: skipped steps in a row that stop the run (>= 1). Defaults to 10.
@@ -76,6 +78,7 @@ class NonFiniteGuard:
     def check_gradients(self, engine: Engine) -> None:
         network = engine_network(engine, self.network)
         amp = bool(getattr(engine, "amp", False))
+        self._bad = self._bad or getattr(engine.state, "nonfinite_step", None)  # a handler before this one
         if self._bad is None and not amp:
             if not is_finite([p.grad for p in network.parameters() if p.grad is not None]):
                 self._bad = "gradients"
@@ -85,6 +88,8 @@ class NonFiniteGuard:
                 p.grad = None  # the optimizer skips parameters without a gradient
 
     def completed(self, engine: Engine) -> None:
+        # a balancing handler may have found the gradients it added not finite, after this check
+        self._bad = self._bad or getattr(engine.state, "nonfinite_step", None)
         if self._bad is None:
             self.in_a_row = 0
             return

@@ -32,6 +32,8 @@ class HeadMonitorHandler(HeadBalancingHandler):
         head_lr: learning rate of the default head optimizer. Defaults to 1e-3.
         loss_function: the heads' loss; ``None`` takes ``engine.loss_function``.
         score: the heads' score. Defaults to ``"soft_dice"``.
+        score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
+            resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
         network: the network observed; ``None`` takes ``engine.network``.
         history_size: iterations kept in :attr:`history`. Defaults to 100000.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -47,12 +49,22 @@ class HeadMonitorHandler(HeadBalancingHandler):
         head_lr: float = 1e-3,
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         score: str | Callable = "soft_dice",
+        score_at: str = "head",
         network: nn.Module | None = None,
         history_size: int = 100_000,
         name: str | None = None,
     ) -> None:
         super().__init__(
-            heads, branches, head_optimizer, head_lr, loss_function, score, network, history_size, name
+            heads,
+            branches,
+            head_optimizer,
+            head_lr,
+            loss_function,
+            score,
+            network,
+            history_size,
+            name,
+            score_at=score_at,
         )
 
     @property

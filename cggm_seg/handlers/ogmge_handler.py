@@ -43,6 +43,8 @@ class OGMGEHandler(HeadBalancingHandler):
         score: the heads' score s_m, a true-class probability. Defaults to
             ``"region_true_class_probability"`` (segmentation); ``"true_class_probability"`` for
             classification.
+        score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
+            resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
         alpha: modulation strength. Defaults to 0.8.
         continuous: use ``1 - tanh(alpha * (rho - 1))`` instead of the paper's ``1 - tanh(alpha * rho)``.
         noise: add the GE noise (False: plain OGM). Defaults to True.
@@ -71,6 +73,7 @@ class OGMGEHandler(HeadBalancingHandler):
         head_lr: float = 1e-3,
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         score: str | Callable = "region_true_class_probability",
+        score_at: str = "head",
         alpha: float = 0.8,
         continuous: bool = False,
         noise: bool = True,
@@ -83,7 +86,16 @@ class OGMGEHandler(HeadBalancingHandler):
         name: str | None = None,
     ) -> None:
         super().__init__(
-            heads, branches, head_optimizer, head_lr, loss_function, score, network, history_size, name
+            heads,
+            branches,
+            head_optimizer,
+            head_lr,
+            loss_function,
+            score,
+            network,
+            history_size,
+            name,
+            score_at=score_at,
         )
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")

@@ -75,9 +75,12 @@ def test_direction_term_runs_in_float32_inside_autocast():
     with torch.autocast(**BF16):
         out = net(x)
         loss = cggm.training_loss(loss_fn(out.float(), y), y)
+        loss.backward()
+        assert cggm.direction_backward()  # still inside autocast: the term leaves it
     final_input = cggm.observer.tap.final_input
     assert final_input is None or final_input.dtype == torch.bfloat16  # the tap was cleared, or bf16
     assert loss.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in cggm.direction_grads)
     cosines = [cggm.stats[f"cos_{m}"] for m in cggm.modalities]
     assert all(-1.0 <= c <= 1.0 for c in cosines)
     # the same step's cosines recomputed by hand in float32 from a bf16 forward's final input

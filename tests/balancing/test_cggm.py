@@ -174,6 +174,8 @@ def test_direction_uses_this_steps_final_layer(direction):
                 model.final.weight.mul_(-3.0).add_(0.1)
         expected = _manual_cosines(model, heads, x, y, direction)
         cggm.training_loss(seg_loss(model(x), y), y)
+        assert "cos_t1" not in cggm.stats and cggm.stats["L_gm"] == 0.0  # not before direction_backward
+        assert cggm.direction_backward()
         got = [cggm.stats[f"cos_{m}"] for m in MODALITIES]
         assert got == pytest.approx(expected, abs=1e-5)
         b = torch.tensor([cggm.coefficients[m] for m in MODALITIES])
@@ -187,13 +189,88 @@ def test_direction_loss_reaches_the_final_layer_only(direction):
     model, _, cggm = _seg_setup(direction=direction, lam=1.0)
     x, y = seg_batch()
     model(x)
-    l_gm = cggm.training_loss(torch.zeros(()), y)  # lam * L_gm alone
-    assert l_gm.requires_grad and l_gm.item() > 0
-    l_gm.backward()
+    loss = torch.zeros(())
+    assert cggm.training_loss(loss, y) is loss  # the loss is returned unchanged
+    assert cggm.direction_backward()
+    assert cggm.observer.final_input is None  # nothing kept past the step
+    assert cggm.stats["L_gm"] > 0
     assert model.final.weight.grad.abs().sum() > 0
     for name, p in model.named_parameters():
         if not name.startswith("final."):
             assert p.grad is None, name
+    grads = [p.grad.clone() for p in model.final.parameters()]
+    assert cggm.direction_backward()  # nothing pending any more: nothing is added twice
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.final.parameters(), grads))
+
+
+def _one_pass_gradients(model, heads, x, y, lam, direction):
+    """Every parameter's gradient of ``loss + lam * L_gm`` in one backward, with L_gm built by hand
+    before the backward from the heads' step and the tracker (what CGGM adds after the backward)."""
+    tracker = BalanceTracker(MODALITIES)
+    trainer = HeadTrainer(heads, seg_loss, torch.optim.SGD(heads.parameters(), lr=0.1))
+    kept = {}
+    hook = model.final.register_forward_hook(lambda mod, args, out: kept.update(x=args[0].detach()))
+    features = {m: model.encoders[m](x[:, i : i + 1]).detach() for i, m in enumerate(MODALITIES)}
+    loss = seg_loss(model(x), y)
+    hook.remove()
+    step = trainer.step(features, y)
+    b = tracker.update(torch.tensor([float(step.scores[m]) for m in MODALITIES], dtype=torch.float64))
+    final = list(model.final.parameters())
+    if direction == "gradient":
+        fused = torch.autograd.grad(seg_loss(model.final(kept["x"]), y), final, create_graph=True)
+        references = step.final_grads
+    else:
+        fused, references = final, step.final_weights
+    fused = torch.cat([g.reshape(-1) for g in fused])
+    cosines = torch.stack([F.cosine_similarity(fused, references[m], dim=0) for m in MODALITIES])
+    (loss + lam * direction_loss(b.float(), cosines)).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("direction", ["gradient", "weights"])
+def test_direction_backward_gives_the_one_pass_gradient(direction):
+    """Adding the direction term's gradient after the backward is back-propagating loss + lam * L_gm
+    in one pass; with ``scale`` both parts carry the factor (a GradScaler, accumulation)."""
+    x, y = seg_batch()
+    for scale in (1.0, 0.25):
+        model, heads, cggm = _seg_setup(direction=direction, lam=0.5)
+        expected = _one_pass_gradients(copy.deepcopy(model), copy.deepcopy(heads), x, y, 0.5, direction)
+        loss = cggm.training_loss(seg_loss(model(x), y), y)
+        (loss * scale).backward()
+        assert cggm.direction_backward(scale)
+        assert cggm.stats["L_gm"] > 0
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expected[name] * scale, rtol=1e-5, atol=1e-7, msg=name)
+        added = torch.cat([g.reshape(-1) for g in cggm.direction_grads])
+        assert added.abs().sum() > 0
+
+
+def test_step_adds_the_direction_gradient_once_with_the_scalers_scale():
+    x, y = seg_batch()
+    model, heads, cggm = _seg_setup(magnitude="off", lam=0.5)
+    expected = _one_pass_gradients(copy.deepcopy(model), copy.deepcopy(heads), x, y, 0.5, "gradient")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    seen = []
+    optimizer.register_step_pre_hook(
+        lambda *_: seen.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    )
+    loss = cggm.training_loss(seg_loss(model(x), y), y)
+    scaler.scale(loss).backward()
+    cggm.step(optimizer, scaler)  # adds 8 x the direction gradient, then the scaler unscales all
+    for name in expected:
+        torch.testing.assert_close(seen[0][name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_training_loss_without_the_final_layers_input_fails_clearly():
+    model, _, cggm = _seg_setup()
+    x, y = seg_batch()
+    with pytest.raises(RuntimeError, match="no features captured"):
+        cggm.training_loss(torch.zeros(()), y)
+    for i, m in enumerate(MODALITIES):  # the branches ran (features kept), the final layer did not
+        model.encoders[m](x[:, i : i + 1])
+    with pytest.raises(RuntimeError, match="final layer's input was not captured"):
+        cggm.training_loss(torch.zeros(()), y)
 
 
 def test_direction_loss_formula():

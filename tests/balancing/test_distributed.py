@@ -1,14 +1,11 @@
 """Two gloo ranks with different batches must end with identical B (scores averaged over ranks)."""
 
-import datetime
-
 import torch
-import torch.distributed as dist
 
 from cggm_seg.balancing.ogmge import discrepancy_ratios, ogm_coefficients
 from cggm_seg.balancing.tracker import BalanceTracker
 
-from .gloo import run_two_ranks
+from .gloo import gloo_group, run_two_ranks
 
 MODALITIES = ("t1", "t2", "flair")
 SCORES = {  # per rank: the heads' scores on that rank's local batches
@@ -23,24 +20,13 @@ def _run(rows):
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=30),
-    )
-    try:
+    with gloo_group(rank, world, port):
         tracker_b = _run(SCORES[rank])
         s = torch.tensor(SCORES[rank][-1], dtype=torch.float64)
         from cggm_seg.balancing.distributed import mean_over_ranks
 
         k = ogm_coefficients(discrepancy_ratios(mean_over_ranks(s)), alpha=0.8).tolist()
         torch.save({"B": tracker_b, "k": k}, f"{out}/rank{rank}.pt")
-        dist.barrier()  # both ranks done with their collectives before either tears gloo down
-    finally:
-        dist.destroy_process_group()
 
 
 def test_ranks_with_different_batches_get_identical_b(tmp_path):

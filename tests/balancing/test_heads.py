@@ -94,6 +94,45 @@ def test_coarse_heads_learn_from_the_pooled_target():
         torch.testing.assert_close(step.final_grads[m], flat_gradients(before[m].final))
 
 
+def test_upsample_logits_by_hand():
+    from cggm_seg.balancing.heads import upsample_logits
+
+    # linear, align_corners=False: output centres at (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 of the
+    # input grid, clamped at the borders: 0, 0.5, 1.5, 2
+    up = upsample_logits(torch.tensor([[[0.0, 2.0]]]), (4,))
+    torch.testing.assert_close(up, torch.tensor([[[0.0, 0.5, 1.5, 2.0]]]))
+    assert upsample_logits(torch.zeros(1, 3, 2, 2, 2), (4, 4, 4)).shape == (1, 3, 4, 4, 4)
+    with pytest.raises(ValueError, match="1-3 spatial dimensions"):
+        upsample_logits(torch.zeros(1, 1, 2, 2, 2, 2), (4, 4, 4, 4))
+
+
+def test_coarse_heads_scored_at_full_resolution():
+    """score_at="full": the loss (and so the step) stays at the head's resolution; the score is
+    taken on the logits upsampled to the target, against the full-resolution target."""
+    from cggm_seg.balancing.heads import pool_target, upsample_logits
+    from cggm_seg.networks import SegmentationHead
+
+    torch.manual_seed(0)
+    heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=1) for m in ("a", "b")})
+    same = copy.deepcopy(heads)
+    before = copy.deepcopy(heads)
+    features = {m: [torch.randn(2, 2, 8, 8, 8), torch.randn(2, 4, 4, 4, 4)] for m in heads}
+    target = (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
+    full = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), score_at="full")
+    at_head = HeadTrainer(same, BCE, torch.optim.SGD(same.parameters(), lr=0.1))
+    step, reference = full.step(features, target), at_head.step(features, target)
+    for m in heads:
+        pred = before[m](features[m]).detach()
+        expected = full.score_fn(upsample_logits(pred, (8, 8, 8)), target)
+        torch.testing.assert_close(step.scores[m], expected)
+        torch.testing.assert_close(reference.scores[m], full.score_fn(pred, pool_target(target, (4, 4, 4))))
+        assert step.scores[m].item() != pytest.approx(reference.scores[m].item(), abs=1e-6)
+        assert step.losses[m].item() == pytest.approx(reference.losses[m].item())  # same loss ...
+        torch.testing.assert_close(step.final_grads[m], reference.final_grads[m])  # ... same step
+    with pytest.raises(ValueError, match="score_at must be one of"):
+        HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), score_at="input")
+
+
 def test_a_full_resolution_head_of_the_wrong_size_still_fails():
     from cggm_seg.networks import SegmentationHead
 

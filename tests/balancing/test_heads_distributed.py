@@ -5,16 +5,13 @@ after a few steps their heads, and the final-layer gradients CGGM's direction te
 must be identical, and equal to one process stepping on the mean of the two ranks' gradients.
 """
 
-import datetime
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from cggm_seg.balancing.heads import HeadTrainer, flat_gradients
 
-from .gloo import run_two_ranks
+from .gloo import gloo_group, run_two_ranks
 from .toy_nets import MODALITIES, SegHead
 
 STEPS = 3
@@ -34,15 +31,7 @@ def _batch(rank: int, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=30),
-    )
-    try:
+    with gloo_group(rank, world, port):
         heads = _heads(seed=rank)  # different on each rank: the trainer starts them from rank 0's
         trainer = HeadTrainer(
             heads, F.binary_cross_entropy_with_logits, torch.optim.Adam(heads.parameters(), lr=0.05)
@@ -56,9 +45,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             },
             f"{out}/rank{rank}.pt",
         )
-        dist.barrier()  # both ranks done with their collectives before either tears gloo down
-    finally:
-        dist.destroy_process_group()
 
 
 def _reference() -> tuple[nn.ModuleDict, list[dict[str, torch.Tensor]]]:

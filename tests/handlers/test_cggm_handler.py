@@ -19,13 +19,24 @@ def _branch_of(name: str) -> str | None:
     return parts[1] if parts[0] == "encoders" else None
 
 
-def _assert_modulated(before, at_step, coefficients):
-    """Branch i's gradients at the step are B_i x the raw ones; every other gradient is untouched."""
+def _assert_modulated(before, at_step, coefficients, added=None, scale=1.0):
+    """Branch i's gradients at the step are B_i x the raw ones; the final layer's are the raw ones
+    plus the direction term's gradient (``added``); every other gradient is untouched. ``scale``:
+    what the raw and added gradients were multiplied by and the step's gradients were not (AMP)."""
     assert before.keys() == at_step.keys()
+    added = added or {}
     for name, raw in before.items():
         branch = _branch_of(name)
-        expected = raw * coefficients[branch] if branch else raw
+        raw = raw + added[name] if name in added else raw
+        expected = (raw * coefficients[branch] if branch else raw) / scale
         torch.testing.assert_close(at_step[name], expected, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def _added(handler, net):
+    """name -> what the CGGM handler's direction term added to that parameter's gradient this iteration."""
+    final = handler.method.final
+    by_id = {id(p): g.clone() for p, g in zip(final.parameters(), handler.method.direction_grads)}
+    return {n: by_id[id(p)] for n, p in net.named_parameters() if id(p) in by_id}
 
 
 def _recorded_trainer(seg_setup, make_trainer, GradRecorder, batches, handler, n=3, **kwargs):
@@ -35,10 +46,12 @@ def _recorded_trainer(seg_setup, make_trainer, GradRecorder, batches, handler, n
     # registered before the CGGM handler attaches, so it sees the raw gradients
     trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, recorder.on_backward)
     handler.attach(trainer)
-    coefficients = []
+    coefficients, added = [], []
     trainer.add_event_handler(
         IterationEvents.MODEL_COMPLETED, lambda e: coefficients.append(dict(handler.method.coefficients))
     )
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: added.append(_added(handler, net)))
+    recorder.added = added
     return trainer, recorder, coefficients
 
 
@@ -50,8 +63,9 @@ def test_supervised_trainer_gradients_scaled_between_backward_and_step(
     trainer.run()
     assert len(rec.at_step) == len(rec.after_backward) == 3
     assert any(abs(b - 1.0) > 1e-3 for c in coefficients[1:] for b in c.values()), "B never left neutral"
-    for before, at_step, coeff in zip(rec.after_backward, rec.at_step, coefficients):
-        _assert_modulated(before, at_step, coeff)
+    assert all(g.abs().sum() > 0 for a in rec.added for g in a.values())  # the direction term acts
+    for before, at_step, coeff, added in zip(rec.after_backward, rec.at_step, coefficients, rec.added):
+        _assert_modulated(before, at_step, coeff, added)
     # the stats are on engine.state and in the history
     for name in handler.stat_names:
         assert isinstance(getattr(trainer.state, name), float), name
@@ -59,22 +73,42 @@ def test_supervised_trainer_gradients_scaled_between_backward_and_step(
     assert all(torch.isfinite(torch.tensor(h["L_gm"])) for h in handler.history)
 
 
-def test_direction_loss_is_added_before_backward(seg_setup, make_trainer, batches):
-    net, heads, optimizer, loss = seg_setup
+def _first_direction_gradient(seg_setup, make_trainer, batches, accumulation):
+    """A run of 2 iterations with CGGM (direction only): what its direction term added at the
+    first iteration, each iteration's task loss, and the trainer."""
+    import copy
+
+    net, heads, _, loss = (copy.deepcopy(v) for v in seg_setup)
     handler = CGGMHandler(heads, magnitude="off", lam=0.5)
-    trainer = make_trainer(net, optimizer, loss, batches(1))
-    fused, total = [], []
+    trainer = make_trainer(
+        net, torch.optim.SGD(net.parameters(), lr=1e-2), loss, batches(2), accumulation_steps=accumulation
+    )
+    fused, added = [], []
     trainer.add_event_handler(
         IterationEvents.FORWARD_COMPLETED,
         lambda e: fused.append(float(loss(e.state.output["pred"].detach(), e.state.output["label"]))),
     )
     handler.attach(trainer)
-    trainer.add_event_handler(
-        IterationEvents.BACKWARD_COMPLETED, lambda e: total.append(float(e.state.output["loss"].detach()))
-    )
+    record = lambda e: added.append(_added(handler, net))  # noqa: E731
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, record)
     trainer.run()
-    assert total[0] == pytest.approx(fused[0] + 0.5 * trainer.state.L_gm, rel=1e-5)
-    assert trainer.state.L_gm > 0
+    return added[0], fused, trainer
+
+
+def test_direction_gradient_is_added_after_backward_scaled_as_the_loss(seg_setup, make_trainer, batches):
+    """The reported loss is the task loss; the direction term's gradient is added to the final
+    layer's after the backward, divided by accumulation_steps as the trainer divides the loss."""
+    added = {}
+    for accumulation in (1, 2):
+        added[accumulation], fused, trainer = _first_direction_gradient(
+            seg_setup, make_trainer, batches, accumulation
+        )
+        assert trainer.state.output[0]["loss"] == pytest.approx(fused[-1], rel=1e-5)  # the task loss alone
+        assert trainer.state.L_gm > 0
+    assert added[1].keys() == {"final.weight", "final.bias"}
+    for name, g in added[1].items():
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(added[2][name], g / 2, rtol=1e-5, atol=1e-9, msg=name)
 
 
 def test_amp_gradients_are_unscaled_before_modulation(seg_setup, make_trainer, GradRecorder, batches):
@@ -91,9 +125,8 @@ def test_amp_gradients_are_unscaled_before_modulation(seg_setup, make_trainer, G
     trainer.run()
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == scale
     assert len(rec.at_step) == 3
-    for before, at_step, coeff in zip(rec.after_backward, rec.at_step, coefficients):
-        unscaled = {k: v / scale for k, v in before.items()}
-        _assert_modulated(unscaled, at_step, coeff)
+    for before, at_step, coeff, added in zip(rec.after_backward, rec.at_step, coefficients, rec.added):
+        _assert_modulated(before, at_step, coeff, added, scale=scale)
 
 
 def test_gradient_accumulation_modulates_only_when_a_step_follows(
@@ -110,7 +143,7 @@ def test_gradient_accumulation_modulates_only_when_a_step_follows(
     # B of that micro-batch; micro-batch 1 and 3 leave their gradients alone (checked by the
     # accumulated sum being scaled exactly once).
     for step, micro in enumerate((1, 3)):
-        _assert_modulated(rec.after_backward[micro], rec.at_step[step], coefficients[micro])
+        _assert_modulated(rec.after_backward[micro], rec.at_step[step], coefficients[micro], rec.added[micro])
 
 
 def test_lr_mode_scales_branch_learning_rates_for_the_step_only(seg_setup, make_trainer, batches):
@@ -161,14 +194,15 @@ def test_bare_ignite_engine(seg_setup, batches, GradRecorder):
         heads, network=net, loss_function=loss, warmup=1, ema=0.0, b_min=0.05, preset="guarded"
     )
     handler.attach(engine)
-    coefficients = []
+    coefficients, added = [], []
     engine.add_event_handler(
         IterationEvents.MODEL_COMPLETED, lambda e: coefficients.append(dict(handler.method.coefficients))
     )
+    engine.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: added.append(_added(handler, net)))
     engine.run(batches(3), max_epochs=1)
     assert len(recorder.at_step) == 3
-    for before, at_step, coeff in zip(recorder.after_backward, recorder.at_step, coefficients):
-        _assert_modulated(before, at_step, coeff)
+    for before, at_step, coeff, add in zip(recorder.after_backward, recorder.at_step, coefficients, added):
+        _assert_modulated(before, at_step, coeff, add)
 
 
 def test_bare_engine_without_network_fails_clearly():
@@ -186,6 +220,17 @@ def test_bad_settings_fail_at_construction(seg_setup):
         CGGMHandler(heads, rho=-1.0)
     with pytest.raises(ValueError, match="window"):
         OGMGEHandler(heads, start_epoch=5, end_epoch=5)
+    with pytest.raises(ValueError, match="score_at must be one of"):
+        OGMGEHandler(heads, score_at="voxel")
+
+
+def test_score_at_reaches_the_heads_trainer(seg_setup, make_trainer, batches):
+    net, heads, optimizer, loss = seg_setup
+    handler = OGMGEHandler(heads, score_at="full")
+    trainer = make_trainer(net, optimizer, loss, batches(1))
+    handler.attach(trainer)
+    trainer.run()
+    assert handler.method.observer.trainer.score_at == "full"
 
 
 def test_state_roundtrip_through_checkpoint_files(seg_setup, make_trainer, make_net, batches, tmp_path):

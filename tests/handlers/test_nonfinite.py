@@ -137,3 +137,30 @@ def test_non_finite_gradients_undo_the_heads_and_tracker_step(seg_setup, make_tr
         assert _equal(before["net"], after["net"]) and guard.skipped == [2]
         assert seen[("after", 3)]["tracker_step"] == after["tracker_step"] + 1
         assert not _equal(seen[("before", 3)]["heads"], seen[("after", 3)]["heads"])
+
+
+@pytest.mark.parametrize("guard_first", [True, False])
+def test_a_non_finite_direction_gradient_drops_the_step(seg_setup, make_trainer, batches, guard_first):
+    """NaN head weights make the direction term's gradient NaN while the task gradients are finite:
+    CGGM adds that gradient after the guard's check (or before it, attached first), and the step is
+    dropped and counted all the same."""
+    net, heads, sgd, loss = seg_setup
+    guard, handler = NonFiniteGuard(), CGGMHandler(heads)
+    order = [guard, handler] if guard_first else [handler, guard]
+    trainer = make_trainer(net, sgd, loss, batches(2), handlers=order)
+
+    def poison(engine):
+        if engine.state.iteration == 2:
+            with torch.no_grad():
+                heads["t2"].final.weight.fill_(float("nan"))
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, poison)
+    seen = _record(trainer, net, heads, handler)
+    with pytest.warns(UserWarning, match="non-finite weights"):
+        trainer.run()
+    before, after = seen[("before", 2)], seen[("after", 2)]
+    assert not _equal(seen[("before", 1)]["net"], seen[("after", 1)]["net"])  # iteration 1 trained
+    assert _equal(before["net"], after["net"])  # iteration 2 did not, not even the final layer
+    assert before["tracker_step"] == after["tracker_step"] and before["history"] == after["history"]
+    assert guard.skipped == [2] and trainer.state.nonfinite_steps == 1
+    assert all(torch.isfinite(p).all() for p in net.parameters())

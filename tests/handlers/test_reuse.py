@@ -75,12 +75,18 @@ def test_cggm_handler_on_a_users_network():
     trainer.add_event_handler(
         IterationEvents.MODEL_COMPLETED, lambda e: coefficients.append(dict(handler.method.coefficients))
     )
+    added = []  # what the direction term added to the classifier's gradients (after the backward)
+    names = ("classifier.weight", "classifier.bias")
+    trainer.add_event_handler(
+        IterationEvents.MODEL_COMPLETED,
+        lambda e: added.append(dict(zip(names, handler.method.direction_grads))),
+    )
     trainer.run()
     assert len(handler.history) == len(at_step) == 8
     assert all(set(h) >= {"B_seq_a", "B_seq_b", "cos_seq_a", "L_gm"} for h in handler.history)
     assert any(abs(c["seq_a"] - c["seq_b"]) > 1e-6 for c in coefficients), "B never differed between branches"
-    for before, after, coeff in zip(raw, at_step, coefficients):
+    for before, after, coeff, add in zip(raw, at_step, coefficients, added):
         for name, grad in before.items():
             branch = {"path_a": "seq_a", "path_b": "seq_b"}.get(name.split(".")[0])
-            expected = grad * coeff[branch] if branch else grad
+            expected = grad * coeff[branch] if branch else grad + add.get(name, 0.0)
             torch.testing.assert_close(after[name], expected, msg=name)
