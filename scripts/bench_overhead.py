@@ -7,6 +7,8 @@ seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on
 - ``cggm_magnitude``: CGGM, magnitude ``grad``, direction ``off``;
 - ``cggm_full``: CGGM, magnitude ``grad``, direction ``gradient``;
 - ``ogmge``: OGM-GE (GE noise on, inside its window);
+- ``ogmge_level0_every4``: OGM-GE with full-resolution heads that train (and recompute k) every
+  4th step only (``observe_every=4``); the medians mix the steps with and without the heads;
 - ``cggm_magnitude_level0`` / ``ogmge_level0``: the same with full-resolution heads (``level=0``),
   the heads before ``--head-level`` (default :data:`~cggm_seg.networks.DEFAULT_LEVEL`) made them
   predict at a coarser level: what the coarse heads save, in the same run (the BraTS bundle keeps
@@ -70,6 +72,7 @@ METHODS: dict[str, str] = {
     "ogmge": "OGM-GE (alpha 0.8, GE noise)",
     "cggm_magnitude_level0": "CGGM magnitude only, full-resolution heads (level 0)",
     "ogmge_level0": "OGM-GE, full-resolution heads (level 0)",
+    "ogmge_level0_every4": "OGM-GE, full-resolution heads trained every 4th step (observe_every=4)",
 }
 PHASES: tuple[str, ...] = (
     "forward + loss",
@@ -84,7 +87,11 @@ TIME_TARGETS: dict[str, float] = {
     "cggm_full": 1.10,
     "ogmge": 1.05,
     "ogmge_level0": 1.05,
+    "ogmge_level0_every4": 1.05,
 }
+#: methods whose steps differ by design (the heads train every k-th step): judged by the ratio of
+#: mean steps, since the median step is one without the heads
+AMORTIZED: tuple[str, ...] = ("ogmge_level0_every4",)
 MEMORY_TARGET = 1.05
 #: the configurations of ``--suite`` (preset, threads), each its own section of the doc
 SUITE: tuple[tuple[str, int], ...] = (("cpu_small", 1), ("cpu_small", 2), ("gpu_paper", 1))
@@ -160,7 +167,7 @@ def build(
     update: Callable[[], None] = optimizer.step
     heads_seconds = [0.0]
     if method != "joint":
-        level = 0 if method.endswith("_level0") else level
+        level = 0 if "_level0" in method else level
         heads = make_heads("segmentation", model, level=level).to(device)
         score = "region_true_class_probability" if method.startswith("ogmge") else "soft_dice"
         trainer = HeadTrainer(
@@ -178,7 +185,8 @@ def build(
 
         trainer.step = timed_heads_step
         if method.startswith("ogmge"):
-            ogm = OGMGE(model, trainer, alpha=0.8, seed=seed)
+            every = 4 if method.endswith("_every4") else 1
+            ogm = OGMGE(model, trainer, alpha=0.8, seed=seed, observe_every=every)
 
             def balance(loss: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 ogm.observe(y)
@@ -343,6 +351,7 @@ def markdown(
 ) -> str:
     totals = {m: [sum(p) for p in steps] for m, steps in measured.items()}
     medians = {m: statistics.median(t) for m, t in totals.items()}
+    means = {m: statistics.fmean(t) for m, t in totals.items()}
     n_heads = len(MultiEncoderSegNet.from_preset(args.preset).modalities)
     if args.device == "cuda":
         memory_kind = "`torch.cuda.max_memory_allocated`"
@@ -367,15 +376,17 @@ def markdown(
         f"{args.warmup} warm-up and {args.steps} measured steps per method, round-robin. Memory: "
         f"{memory_kind}; one fresh process per method, {args.memory_steps} steps.",
         "",
-        "| method | median step (ms) | p10 | p90 | ratio to joint | target |",
-        "|---|---|---|---|---|---|",
+        "| method | median step (ms) | p10 | p90 | ratio to joint | ratio of mean steps | target |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m, label in METHODS.items():
-        ratio = medians[m] / medians["joint"]
-        target = verdict(ratio, TIME_TARGETS[m]) if m in TIME_TARGETS else ""
+        ratio, mean_ratio = medians[m] / medians["joint"], means[m] / means["joint"]
+        judged = mean_ratio if m in AMORTIZED else ratio
+        target = verdict(judged, TIME_TARGETS[m]) if m in TIME_TARGETS else ""
+        target += " (mean)" if target and m in AMORTIZED else ""
         lines.append(
             f"| {label} | {1e3 * medians[m]:.0f} | {1e3 * percentile(totals[m], 10):.0f} | "
-            f"{1e3 * percentile(totals[m], 90):.0f} | {ratio:.3f} | {target} |"
+            f"{1e3 * percentile(totals[m], 90):.0f} | {ratio:.3f} | {mean_ratio:.3f} | {target} |"
         )
     lines += [
         "",

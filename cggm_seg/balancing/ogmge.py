@@ -114,6 +114,10 @@ class OGMGE:
             :func:`~cggm_seg.balancing.cggm.branch_param_groups`).
         seed: seed of the noise generator (one per device); ``None`` uses torch's global generator.
             Under DDP give a seed, so that every rank adds the same noise to its (identical) gradients.
+        observe_every: the heads train and k is recomputed at every ``observe_every``-th call of
+            :meth:`observe` (the first included); the calls in between drop the captured features
+            and keep the last k, which still modulates every step. Defaults to 1 (every iteration).
+            A cost knob: the heads' step is most of what OGM-GE costs.
 
     Attributes:
         scores: shape ``M``, the last scores s_m (averaged over ranks).
@@ -122,7 +126,8 @@ class OGMGE:
         stats: ``s_<m>``, ``rho_<m>``, ``k_<m>``, ``head_loss_<m>`` of the last iteration as floats.
 
     Raises:
-        ValueError: heads and branches of different modalities, alpha < 0, or an empty window.
+        ValueError: heads and branches of different modalities, alpha < 0, an empty window, or
+            ``observe_every < 1``.
     """
 
     def __init__(
@@ -137,7 +142,12 @@ class OGMGE:
         end_epoch: int | None = 50,
         seed: int | None = None,
         magnitude: str = "grad",
+        observe_every: int = 1,
     ) -> None:
+        if int(observe_every) != observe_every or observe_every < 1:
+            raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}.")
+        self.observe_every = int(observe_every)
+        self._calls = 0  # observe() calls so far: which of them train the heads
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")
         if end_epoch is not None and end_epoch <= start_epoch:
@@ -183,6 +193,11 @@ class OGMGE:
         Returns:
             k, shape ``M``, float64 on the CPU (also kept as :attr:`k`).
         """
+        due = self._calls % self.observe_every == 0
+        self._calls += 1
+        if not due:  # between two observations: the last k stands (see observe_every)
+            self.observer.clear()
+            return self.k
         seen = self.observer.observe(target)
         self.scores = seen.scores
         self.ratios = discrepancy_ratios(self.scores)
@@ -269,6 +284,7 @@ class OGMGE:
             "scores": self.scores.clone(),
             "ratios": self.ratios.clone(),
             "k": self.k.clone(),
+            "calls": self._calls,
             "generators": {key: g.get_state() for key, g in self._generators.items()},
         }
 
@@ -276,6 +292,7 @@ class OGMGE:
         """Restore :meth:`state_dict` (the noise continues where it stopped)."""
         for key in ("scores", "ratios", "k"):
             setattr(self, key, torch.as_tensor(state[key], dtype=torch.float64).clone())
+        self._calls = int(state.get("calls", 0))
         for key, generator_state in state["generators"].items():
             generator = self._generator(torch.device(key))
             if generator is not None:

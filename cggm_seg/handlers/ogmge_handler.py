@@ -54,6 +54,8 @@ class OGMGEHandler(HeadBalancingHandler):
         magnitude: ``"grad"`` (default; scale the branch gradients, for SGD) or ``"lr"`` (scale the
             branch learning rates for the step, for Adam/AdamW, which ignore a gradient's scale;
             needs an optimizer built with :func:`cggm_seg.balancing.branch_param_groups`).
+        observe_every: the heads train and k is recomputed every ``observe_every``-th iteration
+            (the first included); in between the last k modulates. Defaults to 1 (every iteration).
         network: the network to balance; ``None`` takes ``engine.network``.
         history_size: iterations kept in :attr:`history`. Defaults to 100000.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -81,6 +83,7 @@ class OGMGEHandler(HeadBalancingHandler):
         end_epoch: int | None = 50,
         seed: int | None = None,
         magnitude: str = "grad",
+        observe_every: int = 1,
         network: nn.Module | None = None,
         history_size: int = 100_000,
         name: str | None = None,
@@ -103,6 +106,8 @@ class OGMGEHandler(HeadBalancingHandler):
             raise ValueError(f"the epoch window [{start_epoch}, {end_epoch}) is empty.")
         if magnitude not in ("grad", "lr"):
             raise ValueError(f"magnitude must be 'grad' or 'lr', got {magnitude!r}.")
+        if int(observe_every) != observe_every or observe_every < 1:
+            raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}.")
         self.settings = {
             "magnitude": magnitude,
             "alpha": alpha,
@@ -111,6 +116,7 @@ class OGMGEHandler(HeadBalancingHandler):
             "start_epoch": start_epoch,
             "end_epoch": end_epoch,
             "seed": seed,
+            "observe_every": observe_every,
         }
 
     @property

@@ -137,3 +137,28 @@ def test_state_dict_continues_the_noise(tmp_path):
     ogm.load_state_dict(torch.load(tmp_path / "ogm.pt", weights_only=True))
     _, again = _grads_after(model, ogm, epoch=0, k=[0.5, 1.0, 1.0, 1.0])
     assert torch.equal(expected["encoders.t1.0.weight"], again["encoders.t1.0.weight"])
+
+
+def test_observe_every_trains_the_heads_at_every_kth_call_and_keeps_k_between():
+    model, ogm = _setup(noise=False, observe_every=3)
+    heads = ogm.heads.heads
+    snapshots, ks = [], []
+    for step in range(7):
+        x, y = seg_batch(seed=step)
+        before = {m: [p.clone() for p in h.parameters()] for m, h in heads.items()}
+        model(x)
+        ks.append(ogm.observe(y).clone())
+        after = {m: list(h.parameters()) for m, h in heads.items()}
+        snapshots.append(any(not torch.equal(a, b) for m in heads for a, b in zip(before[m], after[m])))
+        with pytest.raises(RuntimeError, match="no features captured"):  # dropped, observed or not
+            _ = ogm.observer.tap.features
+    assert snapshots == [True, False, False, True, False, False, True]  # calls 1, 4 and 7
+    assert torch.equal(ks[1], ks[0]) and torch.equal(ks[2], ks[0]) and torch.equal(ks[5], ks[3])
+    state = ogm.state_dict()
+    assert state["calls"] == 7
+    _, fresh = _setup(noise=False, observe_every=3)
+    fresh.load_state_dict(state)
+    assert fresh._calls == 7  # a resumed run keeps the phase: its next observation is call 10
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="observe_every must be an integer >= 1"):
+            _setup(observe_every=bad)

@@ -222,6 +222,21 @@ def test_bad_settings_fail_at_construction(seg_setup):
         OGMGEHandler(heads, start_epoch=5, end_epoch=5)
     with pytest.raises(ValueError, match="score_at must be one of"):
         OGMGEHandler(heads, score_at="voxel")
+    with pytest.raises(ValueError, match="observe_every must be an integer >= 1"):
+        OGMGEHandler(heads, observe_every=0)
+
+
+def test_ogmge_observe_every_keeps_k_between_observations(seg_setup, make_trainer, batches):
+    net, heads, optimizer, loss = seg_setup
+    handler = OGMGEHandler(heads, observe_every=2, end_epoch=None)
+    trainer = make_trainer(net, optimizer, loss, batches(4))
+    handler.attach(trainer)
+    trainer.run()
+    k = [[h[f"k_{m}"] for m in BRANCHES] for h in handler.history]
+    losses = [[h[f"head_loss_{m}"] for m in BRANCHES] for h in handler.history]
+    assert len(k) == 4 and k[1] == k[0] and k[3] == k[2]  # iterations 2 and 4 reuse 1's and 3's
+    assert losses[2] != losses[0]  # iteration 3 observed a new batch
+    assert handler.method.state_dict()["calls"] == 4
 
 
 def test_score_at_reaches_the_heads_trainer(seg_setup, make_trainer, batches):
