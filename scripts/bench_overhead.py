@@ -16,11 +16,11 @@ seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on
 
 Step time: the methods are interleaved round-robin (one step of each in turn, the order rotated
 every round) so that a noisy, shared machine slows them alike; every method has its own model and
-optimizers. A step is everything a training iteration does: zero_grad, forward, loss, the heads'
-step and the tracker (balanced methods), backward, the direction term (CGGM adds its gradient after
-the backward), modulation, optimizer step.
-Each phase is timed too, the heads' step on its own. A fifth entry of the round-robin times what
-any full-resolution head costs at least: the task loss (forward and backward) and the score on
+optimizers. A step is everything a training iteration does, in the handlers' order: zero_grad,
+forward, loss, backward, then (balanced methods) the heads' step and the tracker, the direction
+term (CGGM adds its gradient to the final layer's), modulation, and the optimizer step. Each phase
+is timed too, the heads' step on its own. A fifth entry of the round-robin times what any
+full-resolution head costs at least: the task loss (forward and backward) and the score on
 full-resolution logits, once per modality, with no head at all.
 
 Threads: one by default. On a shared CPU a second intra-op thread waits for a core whenever
@@ -163,7 +163,7 @@ def build(
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
     loss_fn = make_loss()
     sync = synchronizer(device)
-    balance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    balance: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
     update: Callable[[], None] = optimizer.step
     heads_seconds = [0.0]
     if method != "joint":
@@ -188,9 +188,8 @@ def build(
             every = 4 if method.endswith("_every4") else 1
             ogm = OGMGE(model, trainer, alpha=0.8, seed=seed, observe_every=every)
 
-            def balance(loss: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            def balance(loss: torch.Tensor, y: torch.Tensor) -> None:
                 ogm.observe(y)
-                return loss
 
             def update() -> None:
                 ogm.step(optimizer, epoch=0)
@@ -204,24 +203,25 @@ def build(
                 cggm.step(optimizer)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        # the handlers' order: the heads' step and the method after the network's backward
         sync()
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         sync()
         t1 = time.perf_counter()
-        if balance is not None:
-            loss = balance(loss, y)
+        loss.backward()
         sync()
         t2 = time.perf_counter()
-        loss.backward()
+        if balance is not None:
+            balance(loss, y)
         sync()
         t3 = time.perf_counter()
         update()
         sync()
         t4 = time.perf_counter()
         heads = heads_seconds[0]
-        return [t1 - t0, heads, t2 - t1 - heads, t3 - t2, t4 - t3]
+        return [t1 - t0, heads, t3 - t2 - heads, t2 - t1, t4 - t3]
 
     return step
 

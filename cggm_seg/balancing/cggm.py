@@ -25,7 +25,9 @@ A hand-written loop uses :class:`CGGM` like this (the order matters)::
         loss.backward()                    # 3. backward
         cggm.step(optimizer)               # 4. + grad of lam * L_gm, magnitude (grads or lrs x B), step
 
-With gradient accumulation or gradient clipping, call ``cggm.direction_backward()`` right after
+``training_loss`` may also come right after ``loss.backward()`` (the handlers' order): the heads'
+graphs are then built once the network's activations are freed. With gradient accumulation or
+gradient clipping, call ``cggm.direction_backward()`` right after
 each ``loss.backward()`` (with ``scale=`` the factor the loss was multiplied by before backward:
 a GradScaler's scale, ``1 / accumulation_steps``), before any clipping; :meth:`CGGM.step` then
 finds nothing left to add.

@@ -49,11 +49,12 @@ ADAPTIVE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
 class HeadBalancingHandler:
     """Base of the handlers that observe each modality through a light head and modulate its branch.
 
-    Subclasses build their method in :meth:`_build` and implement :meth:`_observe` (at
-    ``LOSS_COMPLETED``: may return a replacement loss), :meth:`_after_backward` (at
-    ``BACKWARD_COMPLETED``, every iteration, before the gradients are checked: may add to them),
-    :meth:`_modulate` (at ``BACKWARD_COMPLETED``, only when an optimizer step follows, after AMP
-    unscaling), :meth:`_after_step`, :attr:`stats` and :attr:`method`.
+    Subclasses build their method in :meth:`_build` and implement :meth:`_observe` (the heads'
+    step, at ``BACKWARD_COMPLETED``, once the network's gradients are known to be usable),
+    :meth:`_after_backward` (right after it: may add to the gradients, and says whether that was
+    finite), :meth:`_modulate` (then, only when an optimizer step follows, after AMP unscaling),
+    :meth:`_after_step`, :attr:`stats` and :attr:`method`. ``LOSS_COMPLETED`` only notes whether
+    the loss is finite.
 
     Args:
         heads: modality -> light head with a ``final`` layer (moved to the network's device at start).
@@ -114,15 +115,15 @@ class HeadBalancingHandler:
     def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> Any:
         raise NotImplementedError
 
-    def _observe(self, engine: Engine) -> torch.Tensor | None:
+    def _observe(self, engine: Engine) -> None:
         raise NotImplementedError
 
     def _modulate(self, engine: Engine) -> None:
         raise NotImplementedError
 
     def _after_backward(self, engine: Engine) -> bool:
-        """Called at BACKWARD_COMPLETED of every iteration the heads stepped, before the gradients
-        are checked; returns whether what it added to the gradients is finite."""
+        """Called at BACKWARD_COMPLETED right after :meth:`_observe`; returns whether what it added
+        to the network's gradients is finite."""
         return True
 
     def _after_step(self, engine: Engine) -> None:
@@ -210,25 +211,27 @@ class HeadBalancingHandler:
 
     def loss_completed(self, engine: Engine) -> None:
         self._skip = not is_finite(engine.state.output["loss"])
-        if self._skip:
-            return
-        self._before = self._light_state()
-        loss = self._observe(engine)
-        if loss is not None:
-            engine.state.output["loss"] = loss
 
     def backward_completed(self, engine: Engine) -> None:
-        if self._skip:
+        """The heads' step, the method's coefficients and what it adds to the gradients, then (when
+        an optimizer step follows) the modulation: all after the network's backward, so that the
+        heads' graphs are built once the network's activations are freed and add nothing to the
+        step's peak memory (the features they train on were captured, detached, in the forward)."""
+        if self._skip or self._gradients_not_finite(engine):
+            # A non-finite loss, or gradients the network will not step on (NonFiniteGuard drops
+            # them): neither do the heads nor the method learn from this batch.
+            self._skip = True
+            self._discard(engine)
             return
-        added_finite = self._after_backward(engine)
-        if not added_finite and getattr(engine.state, "nonfinite_step", _NO_VERDICT) is None:
-            # a NonFiniteGuard passed the gradients before this handler added to them: drop the
-            # step as the guard would have (it counts the verdict when the iteration completes)
-            self._drop_gradients(engine)
-        if self._gradients_not_finite(engine):
-            # The network will not step (NonFiniteGuard drops its gradients): neither do the heads
-            # nor the tracker, which already moved on at the loss event. NaN heads are one cause
-            # (through CGGM's direction term): say so, once.
+        self._before = self._light_state()
+        self._observe(engine)
+        if not self._after_backward(engine):
+            # What the method added to the gradients is not finite (NaN heads, through CGGM's
+            # direction term): the step is dropped where a NonFiniteGuard passed the gradients
+            # before (it counts the verdict when the iteration completes), and the heads' and the
+            # method's step is undone. Said once.
+            if getattr(engine.state, "nonfinite_step", _NO_VERDICT) is None:
+                self._drop_gradients(engine)
             self._check_finite(engine, self.stats)
             self._restore_light_state(self._before)
             self._skip = True
@@ -236,6 +239,11 @@ class HeadBalancingHandler:
         if step_follows(engine):
             unscale_gradients(engine)
             self._modulate(engine)
+
+    def _discard(self, engine: Engine) -> None:
+        """Drop what the forward captured for a step that is skipped."""
+        if self.method is not None:
+            self.method.observer.clear()
 
     def _drop_gradients(self, engine: Engine) -> None:
         """Skip this step as :class:`~cggm_seg.handlers.NonFiniteGuard` does: every gradient to

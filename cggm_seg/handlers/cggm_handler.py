@@ -24,14 +24,15 @@ class CGGMHandler(HeadBalancingHandler):
     Attach it to a trainer whose network has one encoder per modality. Each iteration:
 
     - ``FORWARD_COMPLETED``: forward hooks have kept each branch's output and the final layer's input;
-    - ``LOSS_COMPLETED``: the light heads train one step on the detached branch features with their
-      own optimizer, and their scores update the balance tracker (B);
-    - ``BACKWARD_COMPLETED``: the gradient of ``lam * L_gm`` is added to the final layer's gradient
-      (scaled as the trainer scaled the loss: GradScaler, ``1 / accumulation_steps``), the same
-      gradient as back-propagating ``loss + lam * L_gm``, but built after the network's activations
-      are freed, so that it adds no peak memory; then, only when an optimizer step follows (see
-      gradient accumulation), under AMP the gradients are unscaled, and each branch's gradients
-      (``magnitude="grad"``) or learning rates (``"lr"``) are scaled by B_i;
+    - ``BACKWARD_COMPLETED`` (all of it after the network's backward, when its activations are
+      freed, so that none of it adds to the step's peak memory): the light heads train one step on
+      the branch features the forward captured (detached) with their own optimizer, and their
+      scores update the balance tracker (B); the gradient of ``lam * L_gm`` is added to the final
+      layer's gradient (scaled as the trainer scaled the loss: GradScaler, ``1 /
+      accumulation_steps``), the same gradient as back-propagating ``loss + lam * L_gm``; then,
+      only when an optimizer step follows (see gradient accumulation), under AMP the gradients are
+      unscaled, and each branch's gradients (``magnitude="grad"``) or learning rates (``"lr"``)
+      are scaled by B_i;
     - ``MODEL_COMPLETED``: learning rates scaled in ``lr`` mode are restored; the iteration's
       statistics are put on ``engine.state`` and appended to :attr:`history`.
 
@@ -167,9 +168,6 @@ class CGGMHandler(HeadBalancingHandler):
         self.method.training_loss(output["loss"], output["label"])
 
     def _after_backward(self, engine: Engine) -> bool:
-        if getattr(engine.state, "nonfinite_step", None) is not None:  # a NonFiniteGuard dropped the step
-            self.method.discard_direction()
-            return True
         scale = 1.0
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():

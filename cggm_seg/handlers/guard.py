@@ -28,15 +28,15 @@ class NonFiniteGuard:
     (under AMP only the loss: the ``GradScaler`` skips overflowing steps itself). A step found
     non-finite has every gradient set to ``None``, so the optimizer leaves every weight as it is
     (no update, no momentum, no weight decay). Its verdict is ``engine.state.nonfinite_step``
-    (``None``, ``"loss"`` or ``"gradients"``): for a non-finite loss the balancing handlers neither
-    train their heads nor update their tracker; for non-finite gradients (found after the heads'
-    step) they put heads, head optimizer and tracker back as they were. Each skip is logged with
+    (``None``, ``"loss"`` or ``"gradients"``): on either, the balancing handlers neither train their
+    heads nor update their tracker (they do both after this check). Each skip is logged with
     its iteration and counted; ``max_consecutive`` skips in a row stop the run with
     :class:`NonFiniteTrainingError`.
 
     Attach it before the balancing handler (the bundles list it first). A balancing handler that
     adds to the gradients after this check (CGGM's direction term) and finds its addition not
-    finite drops the step the same way and sets the verdict, which is counted here.
+    finite drops the step the same way, undoes its heads' step and sets the verdict, which is
+    counted here.
 
     Args:
         max_consecutive: skipped steps in a row that stop the run (>= 1). Defaults to 10.

@@ -20,8 +20,9 @@ __all__ = ["HeadMonitorHandler"]
 class HeadMonitorHandler(HeadBalancingHandler):
     """Plain joint training, observed through the same light heads as CGGM and OGM-GE.
 
-    At ``LOSS_COMPLETED`` the heads train one step on the detached branch features and their
-    scores ``eps_<m>`` (and ``head_loss_<m>``) go on ``engine.state`` and into :attr:`history`;
+    At ``BACKWARD_COMPLETED`` (after the network's backward) the heads train one step on the
+    branch features the forward captured (detached), and their scores ``eps_<m>`` (and
+    ``head_loss_<m>``) go on ``engine.state`` and into :attr:`history`;
     gradients and learning rates are left alone. Use it for the ``joint`` baseline, so that each
     modality head's Dice can be compared across methods.
 

@@ -23,11 +23,12 @@ class OGMGEHandler(HeadBalancingHandler):
     The modalities are observed through the same light heads as CGGM, so both methods see them
     alike. Each iteration:
 
-    - ``LOSS_COMPLETED``: the heads train one step on the detached branch features; their scores
-      s_m give the discrepancy ratios rho_m = s_m / mean_{k != m} s_k and the coefficients k_m;
-    - ``BACKWARD_COMPLETED`` (only when an optimizer step follows): under AMP the gradients are
-      unscaled first; inside the epoch window every gradient of branch m becomes ``k_m * g + h``
-      with GE noise ``h ~ N(0, std(g)^2)`` per parameter tensor;
+    - ``BACKWARD_COMPLETED`` (after the network's backward, so that the heads' graphs add nothing to
+      the step's peak memory): the heads train one step on the branch features the forward
+      captured (detached); their scores s_m give the discrepancy ratios rho_m = s_m / mean_{k != m}
+      s_k and the coefficients k_m; then, only when an optimizer step follows, under AMP the
+      gradients are unscaled, and inside the epoch window every gradient of branch m becomes
+      ``k_m * g + h`` with GE noise ``h ~ N(0, std(g)^2)`` per parameter tensor;
     - ``MODEL_COMPLETED``: ``s_<m>``, ``rho_<m>``, ``k_<m>``, ``head_loss_<m>`` go on
       ``engine.state`` and into :attr:`history`.
 
