@@ -8,7 +8,9 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
 - ``cggm``: CGGM with the toolkit's default (trend) signal, magnitude ``grad`` + direction ``gradient``;
 - ``cggm_magnitude`` / ``cggm_direction``: CGGM with only one of its two parts;
 - ``cggm_paper``: CGGM with the paper's bare per-iteration formula (``preset="paper"``);
-- ``ogmge``: OGM-GE (alpha 0.8, GE noise, first half of the epochs);
+- ``ogmge``: OGM-GE (alpha 0.8, GE noise, first half of the epochs; full-resolution heads trained,
+  and k recomputed, every 4th iteration, as in the bundle); ``ogmge_every1`` (opt-in): the same
+  with the heads trained every iteration (the bundle before issue 11);
 - ``moddrop``: joint training with modality dropout (each sequence zeroed with p = 0.5, one kept);
 - ``moddrop_p25``: the same with p = 0.25 (a third of the samples keep all four sequences, against
   one in sixteen at p = 0.5): the trade-off between all-sequence and missing-sequence Dice;
@@ -20,8 +22,8 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
   (the bundle keeps full-resolution ones for OGM-GE): with ``--section heads`` the comparison of
   the two heads' signal (scores, B) and Dice; ``ogmge_level1_full`` (opt-in): OGM-GE with
   half-resolution heads scored at full resolution (``score_at="full"``: their logits upsampled to
-  the label), the loss and the step staying at half resolution; ``ogmge_every4`` (opt-in): OGM-GE
-  with the bundle's full-resolution heads trained (and k recomputed) every 4th iteration only.
+  the label), the loss and the step staying at half resolution (both with the heads trained every
+  iteration).
 
 Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
 methods that make the task harder, such as modality dropout, the longer budget their validation
@@ -37,7 +39,8 @@ that the budget is enough for each), the Shapley values, and CGGM's B during tra
 
     python scripts/bench_balance.py                       # the default phantom benchmark
     python scripts/bench_balance.py --dataset_dir /data/BraTS2021 --cases 0 --spacing 0 --epochs 300
-    python scripts/bench_balance.py --section heads --methods joint cggm cggm_level0 ogmge ogmge_level1
+    python scripts/bench_balance.py --section heads --methods joint cggm cggm_level0 ogmge_every1 ogmge_level1
+    python scripts/bench_balance.py --section ogmge_every4 --methods ogmge_every1 ogmge
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ BUNDLE = ROOT / "bundles" / "brats_cggm.json"
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 REGIONS = ("tc", "wt", "et")
 
+#: OGM-GE's heads trained at every iteration (the bundle trains them every 4th)
+EVERY1 = ["--methods#ogmge#observe_every", "1"]
 #: method -> (extra config files, bundle overrides)
 METHODS: dict[str, tuple[list[str], list[str]]] = {
     "joint": ([], ["--method", "joint"]),
@@ -74,12 +79,15 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     "early_fusion": (["early_fusion.json"], []),
     **{f"unimodal_{s}": (["unimodal.json"], ["--sequences", f"['{s}']"]) for s in SEQUENCES},
     "cggm_level0": ([], ["--method", "cggm", "--head_level", "0"]),
-    "ogmge_level1": ([], ["--method", "ogmge", "--head_level", "1"]),
-    "ogmge_level1_full": ([], ["--method", "ogmge", "--head_level", "1", "--methods#ogmge#score_at", "full"]),
-    "ogmge_every4": ([], ["--method", "ogmge", "--methods#ogmge#observe_every", "4"]),
+    "ogmge_every1": ([], ["--method", "ogmge", *EVERY1]),
+    "ogmge_level1": ([], ["--method", "ogmge", "--head_level", "1", *EVERY1]),
+    "ogmge_level1_full": (
+        [],
+        ["--method", "ogmge", "--head_level", "1", "--methods#ogmge#score_at", "full", *EVERY1],
+    ),
 }
 #: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
-OPT_IN = ("moddrop_p25", "cggm_level0", "ogmge_level1", "ogmge_level1_full", "ogmge_every4")
+OPT_IN = ("moddrop_p25", "cggm_level0", "ogmge_every1", "ogmge_level1", "ogmge_level1_full")
 DEFAULT_METHODS = [m for m in METHODS if m not in OPT_IN]
 #: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
 DEFAULT_METHOD_EPOCHS = [("moddrop", 150), ("moddrop_p25", 150), ("cggm_moddrop", 150)]
@@ -547,6 +555,12 @@ def png_name(args: argparse.Namespace, what: str) -> str:
     return f"bench_balance_{section}{what}.png"
 
 
+#: the headings of the sections other than the main one (others: "bench_balance, section `name`")
+SECTION_TITLES = {
+    "heads": "Half- against full-resolution heads",
+    "ogmge_heads": "OGM-GE's half-resolution heads, scored at their resolution or at full resolution",
+    "ogmge_every4": "OGM-GE's full-resolution heads trained every 4th iteration (the bundle's OGM-GE)",
+}
 PLOT_TITLES = {
     "curves": "validation curves",
     "shapley": "Shapley values",
@@ -569,7 +583,8 @@ def render(
             markers(args.section)[0],
             "## Does balancing balance? (`scripts/bench_balance.py`)"
             if args.section == "main"
-            else f"## bench_balance, section `{args.section}`",
+            else f"## {SECTION_TITLES.get(args.section, f'bench_balance, section `{args.section}`')} "
+            f"(`scripts/bench_balance.py --section {args.section}`)",
             "",
             f"Data: {data}, one split (seed {args.split_seed}, fractions {list(args.fractions)}); every run "
             f"{args.epochs} epochs unless the table says otherwise, crop {args.roi}^3, validation every "

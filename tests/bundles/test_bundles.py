@@ -85,6 +85,26 @@ def test_unknown_method_fails_when_the_config_is_parsed(tmp_path, monkeypatch):
     assert "method must be one of" in str(raised.value.__cause__)
 
 
+def test_heads_as_the_balancing_benchmark_chose_them():
+    """docs/benchmarks.md: CGGM and the joint monitor on half-resolution heads; OGM-GE on
+    full-resolution heads trained every 4th iteration."""
+    from monai.bundle import ConfigParser
+
+    chosen = {}
+    for method in METHODS:
+        parser = ConfigParser()
+        parser.read_config(CONFIG)
+        parser["method"] = method
+        heads = parser.get_parsed_content("heads")
+        chosen[method] = {h.level for h in heads.values()}
+        handler = parser.get_parsed_content("balancing")
+        chosen[method, "every"] = getattr(handler, "settings", {}).get("observe_every", 1)
+    assert chosen == {
+        "cggm": {1}, "joint": {1}, "ogmge": {0},
+        ("cggm", "every"): 1, ("joint", "every"): 1, ("ogmge", "every"): 4,
+    }  # fmt: skip
+
+
 def test_gpu_paper_builds_no_cpu_fast_path():
     from monai.bundle import ConfigParser
 
