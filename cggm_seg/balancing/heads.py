@@ -93,6 +93,12 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
         offset += p.numel()
 
 
+def check_score_at(score_at: str) -> None:
+    """Raises ValueError for a ``score_at`` not in :data:`SCORE_AT`."""
+    if score_at not in SCORE_AT:
+        raise ValueError(f"score_at must be one of {SCORE_AT}, got {score_at!r}.")
+
+
 def upsample_logits(logits: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
     """``B x C x *spatial`` logits resized to ``size`` by (bi/tri)linear interpolation, as a
     segmentation head with an explicit ``spatial_size`` resizes them (``align_corners=False``)."""
@@ -209,8 +215,7 @@ class HeadTrainer:
         score_fn: str | ScoreFn = "soft_dice",
         score_at: str = "head",
     ) -> None:
-        if score_at not in SCORE_AT:
-            raise ValueError(f"score_at must be one of {SCORE_AT}, got {score_at!r}.")
+        check_score_at(score_at)
         self.score_at = score_at
         self.heads: dict[str, nn.Module] = dict(heads.items())
         if len(self.heads) < 2:

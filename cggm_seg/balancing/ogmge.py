@@ -43,6 +43,12 @@ from cggm_seg.balancing.observer import HeadObserver
 __all__ = ["discrepancy_ratios", "ogm_coefficients", "OGMGE"]
 
 
+def check_observe_every(observe_every: int) -> None:
+    """Raises ValueError unless ``observe_every`` is an integer >= 1."""
+    if int(observe_every) != observe_every or observe_every < 1:
+        raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}.")
+
+
 def discrepancy_ratios(scores: torch.Tensor) -> torch.Tensor:
     """OGM-GE's discrepancy ratio for M modalities, ``rho_m = s_m / mean_{k != m} s_k``.
 
@@ -144,8 +150,7 @@ class OGMGE:
         magnitude: str = "grad",
         observe_every: int = 1,
     ) -> None:
-        if int(observe_every) != observe_every or observe_every < 1:
-            raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}.")
+        check_observe_every(observe_every)
         self.observe_every = int(observe_every)
         self._calls = 0  # observe() calls so far: which of them train the heads
         if not alpha >= 0:

@@ -12,7 +12,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from cggm_seg.balancing import HeadTrainer, get_score
-from cggm_seg.balancing.heads import SCORE_AT
+from cggm_seg.balancing.heads import check_score_at
 from cggm_seg.handlers.utils import (
     engine_device,
     engine_network,
@@ -74,6 +74,12 @@ class HeadBalancingHandler:
     #: key of the method's own state in :meth:`state_dict`
     method_key = "method"
 
+    @property
+    def adds_to_gradients(self) -> bool:
+        """Whether :meth:`_after_backward` may add to the network's gradients (then the heads'
+        step is snapshotted each iteration, to be undone if what was added is not finite)."""
+        return False
+
     def __init__(
         self,
         heads: Mapping[str, nn.Module] | nn.ModuleDict,
@@ -88,8 +94,7 @@ class HeadBalancingHandler:
         score_at: str = "head",
     ) -> None:
         get_score(score)  # an unknown score name fails when the config is parsed, not at the first step
-        if score_at not in SCORE_AT:
-            raise ValueError(f"score_at must be one of {SCORE_AT}, got {score_at!r}.")
+        check_score_at(score_at)  # fails when the config is parsed, not when the run starts
         self.score_at = score_at
         if not (head_lr > 0):
             raise ValueError(f"head_lr must be > 0, got {head_lr}.")
@@ -223,7 +228,7 @@ class HeadBalancingHandler:
             self._skip = True
             self._discard(engine)
             return
-        self._before = self._light_state()
+        self._before = self._light_state() if self.adds_to_gradients else {}
         self._observe(engine)
         if not self._after_backward(engine):
             # What the method added to the gradients is not finite (NaN heads, through CGGM's

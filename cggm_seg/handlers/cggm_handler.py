@@ -167,6 +167,11 @@ class CGGMHandler(HeadBalancingHandler):
         output = engine.state.output
         self.method.training_loss(output["loss"], output["label"])
 
+    @property
+    def adds_to_gradients(self) -> bool:
+        """The direction term adds its gradient after the backward (not with direction ``off``)."""
+        return self.settings["direction"] != "off"
+
     def _after_backward(self, engine: Engine) -> bool:
         scale = 1.0
         scaler = getattr(engine, "scaler", None)

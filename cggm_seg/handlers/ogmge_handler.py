@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cggm_seg.balancing import OGMGE, HeadTrainer
+from cggm_seg.balancing.ogmge import check_observe_every
 from cggm_seg.handlers.base import HeadBalancingHandler
 
 if TYPE_CHECKING:
@@ -107,8 +108,7 @@ class OGMGEHandler(HeadBalancingHandler):
             raise ValueError(f"the epoch window [{start_epoch}, {end_epoch}) is empty.")
         if magnitude not in ("grad", "lr"):
             raise ValueError(f"magnitude must be 'grad' or 'lr', got {magnitude!r}.")
-        if int(observe_every) != observe_every or observe_every < 1:
-            raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}.")
+        check_observe_every(observe_every)
         self.settings = {
             "magnitude": magnitude,
             "alpha": alpha,
