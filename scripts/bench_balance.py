@@ -85,9 +85,10 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
         [],
         ["--method", "ogmge", "--head_level", "1", "--methods#ogmge#score_at", "full", *EVERY1],
     ),
+    "cggm_every4": ([], ["--method", "cggm", "--methods#cggm#observe_every", "4"]),
 }
 #: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
-OPT_IN = ("moddrop_p25", "cggm_level0", "ogmge_every1", "ogmge_level1", "ogmge_level1_full")
+OPT_IN = ("moddrop_p25", "cggm_level0", "ogmge_every1", "ogmge_level1", "ogmge_level1_full", "cggm_every4")
 DEFAULT_METHODS = [m for m in METHODS if m not in OPT_IN]
 #: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
 DEFAULT_METHOD_EPOCHS = [("moddrop", 150), ("moddrop_p25", 150), ("cggm_moddrop", 150)]
@@ -560,6 +561,7 @@ SECTION_TITLES = {
     "heads": "Half- against full-resolution heads",
     "ogmge_heads": "OGM-GE's half-resolution heads, scored at their resolution or at full resolution",
     "ogmge_every4": "OGM-GE's full-resolution heads trained every 4th iteration (the bundle's OGM-GE)",
+    "cggm_every4": "CGGM's heads, B and direction term every 4th iteration",
 }
 PLOT_TITLES = {
     "curves": "validation curves",

@@ -45,7 +45,7 @@ from torch import nn
 from cggm_seg.balancing.branches import BranchSpec, branch_parameters, resolve_module, unwrap_model
 from cggm_seg.balancing.distributed import mean_over_ranks
 from cggm_seg.balancing.heads import HeadStep, HeadTrainer, flat_parameters, no_autocast
-from cggm_seg.balancing.observer import HeadObserver
+from cggm_seg.balancing.observer import Cadence, HeadObserver
 from cggm_seg.balancing.tracker import BalanceTracker
 
 __all__ = [
@@ -248,6 +248,13 @@ class CGGM:
             built with :func:`branch_param_groups`) or ``"off"``.
         direction: ``"gradient"`` (default), ``"weights"`` or ``"off"``.
         lam: weight lambda of ``L_gm`` (the paper: 0.1 on BraTS, 0.05-0.2 elsewhere). Defaults to 0.1.
+        observe_every: the heads train, B is recomputed and the direction term is added at every
+            ``observe_every``-th call of :meth:`training_loss` (the first included); in between the
+            captured features are dropped and the last B still scales every step (magnitude). The
+            tracker's horizon stays in iterations (it is built, or must have been built, with the
+            same ``observe_every``: see :class:`BalanceTracker`). The direction term keeps its
+            ``lam`` on the steps that have it, so its average weight is ``lam / observe_every``.
+            Defaults to 1. A cost knob: the heads' step and the direction term are what CGGM costs.
 
     Attributes:
         coefficients: modality -> B_i of the current iteration (``None`` before the first).
@@ -257,8 +264,9 @@ class CGGM:
             ``cos_<m>`` and ``L_gm`` as floats (no ``cos_<m>`` with direction ``off``).
 
     Raises:
-        ValueError: unknown mode, negative lam, heads / tracker / branches of different modalities, or
-            head final layers shaped unlike the fused final layer.
+        ValueError: unknown mode, negative lam, heads / tracker / branches of different modalities,
+            head final layers shaped unlike the fused final layer, ``observe_every < 1``, or a
+            tracker built for another ``observe_every``.
     """
 
     def __init__(
@@ -272,11 +280,22 @@ class CGGM:
         magnitude: str = "grad",
         direction: str = "gradient",
         lam: float = 0.1,
+        observe_every: int = 1,
     ) -> None:
         check_settings(magnitude, direction, lam)
+        self.cadence = Cadence(observe_every)  # which training_loss() calls train the heads
+        self.observe_every = self.cadence.every
         self.params_by_modality = branch_parameters(model, branches)
         modalities = tuple(self.params_by_modality)
-        self.tracker = BalanceTracker(modalities) if tracker is None else tracker
+        if tracker is None:
+            tracker = BalanceTracker(modalities, observe_every=self.observe_every)
+        elif tracker.observe_every != self.observe_every:
+            raise ValueError(
+                f"the tracker is updated every {tracker.observe_every} iterations, CGGM observes "
+                f"every {self.observe_every}: build it with BalanceTracker(..., "
+                f"observe_every={self.observe_every})."
+            )
+        self.tracker = tracker
         for what, names in (("heads", heads.modalities), ("tracker", self.tracker.modalities)):
             if set(names) != set(modalities):
                 raise ValueError(f"the {what} cover {sorted(names)}, the branches {sorted(modalities)}.")
@@ -322,10 +341,17 @@ class CGGM:
         Returns:
             ``loss``, unchanged: the direction term's gradient is added after the backward.
 
+        Between two observations (see ``observe_every``) it only drops the captured features: B
+        stands, nothing is kept for the direction term, and :attr:`stats` are the last observation's.
+
         Raises:
             RuntimeError: direction ``gradient`` and the final layer's input was not captured (no
                 forward of the model ran with gradients).
         """
+        self._pending = None
+        if not self.cadence.tick():  # between two observations: the last B stands
+            self.observer.clear()
+            return loss
         seen = self.observer.observe(target)
         order = [self.observer.modalities.index(m) for m in self.modalities]
         b = self.tracker.update(seen.scores[order], average_ranks=False)  # already the rank mean
@@ -333,7 +359,6 @@ class CGGM:
         self.stats = self.tracker.stats()
         self.stats.update(seen.stats)
         self.stats["L_gm"] = 0.0
-        self._pending = None
         if self.direction != "off":
             final_input = self.observer.final_input
             if self.direction == "gradient" and final_input is None:
@@ -462,10 +487,19 @@ class CGGM:
         self.observer.remove()
         self.discard_direction()
 
+    @property
+    def due(self) -> bool:
+        """Whether the next :meth:`training_loss` observes (trains the heads, updates B)."""
+        return self.cadence.due
+
     def state_dict(self) -> dict[str, Any]:
-        """The tracker's state (heads, their optimizer and the model are checkpointed by the user)."""
-        return {"tracker": self.tracker.state_dict()}
+        """The tracker's state and the calls so far (heads, their optimizer and the model are
+        checkpointed by the user)."""
+        return {"tracker": self.tracker.state_dict(), "calls": self.cadence.calls}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`: B is the tracker's last, and the next observation comes
+        when it would have come."""
         self.tracker.load_state_dict(state["tracker"])
+        self.cadence.calls = int(state.get("calls", self.tracker.step * self.observe_every))
+        self.coefficients = dict(zip(self.modalities, self.tracker.B.tolist())) if self.tracker.step else None

@@ -19,7 +19,43 @@ from cggm_seg.balancing.branches import BranchSpec, FeatureTap
 from cggm_seg.balancing.distributed import mean_over_ranks
 from cggm_seg.balancing.heads import HeadStep, HeadTrainer
 
-__all__ = ["Observation", "HeadObserver"]
+__all__ = ["Observation", "HeadObserver", "Cadence", "check_observe_every"]
+
+
+def check_observe_every(observe_every: int) -> None:
+    """Raises ValueError unless ``observe_every`` is an integer >= 1."""
+    if int(observe_every) != observe_every or observe_every < 1:
+        raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}.")
+
+
+class Cadence:
+    """Which calls of a method observe through the heads: the first, then every ``every``-th.
+
+    A cost knob of CGGM and OGM-GE: the heads' step is most of what they cost, and between two
+    observations their coefficients stand.
+
+    Args:
+        every: calls from one observation to the next (>= 1).
+
+    Attributes:
+        calls: calls so far (checkpointed by the methods).
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        check_observe_every(every)
+        self.every = int(every)
+        self.calls = 0
+
+    @property
+    def due(self) -> bool:
+        """Whether the next call observes."""
+        return self.calls % self.every == 0
+
+    def tick(self) -> bool:
+        """Count one call; return whether it observes."""
+        due = self.due
+        self.calls += 1
+        return due
 
 
 @dataclass

@@ -38,15 +38,9 @@ from cggm_seg.balancing.cggm import (
     scale_learning_rates,
 )
 from cggm_seg.balancing.heads import HeadTrainer
-from cggm_seg.balancing.observer import HeadObserver
+from cggm_seg.balancing.observer import Cadence, HeadObserver
 
 __all__ = ["discrepancy_ratios", "ogm_coefficients", "OGMGE"]
-
-
-def check_observe_every(observe_every: int) -> None:
-    """Raises ValueError unless ``observe_every`` is an integer >= 1."""
-    if int(observe_every) != observe_every or observe_every < 1:
-        raise ValueError(f"observe_every must be an integer >= 1, got {observe_every!r}.")
 
 
 def discrepancy_ratios(scores: torch.Tensor) -> torch.Tensor:
@@ -150,9 +144,8 @@ class OGMGE:
         magnitude: str = "grad",
         observe_every: int = 1,
     ) -> None:
-        check_observe_every(observe_every)
-        self.observe_every = int(observe_every)
-        self._calls = 0  # observe() calls so far: which of them train the heads
+        self.cadence = Cadence(observe_every)  # which observe() calls train the heads
+        self.observe_every = self.cadence.every
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")
         if end_epoch is not None and end_epoch <= start_epoch:
@@ -198,9 +191,7 @@ class OGMGE:
         Returns:
             k, shape ``M``, float64 on the CPU (also kept as :attr:`k`).
         """
-        due = self._calls % self.observe_every == 0
-        self._calls += 1
-        if not due:  # between two observations: the last k stands (see observe_every)
+        if not self.cadence.tick():  # between two observations: the last k stands (see observe_every)
             self.observer.clear()
             return self.k
         seen = self.observer.observe(target)
@@ -289,7 +280,7 @@ class OGMGE:
             "scores": self.scores.clone(),
             "ratios": self.ratios.clone(),
             "k": self.k.clone(),
-            "calls": self._calls,
+            "calls": self.cadence.calls,
             "generators": {key: g.get_state() for key, g in self._generators.items()},
         }
 
@@ -297,7 +288,7 @@ class OGMGE:
         """Restore :meth:`state_dict` (the noise continues where it stopped)."""
         for key in ("scores", "ratios", "k"):
             setattr(self, key, torch.as_tensor(state[key], dtype=torch.float64).clone())
-        self._calls = int(state.get("calls", 0))
+        self.cadence.calls = int(state.get("calls", 0))
         for key, generator_state in state["generators"].items():
             generator = self._generator(torch.device(key))
             if generator is not None:

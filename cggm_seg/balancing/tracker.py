@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from cggm_seg.balancing.distributed import mean_over_ranks
+from cggm_seg.balancing.observer import check_observe_every
 
 __all__ = [
     "PRESETS",
@@ -173,6 +174,13 @@ class BalanceTracker:
         window: ``trend`` only: iterations in the slope window (>= 3). Default 100.
         z: ``trend`` only: significance of the summed slope, in standard errors, below which B is
             neutral (>= 0). Default 2.0.
+        observe_every: iterations between two updates (the heads are scored every
+            ``observe_every``-th iteration). The horizon stays in iterations: the ``trend`` window
+            holds ``round(window / observe_every)`` updates (at least 3), ``warmup`` counts
+            ``ceil(warmup / observe_every)`` updates, the ``guarded`` moving average weighs the
+            past ``ema ** observe_every`` per update, and ``delta`` is a change per iteration (the
+            change per update divided by ``observe_every``), so tau and B, a ratio of changes, mean
+            what they mean at 1. Defaults to 1.
 
     Attributes:
         eps: shape ``M``, the (smoothed) scores after the last update; NaN before the first.
@@ -201,8 +209,10 @@ class BalanceTracker:
         history_size: int = 10_000,
         window: int | None = None,
         z: float | None = None,
+        observe_every: int = 1,
     ) -> None:
         modalities = tuple(modalities)
+        check_observe_every(observe_every)
         if len(modalities) < 2 or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities must be at least two distinct names, got {modalities}.")
         if preset not in PRESETS:
@@ -241,6 +251,7 @@ class BalanceTracker:
         self.renormalize = bool(preset == "trend" if renormalize is None else renormalize)
         self.warmup = int(0 if warmup is None else warmup)
         self.history_size = int(history_size)
+        self.observe_every = int(observe_every)
         if preset != "paper":
             if not 0.0 <= self.ema < 1.0:
                 raise ValueError(f"ema must be in [0, 1), got {self.ema}.")
@@ -262,6 +273,18 @@ class BalanceTracker:
         self._reset()
 
     @property
+    def window_updates(self) -> int | None:
+        """``trend``: updates in the slope window, ``window`` iterations apart of ``observe_every``."""
+        if self.window is None:
+            return None
+        return max(3, round(self.window / self.observe_every))
+
+    @property
+    def warmup_updates(self) -> int:
+        """Updates of the warm-up: ``warmup`` iterations at one update every ``observe_every``."""
+        return math.ceil(self.warmup / self.observe_every)
+
+    @property
     def guarded(self) -> bool:
         """True for the presets with bounds (``trend`` and ``guarded``)."""
         return self.preset != "paper"
@@ -272,7 +295,7 @@ class BalanceTracker:
         self.eps = torch.full((m,), math.nan, dtype=torch.float64)
         self.raw = torch.full((m,), math.nan, dtype=torch.float64)
         self.delta = torch.zeros(m, dtype=torch.float64)
-        self.scores: deque[torch.Tensor] = deque(maxlen=self.window or 1)
+        self.scores: deque[torch.Tensor] = deque(maxlen=self.window_updates or 1)
         self.B = self.neutral()
         self.history: deque[dict[str, float]] = deque(maxlen=self.history_size)
 
@@ -328,7 +351,8 @@ class BalanceTracker:
         b = self._trend(raw) if self.preset == "trend" else self._change(raw)
         self.B = self._bound(b)
         if self.history_size:
-            self.history.append({"iteration": float(self.step), **self.stats()})
+            iteration = (self.step - 1) * self.observe_every + 1  # of the run, when this update came
+            self.history.append({"iteration": float(iteration), **self.stats()})
         return self.B
 
     def _trend(self, raw: torch.Tensor) -> torch.Tensor:
@@ -341,29 +365,33 @@ class BalanceTracker:
             return self.neutral()
         window = torch.stack(list(self.scores))
         self.eps = window.mean(0)
-        self.delta, _ = score_slopes(window)  # the rate of improvement d_i, per iteration
+        slopes, _ = score_slopes(window)  # per update
+        self.delta = slopes / self.observe_every  # the rate of improvement d_i, per iteration
         # The heads are scored on the same batches, so their noise is correlated: the standard
         # error of the summed slope is that of the summed scores' slope, not a sum in quadrature.
+        # (Both per update: their ratio does not depend on the spacing.)
         total_slope, total_se = score_slopes(window.sum(1, keepdim=True))
         total, total_se = total_slope[0], total_se[0]
-        if self.step <= self.warmup or len(self.scores) < self.window or not total > self.z * total_se:
+        full = len(self.scores) >= self.window_updates
+        if self.step <= self.warmup_updates or not full or not total > self.z * total_se:
             return self.neutral()
         return balance_coefficients(self.delta, self.rho)
 
     def _change(self, raw: torch.Tensor) -> torch.Tensor:
         has_previous = bool(torch.isfinite(self.eps).all())
-        if self.ema > 0.0 and has_previous:
-            eps = self.ema * self.eps + (1.0 - self.ema) * raw  # METHOD.md 1.3: smoothed eps
+        ema = self.ema**self.observe_every  # the past's weight over the iterations since the last update
+        if ema > 0.0 and has_previous:
+            eps = ema * self.eps + (1.0 - ema) * raw  # METHOD.md 1.3: smoothed eps
         else:
             eps = raw
         if self.guarded and not torch.isfinite(eps).all():
             # A broken batch must not poison the running average: keep eps, measure no change.
             self.delta = torch.zeros_like(raw)
             return self.neutral()
-        # CGGM: Delta eps^t = eps^t - eps^(t-1)
-        self.delta = eps - self.eps if has_previous else torch.zeros_like(raw)
+        # CGGM: Delta eps^t = eps^t - eps^(t-1), per iteration when updates are spaced out
+        self.delta = (eps - self.eps) / self.observe_every if has_previous else torch.zeros_like(raw)
         self.eps = eps
-        if not has_previous or self.step <= self.warmup:
+        if not has_previous or self.step <= self.warmup_updates:
             return self.neutral()
         b = balance_coefficients(self.delta, self.rho)
         if self.guarded and not (
@@ -393,6 +421,7 @@ class BalanceTracker:
             "warmup": self.warmup,
             "window": self.window,
             "z": self.z,
+            "observe_every": self.observe_every,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -425,6 +454,7 @@ class BalanceTracker:
         saved = state.get("settings")
         if saved is not None:
             mine = self.settings
+            saved = {**_ADDED_SETTINGS, **saved}  # a state from before a setting existed had its default
             differ = {k: (saved.get(k), v) for k, v in mine.items() if not _same(saved.get(k), v)}
             if differ:
                 detail = ", ".join(f"{k}: saved {a!r}, this tracker {b!r}" for k, (a, b) in differ.items())
@@ -437,9 +467,13 @@ class BalanceTracker:
             setattr(self, key, torch.as_tensor(state[key], dtype=torch.float64).clone())
         saved = torch.as_tensor(state.get("scores", torch.zeros(0)), dtype=torch.float64)
         self.scores = deque(
-            (row.clone() for row in saved.reshape(-1, len(self.modalities))), maxlen=self.window or 1
+            (row.clone() for row in saved.reshape(-1, len(self.modalities))), maxlen=self.window_updates or 1
         )
         self.history = deque((dict(h) for h in state["history"]), maxlen=self.history_size)
+
+
+#: settings added after the first checkpoints were saved, with the value those checkpoints had
+_ADDED_SETTINGS: dict[str, Any] = {"observe_every": 1}
 
 
 def _same(a: Any, b: Any) -> bool:

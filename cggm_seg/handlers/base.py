@@ -77,7 +77,7 @@ class HeadBalancingHandler:
     @property
     def adds_to_gradients(self) -> bool:
         """Whether :meth:`_after_backward` may add to the network's gradients (then the heads'
-        step is snapshotted each iteration, to be undone if what was added is not finite)."""
+        step is snapshotted at this iteration, to be undone if what was added is not finite)."""
         return False
 
     def __init__(

@@ -62,6 +62,12 @@ class CGGMHandler(HeadBalancingHandler):
             :func:`cggm_seg.balancing.branch_param_groups`) or ``"off"``. Defaults to ``"grad"``.
         direction: ``"gradient"`` (default), ``"weights"`` or ``"off"``.
         lam: weight lambda of the direction loss. Defaults to 0.1 (the paper's BraTS value).
+        observe_every: the heads train, B is recomputed and the direction term is added every
+            ``observe_every``-th iteration (the first included); B scales every step. The
+            tracker's ``window`` and ``warmup`` stay in iterations (its window then holds
+            ``window / observe_every`` scores), and the direction term's average weight is
+            ``lam / observe_every``. Defaults to 1 (every iteration). A cost knob: the heads' step
+            and the direction term are what CGGM costs.
         network: the network to balance; ``None`` takes ``engine.network`` when the run starts.
         history_size: iterations kept in :attr:`history` (for the run's plot). Defaults to 100000.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -74,7 +80,8 @@ class CGGMHandler(HeadBalancingHandler):
 
     Raises:
         ValueError: at construction (when a bundle config is parsed), for an unknown magnitude,
-            direction, score or preset, or a setting out of range (rho <= 0, lam < 0, ...); when
+            direction, score or preset, or a setting out of range (rho <= 0, lam < 0,
+            observe_every < 1, ...); when
             the run starts, for branches, heads and tracker that do not cover the same
             modalities, heads whose final layer is shaped unlike the network's, or an engine
             without a network.
@@ -105,6 +112,7 @@ class CGGMHandler(HeadBalancingHandler):
         magnitude: str = "grad",
         direction: str = "gradient",
         lam: float = 0.1,
+        observe_every: int = 1,
         network: nn.Module | None = None,
         history_size: int = 100_000,
         name: str | None = None,
@@ -136,9 +144,11 @@ class CGGMHandler(HeadBalancingHandler):
             history_size=0,
             window=window,
             z=z,
+            observe_every=observe_every,
         )
         check_settings(magnitude, direction, lam)  # a bad config fails when it is parsed
         self.settings = {"magnitude": magnitude, "direction": direction, "lam": lam}
+        self.observe_every = self.tracker.observe_every
 
     @property
     def stat_names(self) -> list[str]:
@@ -151,7 +161,7 @@ class CGGMHandler(HeadBalancingHandler):
     def _build(self, network: nn.Module, heads: HeadTrainer, loss_fn: Callable) -> CGGM:
         self.logger.info(
             f"CGGM on {list(self.modalities)}: {self.settings}, "
-            f"rho={self.tracker.rho}, preset={self.tracker.preset}"
+            f"rho={self.tracker.rho}, preset={self.tracker.preset}, observe_every={self.observe_every}"
         )
         return CGGM(
             network,
@@ -160,6 +170,7 @@ class CGGMHandler(HeadBalancingHandler):
             branches=self.branches,
             final=self.final,
             tracker=self.tracker,
+            observe_every=self.observe_every,
             **self.settings,
         )
 
@@ -169,8 +180,9 @@ class CGGMHandler(HeadBalancingHandler):
 
     @property
     def adds_to_gradients(self) -> bool:
-        """The direction term adds its gradient after the backward (not with direction ``off``)."""
-        return self.settings["direction"] != "off"
+        """The direction term adds its gradient after the backward (not with direction ``off``,
+        nor on the iterations between two observations)."""
+        return self.settings["direction"] != "off" and (self.method is None or self.method.due)
 
     def _after_backward(self, engine: Engine) -> bool:
         scale = 1.0

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cggm_seg.balancing import OGMGE, HeadTrainer
-from cggm_seg.balancing.ogmge import check_observe_every
+from cggm_seg.balancing.observer import check_observe_every
 from cggm_seg.handlers.base import HeadBalancingHandler
 
 if TYPE_CHECKING:

@@ -158,7 +158,7 @@ def test_observe_every_trains_the_heads_at_every_kth_call_and_keeps_k_between():
     assert state["calls"] == 7
     _, fresh = _setup(noise=False, observe_every=3)
     fresh.load_state_dict(state)
-    assert fresh._calls == 7  # a resumed run keeps the phase: its next observation is call 10
+    assert fresh.cadence.calls == 7  # a resumed run keeps the phase: its next observation is call 10
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="observe_every must be an integer >= 1"):
             _setup(observe_every=bad)
