@@ -1,6 +1,6 @@
 """What balancing costs per training step: joint training vs CGGM vs OGM-GE, in one run.
 
-Four methods train the same :class:`~cggm_seg.networks.MultiEncoderSegNet` (same preset, same
+The methods train the same :class:`~cggm_seg.networks.MultiEncoderSegNet` (same preset, same
 seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on the optimizer):
 
 - ``joint``: plain task loss, no heads;
@@ -9,6 +9,9 @@ seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on
 - ``ogmge``: OGM-GE (GE noise on, inside its window);
 - ``ogmge_level0_every4``: OGM-GE with full-resolution heads that train (and recompute k) every
   4th step only (``observe_every=4``); the medians mix the steps with and without the heads;
+- ``cggm_magnitude_every4`` / ``cggm_full_every4``: CGGM whose heads train, B is recomputed and
+  the direction term is added every 4th step only (``observe_every=4``; B scales every step);
+  like ``ogmge_level0_every4`` judged on the ratio of mean steps;
 - ``cggm_magnitude_level0`` / ``ogmge_level0``: the same with full-resolution heads (``level=0``),
   the heads before ``--head-level`` (default :data:`~cggm_seg.networks.DEFAULT_LEVEL`) made them
   predict at a coarser level: what the coarse heads save, in the same run (the BraTS bundle keeps
@@ -73,6 +76,8 @@ METHODS: dict[str, str] = {
     "cggm_magnitude_level0": "CGGM magnitude only, full-resolution heads (level 0)",
     "ogmge_level0": "OGM-GE, full-resolution heads (level 0)",
     "ogmge_level0_every4": "OGM-GE, full-resolution heads trained every 4th step (observe_every=4)",
+    "cggm_magnitude_every4": "CGGM magnitude only, heads and B every 4th step (observe_every=4)",
+    "cggm_full_every4": "CGGM magnitude + direction, heads, B and direction every 4th step (observe_every=4)",
 }
 PHASES: tuple[str, ...] = (
     "forward + loss",
@@ -88,10 +93,12 @@ TIME_TARGETS: dict[str, float] = {
     "ogmge": 1.05,
     "ogmge_level0": 1.05,
     "ogmge_level0_every4": 1.05,
+    "cggm_magnitude_every4": 1.05,
+    "cggm_full_every4": 1.10,
 }
 #: methods whose steps differ by design (the heads train every k-th step): judged by the ratio of
 #: mean steps, since the median step is one without the heads
-AMORTIZED: tuple[str, ...] = ("ogmge_level0_every4",)
+AMORTIZED: tuple[str, ...] = ("ogmge_level0_every4", "cggm_magnitude_every4", "cggm_full_every4")
 MEMORY_TARGET = 1.05
 #: the configurations of ``--suite`` (preset, threads), each its own section of the doc
 SUITE: tuple[tuple[str, int], ...] = (("cpu_small", 1), ("cpu_small", 2), ("gpu_paper", 1))
@@ -184,8 +191,8 @@ def build(
             return result
 
         trainer.step = timed_heads_step
+        every = 4 if method.endswith("_every4") else 1
         if method.startswith("ogmge"):
-            every = 4 if method.endswith("_every4") else 1
             ogm = OGMGE(model, trainer, alpha=0.8, seed=seed, observe_every=every)
 
             def balance(loss: torch.Tensor, y: torch.Tensor) -> None:
@@ -196,7 +203,9 @@ def build(
 
         else:
             direction = "off" if method.startswith("cggm_magnitude") else "gradient"
-            cggm = CGGM(model, trainer, loss_fn, magnitude="grad", direction=direction, lam=0.1)
+            cggm = CGGM(
+                model, trainer, loss_fn, magnitude="grad", direction=direction, lam=0.1, observe_every=every
+            )
             balance = cggm.training_loss
 
             def update() -> None:

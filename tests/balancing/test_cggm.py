@@ -313,3 +313,42 @@ def test_cggm_on_a_multi_view_mlp_end_to_end():
     assert all(torch.isfinite(torch.tensor(v)) for v in cggm.stats.values())
     assert set(cggm.state_dict()["tracker"]["modalities"]) == set(VIEWS)
     cggm.remove()
+
+
+def test_observe_every_trains_the_heads_and_adds_the_direction_at_every_kth_call():
+    tracker = BalanceTracker(MODALITIES, ema=0.0, tau=0.0, preset="guarded", observe_every=3)
+    model, heads, cggm = _seg_setup(tracker=tracker, observe_every=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trained, added, coefficients = [], [], []
+    for s in range(7):
+        x, y = seg_batch(seed=s)
+        optimizer.zero_grad()
+        before = [p.clone() for p in heads.parameters()]
+        assert cggm.due == (s % 3 == 0)
+        cggm.training_loss(seg_loss(model(x), y), y).backward()
+        trained.append(any(not torch.equal(a, b) for a, b in zip(before, heads.parameters())))
+        final_before = [p.grad.clone() for p in cggm.final.parameters()]
+        cggm.step(optimizer)
+        added.append(any(not torch.equal(a, p.grad) for a, p in zip(final_before, cggm.final.parameters())))
+        coefficients.append(dict(cggm.coefficients))
+    assert trained == [True, False, False, True, False, False, True]  # calls 1, 4 and 7
+    assert added == trained  # the direction term only where the heads observed
+    assert coefficients[1] == coefficients[2] == coefficients[0] and coefficients[5] == coefficients[3]
+    assert coefficients[3] != coefficients[0] and tracker.step == 3
+    state = cggm.state_dict()
+    assert state["calls"] == 7
+    fresh_tracker = BalanceTracker(MODALITIES, ema=0.0, tau=0.0, preset="guarded", observe_every=3)
+    _, _, fresh = _seg_setup(tracker=fresh_tracker, observe_every=3)
+    fresh.load_state_dict(state)
+    # a resumed run keeps the phase (next observation at call 10) and steps with the last B at once
+    assert fresh.cadence.calls == 7 and not fresh.due and fresh.coefficients == coefficients[-1]
+
+
+def test_observe_every_needs_a_tracker_with_the_same_spacing():
+    with pytest.raises(ValueError, match=r"BalanceTracker\(\.\.\., observe_every=4\)"):
+        _seg_setup(tracker=BalanceTracker(MODALITIES), observe_every=4)
+    _, _, cggm = _seg_setup(observe_every=4)
+    assert cggm.tracker.observe_every == 4  # the default tracker is built for it
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="observe_every must be an integer >= 1"):
+            _seg_setup(observe_every=bad)
