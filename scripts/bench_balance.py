@@ -86,9 +86,18 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
         ["--method", "ogmge", "--head_level", "1", "--methods#ogmge#score_at", "full", *EVERY1],
     ),
     "cggm_every4": ([], ["--method", "cggm", "--methods#cggm#observe_every", "4"]),
+    "ogmge_every8": ([], ["--method", "ogmge", "--methods#ogmge#observe_every", "8"]),
 }
 #: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
-OPT_IN = ("moddrop_p25", "cggm_level0", "ogmge_every1", "ogmge_level1", "ogmge_level1_full", "cggm_every4")
+OPT_IN = (
+    "moddrop_p25",
+    "cggm_level0",
+    "ogmge_every1",
+    "ogmge_level1",
+    "ogmge_level1_full",
+    "cggm_every4",
+    "ogmge_every8",
+)
 DEFAULT_METHODS = [m for m in METHODS if m not in OPT_IN]
 #: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
 DEFAULT_METHOD_EPOCHS = [("moddrop", 150), ("moddrop_p25", 150), ("cggm_moddrop", 150)]
@@ -562,6 +571,7 @@ SECTION_TITLES = {
     "ogmge_heads": "OGM-GE's half-resolution heads, scored at their resolution or at full resolution",
     "ogmge_every4": "OGM-GE's full-resolution heads trained every 4th iteration (the bundle's OGM-GE)",
     "cggm_every4": "CGGM's heads, B and direction term every 4th iteration",
+    "ogmge_every8": "OGM-GE's full-resolution heads trained every 8th iteration",
 }
 PLOT_TITLES = {
     "curves": "validation curves",

@@ -119,6 +119,7 @@ class OGMGEHandler(HeadBalancingHandler):
             "seed": seed,
             "observe_every": observe_every,
         }
+        self.observe_every = int(observe_every)
 
     @property
     def stat_names(self) -> list[str]:
