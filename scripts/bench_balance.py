@@ -527,11 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     docs = args.doc.parent
     plot_curves(records, methods, docs / png_name(args, "curves"))
     plot_shapley_groups(records, methods, docs / png_name(args, "shapley"))
-    cggm_seed0 = args.out / "runs" / run_name("cggm", args.seeds[0]) / "balance.png"
     plots = ["curves", "shapley"]
-    if cggm_seed0.is_file():
-        shutil.copy(cggm_seed0, docs / png_name(args, "cggm_B"))
-        plots.append("cggm_B")
+    for method in (m for m in methods if m.startswith("cggm")):  # every CGGM variant's B, seed 0
+        balance_png = args.out / "runs" / run_name(method, args.seeds[0]) / "balance.png"
+        if balance_png.is_file() and (method == "cggm" or args.section != "main"):
+            shutil.copy(balance_png, docs / png_name(args, f"{method}_B"))
+            plots.append(f"{method}_B")
     run_minutes = sum(r["seconds"] for r in records if not math.isnan(r["seconds"])) / 60
     default = sum(
         r["seconds"] for r in records if r["method"] in DEFAULT_METHODS and not math.isnan(r["seconds"])
@@ -580,6 +581,13 @@ PLOT_TITLES = {
 }
 
 
+def plot_title(plot: str) -> str:
+    """The caption of one of the section's plots (``<method>_B``: that CGGM variant's B)."""
+    if plot in PLOT_TITLES:
+        return PLOT_TITLES[plot]
+    return f"{plot.removesuffix('_B')}: the heads' scores and B during training, seed 0"
+
+
 def render(
     args: argparse.Namespace, body: list[str], wall: float, runs: int, run_minutes: float, plots: list[str]
 ) -> str:
@@ -614,7 +622,7 @@ def render(
             "",
             *body,
             "",
-            *[line for p in plots for line in (f"![{PLOT_TITLES[p]}]({png_name(args, p)})", "")],
+            *[line for p in plots for line in (f"![{plot_title(p)}]({png_name(args, p)})", "")],
             f"Reproduce: `python scripts/bench_balance.py {flags}`",
             markers(args.section)[1],
         ]

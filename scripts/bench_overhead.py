@@ -44,7 +44,7 @@ settings (preset, crop, batch, device, threads), or are appended.
 
     python scripts/bench_overhead.py                      # cpu_small, 64^3, batch 1, 20 steps
     python scripts/bench_overhead.py --device cuda --preset gpu_paper --crop 128
-    python scripts/bench_overhead.py --suite              # cpu_small on 1 and 2 threads, gpu_paper
+    python scripts/bench_overhead.py --suite              # cpu_small 1 and 2 threads, 60 steps; gpu_paper 20
 """
 
 from __future__ import annotations
@@ -100,8 +100,11 @@ TIME_TARGETS: dict[str, float] = {
 #: mean steps, since the median step is one without the heads
 AMORTIZED: tuple[str, ...] = ("ogmge_level0_every4", "cggm_magnitude_every4", "cggm_full_every4")
 MEMORY_TARGET = 1.05
-#: the configurations of ``--suite`` (preset, threads), each its own section of the doc
-SUITE: tuple[tuple[str, int], ...] = (("cpu_small", 1), ("cpu_small", 2), ("gpu_paper", 1))
+#: the configurations of ``--suite`` (preset, threads, measured steps), each its own section of the
+#: doc: 60 steps of ``cpu_small`` (about 0.5 s each on one thread, where 20 steps' medians moved by
+#: about 0.07 between runs) and 20 of ``gpu_paper`` (about 4 s each) take a few minutes per method
+SUITE: tuple[tuple[str, int, int], ...] = (("cpu_small", 1, 60), ("cpu_small", 2, 60), ("gpu_paper", 1, 20))
+DEFAULT_STEPS = 20
 #: The extra entry of the round-robin: heads' loss and score alone (see build_loss_floor).
 FLOOR = "loss_floor"
 #: glibc's initial mmap threshold, fixed in the "live" memory children: freed tensors then leave
@@ -452,7 +455,7 @@ def markdown(
 
 
 def reproduce_flags(args: argparse.Namespace) -> list[str]:
-    defaults = vars(parser().parse_args([]))
+    defaults = {**vars(parser().parse_args([])), "steps": DEFAULT_STEPS}
     flags = []
     keys = ("preset", "crop", "batch", "steps", "warmup", "threads", "device", "memory_steps", "seed")
     keys += ("head_level",)
@@ -488,7 +491,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu_small", choices=sorted(PRESETS))
     p.add_argument("--crop", type=int, default=64, help="cubic crop edge in voxels (default 64)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--steps", type=int, default=20, help="measured steps per method (default 20)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"measured steps per method (default {DEFAULT_STEPS}; --suite: each configuration's own)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="unmeasured steps per method first (default 3)")
     p.add_argument(
         "--threads",
@@ -508,7 +516,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--suite",
         action="store_true",
-        help="run " + ", ".join(f"{p} on {t} thread(s)" for p, t in SUITE) + " one after the other",
+        help="run " + ", ".join(f"{p} on {t} thread(s), {n} steps" for p, t, n in SUITE) + " in turn",
     )
     p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
     p.add_argument("--no-doc", action="store_true", help="print the tables only")
@@ -521,11 +529,12 @@ def parser() -> argparse.ArgumentParser:
 
 def run_suite(args: argparse.Namespace) -> int:
     """Every configuration of :data:`SUITE` in turn, each in its own process (a fresh thread pool),
-    each writing its section; the other flags (crop, steps, head level, ...) apply to all."""
-    for preset, threads in SUITE:
-        flags = [f for f in reproduce_flags(args) if not f.startswith(("--preset", "--threads"))]
+    each writing its section; the other flags (crop, head level, ...) apply to all, ``--steps``
+    too when it is given."""
+    for preset, threads, steps in SUITE:
+        flags = [f for f in reproduce_flags(args) if not f.startswith(("--preset", "--threads", "--steps"))]
         command = [sys.executable, str(Path(__file__).resolve()), "--preset", preset]
-        command += ["--threads", str(threads)]
+        command += ["--threads", str(threads), "--steps", str(args.steps or steps)]
         command += [part for flag in flags for part in flag.split(" ", 1)]
         command += ["--doc", str(args.doc)] + (["--no-doc"] if args.no_doc else [])
         print(f"suite: {preset}, {threads} thread(s)", file=sys.stderr, flush=True)
@@ -535,6 +544,9 @@ def run_suite(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.suite:
+        return run_suite(args)
+    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
     if args.steps < 2 or args.warmup < 0 or args.memory_steps < 1 or args.batch < 1:
         raise SystemExit("need --steps >= 2, --warmup >= 0, --memory-steps >= 1 and --batch >= 1.")
     divisor = 2 ** (len(PRESETS[args.preset]["channels"]) - 1)
@@ -554,8 +566,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args, device)))
         return 0
 
-    if args.suite:
-        return run_suite(args)
     load_start = os.getloadavg()[0]
     print(f"timing {len(METHODS)} methods round-robin ...", file=sys.stderr, flush=True)
     measured = time_steps(args, device)
