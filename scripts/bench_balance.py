@@ -189,7 +189,9 @@ def signal(folder: Path) -> dict[str, float] | None:
     """What a run's heads saw during training, from the balancing history in its last checkpoint:
     the mean B of each sequence over all iterations and the mean score eps over the last tenth of
     them; for OGM-GE its score s (as eps) and, as B, its coefficient k averaged over the iterations
-    it modulated (some k < 1). ``None`` for a run without a balancing handler."""
+    it modulated (some k < 1). For CGGM also when B acted (some B != 1): in how many iterations
+    (``acting``), from which (``first_acting``, NaN if never) and each sequence's mean B then
+    (``acting_<s>``). ``None`` for a run without a balancing handler."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -205,12 +207,18 @@ def signal(folder: Path) -> dict[str, float] | None:
         return None
     tail = history[-max(1, len(history) // 10) :]
     score, coefficient = ("s", "k") if ogmge else ("eps", "B")
-    acting = [h for h in history if any(h[f"k_{s}"] < 1 for s in SEQUENCES)] if ogmge else history
+    modulated = [h for h in history if any(h[f"k_{s}"] < 1 for s in SEQUENCES)] if ogmge else history
     out = {}
     for s in SEQUENCES:
-        if f"{coefficient}_{s}" in history[0] and acting:
-            out[f"B_{s}"] = statistics.fmean(h[f"{coefficient}_{s}"] for h in acting)
+        if f"{coefficient}_{s}" in history[0] and modulated:
+            out[f"B_{s}"] = statistics.fmean(h[f"{coefficient}_{s}"] for h in modulated)
         out[f"eps_{s}"] = statistics.fmean(h[f"{score}_{s}"] for h in tail)
+    if not ogmge and f"B_{SEQUENCES[0]}" in history[0]:
+        acting = [h for h in history if any(h[f"B_{s}"] != 1 for s in SEQUENCES)]  # 1: neutral
+        out["acting"] = float(len(acting))
+        out["first_acting"] = float(acting[0]["iteration"]) if acting else math.nan
+        for s in SEQUENCES:
+            out[f"acting_{s}"] = statistics.fmean(h[f"B_{s}"] for h in acting) if acting else math.nan
     return out
 
 
@@ -313,6 +321,7 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
         gain = f"{means[least] / joint_shapley[least]:.2f}x" if least and joint_shapley[least] > 0 else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {least or '-'} | {gain} |")
     lines += signal_table(by_method)
+    lines += acting_table(by_method)
     alone = {}  # sequence -> its unimodal run's mean Dice
     for s in SEQUENCES:
         if by_method.get(f"unimodal_{s}"):
@@ -327,6 +336,37 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
             f"{len(best)} subsets {statistics.fmean(best):.3f}.",
         ]
     return lines
+
+
+def acting_table(by_method: dict[str, list[dict]]) -> list[str]:
+    """When each CGGM variant's B departed from neutral, per seed, and its mean value then (from the
+    same checkpoint histories as :func:`signal_table`; OGM-GE's k while it modulates is there)."""
+    rows = []
+    for method, rs in by_method.items():
+        rs = [r for r in rs if r.get("signal") and "acting" in r["signal"]]
+        if not rs:
+            continue
+        iterations = "; ".join(f"{r['signal']['acting']:.0f}" for r in rs)
+        first = "; ".join(
+            "-" if math.isnan(r["signal"]["first_acting"]) else f"{r['signal']['first_acting']:.0f}"
+            for r in rs
+        )
+        means = [mean_std([r["signal"][f"acting_{s}"] for r in rs]) for s in SEQUENCES]
+        rows.append(f"| {method} | {iterations} | {first} | " + " | ".join(means) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "When CGGM's B acted (some B different from 1), from the same histories: the iterations in "
+        "which it did and the first of them (each seed, in seed order; out of all the run's "
+        "iterations), and each sequence's mean B in those iterations (mean over seeds):",
+        "",
+        "| method | iterations acting (each seed) | first (each seed) | "
+        + " | ".join(f"B {s} while acting" for s in SEQUENCES)
+        + " |",
+        "|---|---|---|" + "---|" * len(SEQUENCES),
+        *rows,
+    ]
 
 
 def signal_table(by_method: dict[str, list[dict]]) -> list[str]:

@@ -284,7 +284,6 @@ class CGGM:
     ) -> None:
         check_settings(magnitude, direction, lam)
         self.cadence = Cadence(observe_every)  # which training_loss() calls train the heads
-        self.observe_every = self.cadence.every
         self.params_by_modality = branch_parameters(model, branches)
         modalities = tuple(self.params_by_modality)
         if tracker is None:
@@ -488,6 +487,11 @@ class CGGM:
         self.discard_direction()
 
     @property
+    def observe_every(self) -> int:
+        """Calls from one observation to the next."""
+        return self.cadence.every
+
+    @property
     def due(self) -> bool:
         """Whether the next :meth:`training_loss` observes (trains the heads, updates B)."""
         return self.cadence.due
@@ -501,5 +505,5 @@ class CGGM:
         """Restore :meth:`state_dict`: B is the tracker's last, and the next observation comes
         when it would have come."""
         self.tracker.load_state_dict(state["tracker"])
-        self.cadence.calls = int(state.get("calls", self.tracker.step * self.observe_every))
+        self.cadence.calls = int(state.get("calls", self.tracker.step))  # older states: one call an update
         self.coefficients = dict(zip(self.modalities, self.tracker.B.tolist())) if self.tracker.step else None

@@ -145,7 +145,6 @@ class OGMGE:
         observe_every: int = 1,
     ) -> None:
         self.cadence = Cadence(observe_every)  # which observe() calls train the heads
-        self.observe_every = self.cadence.every
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")
         if end_epoch is not None and end_epoch <= start_epoch:
@@ -175,6 +174,11 @@ class OGMGE:
         self.k = torch.ones(m, dtype=torch.float64)
         self.stats: dict[str, float] = {}
         self._generators: dict[str, torch.Generator] = {}
+
+    @property
+    def observe_every(self) -> int:
+        """Calls from one observation to the next."""
+        return self.cadence.every
 
     def in_window(self, epoch: int) -> bool:
         """True when ``epoch`` is in ``[start_epoch, end_epoch)``."""

@@ -148,7 +148,11 @@ class CGGMHandler(HeadBalancingHandler):
         )
         check_settings(magnitude, direction, lam)  # a bad config fails when it is parsed
         self.settings = {"magnitude": magnitude, "direction": direction, "lam": lam}
-        self.observe_every = self.tracker.observe_every
+
+    @property
+    def observe_every(self) -> int:
+        """Iterations from one observation to the next (the tracker is built for it)."""
+        return self.tracker.observe_every
 
     @property
     def stat_names(self) -> list[str]:

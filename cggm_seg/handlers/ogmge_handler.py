@@ -119,7 +119,11 @@ class OGMGEHandler(HeadBalancingHandler):
             "seed": seed,
             "observe_every": observe_every,
         }
-        self.observe_every = int(observe_every)
+
+    @property
+    def observe_every(self) -> int:
+        """Iterations from one observation to the next."""
+        return int(self.settings["observe_every"])
 
     @property
     def stat_names(self) -> list[str]:
