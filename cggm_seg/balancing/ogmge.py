@@ -252,7 +252,8 @@ class OGMGE:
                     continue
                 grad = p.grad
                 std = float(grad.std()) if (self.noise and grad.numel() > 1) else 0.0
-                grad.mul_(factor)  # OGM-GE: theta <- theta - lr * (k * g + h), h ~ N(0, Sigma_sgd)
+                if factor != 1.0:  # OGM-GE: theta <- theta - lr * (k * g + h), h ~ N(0, Sigma_sgd)
+                    grad.mul_(factor)
                 if std > 0.0 and math.isfinite(std):
                     generator = self._generator(grad.device)
                     grad.add_(
