@@ -13,6 +13,8 @@ a busy machine slows them alike and the gradients are real ones:
 - ``std``: only the per-tensor standard deviations the noise needs;
 - ``randn``: only the draws, one ``torch.randn`` per gradient tensor, as the toolkit draws them;
 - ``randn_flat``: one ``torch.randn`` per branch of the same number of values;
+- ``flat_foreach``: the whole noise with that draw: each branch's stds, one draw split into one
+  view per gradient, the views scaled and added by ``torch._foreach_*`` operations;
 - ``numpy_pcg64`` / ``numpy_sfc64``: the draws from NumPy's generators (``standard_normal``,
   float32), one per tensor;
 - ``threaded``: the toolkit's noise with the branches on a pool of two Python threads, each branch
@@ -59,6 +61,7 @@ VARIANTS: dict[str, str] = {
     "std": "the per-tensor standard deviations alone",
     "randn": "the draws alone, one torch.randn per tensor (the toolkit's)",
     "randn_flat": "the draws alone, one torch.randn per branch",
+    "flat_foreach": "the whole noise, one draw per branch split into views, foreach scale and add",
     "numpy_pcg64": "the draws alone, NumPy PCG64 standard_normal (float32) per tensor",
     "numpy_sfc64": "the draws alone, NumPy SFC64 standard_normal (float32) per tensor",
     "threaded": "the toolkit's noise, branches on two Python threads, one generator each",
@@ -93,6 +96,20 @@ def build_variants(ogm: OGMGE, seed: int) -> dict[str, Callable[[], None]]:
         for params in branches.values():
             torch.randn(sum(p.numel() for p in params), generator=generator)
 
+    def flat_foreach() -> None:
+        for modality, params in branches.items():
+            factor = float(ogm.k[ogm.modalities.index(modality)])
+            grads = [p.grad for p in params if p.grad.numel() > 1]
+            spreads = torch.stack([g.std() for g in grads]).tolist()
+            if factor != 1.0:
+                torch._foreach_mul_(grads, factor)
+            kept = [(g, v) for g, v in zip(grads, spreads) if v > 0.0 and math.isfinite(v)]
+            sizes = [g.numel() for g, _ in kept]
+            draw = torch.randn(sum(sizes), generator=generator)
+            noise = [z.view(g.shape) for z, (g, _) in zip(draw.split(sizes), kept)]
+            torch._foreach_mul_(noise, [v for _, v in kept])
+            torch._foreach_add_([g for g, _ in kept], noise)
+
     def numpy_draws(name: str) -> Callable[[], None]:
         rng = numpy_generators[name]
 
@@ -123,6 +140,7 @@ def build_variants(ogm: OGMGE, seed: int) -> dict[str, Callable[[], None]]:
         "std": std,
         "randn": randn,
         "randn_flat": randn_flat,
+        "flat_foreach": flat_foreach,
         "numpy_pcg64": numpy_draws("numpy_pcg64"),
         "numpy_sfc64": numpy_draws("numpy_sfc64"),
         "threaded": threaded,
