@@ -122,13 +122,7 @@ def build_variants(ogm: OGMGE, seed: int) -> dict[str, Callable[[], None]]:
 
     def one_branch(modality: str) -> None:
         factor = float(ogm.k[ogm.modalities.index(modality)])
-        for p in branches[modality]:
-            grad = p.grad
-            spread = float(grad.std()) if grad.numel() > 1 else 0.0
-            if factor != 1.0:
-                grad.mul_(factor)
-            if spread > 0.0 and math.isfinite(spread):
-                grad.add_(torch.randn(grad.shape, generator=per_branch[modality]), alpha=spread)
+        ogm._modulate_branch(branches[modality], factor, per_branch[modality])  # the toolkit's code
 
     def threaded() -> None:
         for future in [pool.submit(one_branch, m) for m in branches]:

@@ -247,19 +247,29 @@ class OGMGE:
             self._saved_lrs = scale_learning_rates(optimizer, dict(zip(self.modalities, self.k.tolist())))
         for modality, params in self.params_by_modality.items():
             factor = float(self.k[self.modalities.index(modality)]) if self.magnitude == "grad" else 1.0
-            for p in params:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                std = float(grad.std()) if (self.noise and grad.numel() > 1) else 0.0
-                if factor != 1.0:  # OGM-GE: theta <- theta - lr * (k * g + h), h ~ N(0, Sigma_sgd)
-                    grad.mul_(factor)
-                if std > 0.0 and math.isfinite(std):
-                    generator = self._generator(grad.device)
-                    grad.add_(
-                        torch.randn(grad.shape, generator=generator, device=grad.device, dtype=grad.dtype),
-                        alpha=std,
-                    )
+            self._modulate_branch(params, factor)
+
+    def _modulate_branch(
+        self, params: list[nn.Parameter], factor: float, generator: torch.Generator | None = None
+    ) -> None:
+        """``g <- factor * g + h`` for each gradient of one branch (:meth:`apply_magnitude`).
+
+        ``generator``: draw the noise from it instead of this OGM-GE's own generator of the
+        gradient's device (``scripts/bench_ge_noise.py`` gives each branch its own).
+        """
+        for p in params:
+            if p.grad is None:
+                continue
+            grad = p.grad
+            std = float(grad.std()) if (self.noise and grad.numel() > 1) else 0.0
+            if factor != 1.0:  # OGM-GE: theta <- theta - lr * (k * g + h), h ~ N(0, Sigma_sgd)
+                grad.mul_(factor)
+            if std > 0.0 and math.isfinite(std):
+                draw_from = generator if generator is not None else self._generator(grad.device)
+                grad.add_(
+                    torch.randn(grad.shape, generator=draw_from, device=grad.device, dtype=grad.dtype),
+                    alpha=std,
+                )
 
     def step(
         self, optimizer: torch.optim.Optimizer, epoch: int, scaler: torch.amp.GradScaler | None = None
