@@ -23,7 +23,9 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
   the two heads' signal (scores, B) and Dice; ``ogmge_level1_full`` (opt-in): OGM-GE with
   half-resolution heads scored at full resolution (``score_at="full"``: their logits upsampled to
   the label), the loss and the step staying at half resolution (both with the heads trained every
-  iteration).
+  iteration); ``ogmge_sublattice`` (opt-in): the bundle's OGM-GE with its full-resolution heads
+  trained and scored on one voxel in 8 of the label per step, a different sub-lattice each step
+  (``sublattice=True``; the same heads' logits there, the full-resolution label, no pooling).
 
 Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
 methods that make the task harder, such as modality dropout, the longer budget their validation
@@ -41,6 +43,7 @@ that the budget is enough for each), the Shapley values, and CGGM's B during tra
     python scripts/bench_balance.py --dataset_dir /data/BraTS2021 --cases 0 --spacing 0 --epochs 300
     python scripts/bench_balance.py --section heads --methods joint cggm cggm_level0 ogmge_every1 ogmge_level1
     python scripts/bench_balance.py --section ogmge_every4 --methods ogmge_every1 ogmge
+    python scripts/bench_balance.py --section ogmge_sublattice --methods joint ogmge ogmge_sublattice
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "cggm_every4": ([], ["--method", "cggm", "--methods#cggm#observe_every", "4"]),
     "ogmge_every8": ([], ["--method", "ogmge", "--methods#ogmge#observe_every", "8"]),
+    "ogmge_sublattice": ([], ["--method", "ogmge", "--methods#ogmge#sublattice", "True"]),
 }
 #: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
 OPT_IN = (
@@ -97,6 +101,7 @@ OPT_IN = (
     "ogmge_level1_full",
     "cggm_every4",
     "ogmge_every8",
+    "ogmge_sublattice",
 )
 DEFAULT_METHODS = [m for m in METHODS if m not in OPT_IN]
 #: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
@@ -613,6 +618,7 @@ SECTION_TITLES = {
     "ogmge_every4": "OGM-GE's full-resolution heads trained every 4th iteration (the bundle's OGM-GE)",
     "cggm_every4": "CGGM's heads, B and direction term every 4th iteration",
     "ogmge_every8": "OGM-GE's full-resolution heads trained every 8th iteration",
+    "ogmge_sublattice": "OGM-GE's full-resolution heads trained and scored on one voxel in 8",
 }
 PLOT_TITLES = {
     "curves": "validation curves",

@@ -26,9 +26,12 @@ __all__ = [
     "HeadStep",
     "HeadTrainer",
     "SCORE_AT",
+    "check_sublattice_heads",
     "flat_parameters",
     "flat_gradients",
     "pool_target",
+    "sublattice_of",
+    "sublattice_offset",
     "upsample_logits",
 ]
 
@@ -146,6 +149,40 @@ def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torc
     return target[tuple(index)]
 
 
+def check_sublattice_heads(heads: Mapping[str, nn.Module]) -> None:
+    """Raises ValueError unless every head can be trained on a sub-lattice (``sublattice=True``): a
+    full-resolution segmentation head with ``forward_sublattice``."""
+    for modality, head in heads.items():
+        level = getattr(head, "level", 0)
+        if not callable(getattr(head, "forward_sublattice", None)) or level:
+            raise ValueError(
+                "sublattice=True trains full-resolution segmentation heads on a sub-lattice of the label: "
+                f"head {modality!r} ({type(head).__name__}, level {level}) is not one (build the heads with "
+                "make_heads('segmentation', model, level=0))."
+            )
+
+
+def sublattice_offset(step: int, dims: int) -> tuple[int, ...]:
+    """The offset of step ``step``'s sub-lattice (:class:`HeadTrainer` with ``sublattice=True``): the
+    first ``dims`` binary digits of ``step``, lowest first (3D: ``(t mod 2, t // 2 mod 2, t // 4 mod 2)``)."""
+    return tuple((int(step) >> d) & 1 for d in range(dims))
+
+
+def sublattice_of(target: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:
+    """The voxels ``offset + 2 * u`` of a dense ``B x C x *spatial`` target.
+
+    Raises:
+        ValueError: a target whose spatial dimensions are not one per offset, or of odd size.
+    """
+    spatial = [int(s) for s in target.shape[2:]]
+    if len(spatial) != len(offset) or any(s % 2 for s in spatial):
+        raise ValueError(
+            f"a sub-lattice of step 2 needs a dense target B x C x {' x '.join('S' * len(offset))} with even "
+            f"sizes, got a target of shape {list(target.shape)}."
+        )
+    return target[(slice(None), slice(None), *(slice(o, None, 2) for o in offset))]
+
+
 def _check_prediction(modality: str, prediction: Any, target: torch.Tensor) -> None:
     """A head's output must be a tensor with the target's batch size and, for dense targets of the
     same rank, the target's spatial size (segmentation heads predict at the label's resolution)."""
@@ -196,6 +233,17 @@ class HeadTrainer:
             is measured: ``"head"`` (default), at the head's resolution against the target pooled
             to it (as the head's loss); ``"full"``, on the head's logits upsampled to the target's
             size, against the full-resolution target (the loss stays at the head's resolution).
+        sublattice: train and score full-resolution segmentation heads on one voxel in 2^d of the
+            label (d spatial dimensions) per step: step t takes the voxels ``o + 2 * u`` with the
+            offset ``o`` the binary digits of t (``o = (t mod 2, t // 2 mod 2, t // 4 mod 2)`` in
+            3D), so that 2^d consecutive steps cover every voxel once. A head's logits there come
+            from its ``forward_sublattice`` (:meth:`cggm_seg.networks.SegmentationHead.forward_sublattice`:
+            the same numbers as its full-resolution logits at those voxels), its loss and score from
+            the full-resolution target at those voxels (no pooling): the full-resolution heads for
+            about a quarter of their step (``docs/benchmarks.md``). Defaults to False.
+
+    Attributes:
+        steps: the steps taken so far (the next step's sub-lattice; the handlers save it).
 
     Under an initialised ``torch.distributed`` process group with more than one rank, the heads'
     parameters and buffers are set to rank 0's here, and every :meth:`step` averages the heads'
@@ -203,8 +251,9 @@ class HeadTrainer:
     construct the trainer and call :meth:`step` the same number of times (as with DDP).
 
     Raises:
-        ValueError: fewer than two heads, a head without ``final``, heads sharing parameters, or an
-            unknown ``score_at``.
+        ValueError: fewer than two heads, a head without ``final``, heads sharing parameters, an
+            unknown ``score_at``, or ``sublattice`` with a head that has no ``forward_sublattice`` or
+            predicts at a coarser level.
     """
 
     def __init__(
@@ -214,9 +263,12 @@ class HeadTrainer:
         optimizer: torch.optim.Optimizer,
         score_fn: str | ScoreFn = "soft_dice",
         score_at: str = "head",
+        sublattice: bool = False,
     ) -> None:
         check_score_at(score_at)
         self.score_at = score_at
+        self.sublattice = bool(sublattice)
+        self.steps = 0
         self.heads: dict[str, nn.Module] = dict(heads.items())
         if len(self.heads) < 2:
             raise ValueError(f"need one head per modality (at least two), got {list(self.heads)}.")
@@ -227,6 +279,8 @@ class HeadTrainer:
             for p in head.parameters():
                 if owner.setdefault(id(p), modality) != modality:
                     raise ValueError(f"heads {owner[id(p)]!r} and {modality!r} share parameters.")
+        if self.sublattice:
+            check_sublattice_heads(self.heads)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.score_fn = get_score(score_fn)
@@ -241,6 +295,10 @@ class HeadTrainer:
     def modalities(self) -> tuple[str, ...]:
         """The modalities, in the heads' order."""
         return tuple(self.heads)
+
+    def offset(self, dims: int) -> tuple[int, ...]:
+        """The sub-lattice offset of the next :meth:`step` (see ``sublattice``)."""
+        return sublattice_offset(self.steps, dims)
 
     def step(self, features: Mapping[str, Any], target: torch.Tensor) -> HeadStep:
         """Train every head once on detached ``features`` and report scores and final-layer gradients.
@@ -260,6 +318,9 @@ class HeadTrainer:
             KeyError: a modality without features.
         """
         target = target.detach()
+        offset = self.offset(target.dim() - 2) if self.sublattice else None
+        if offset is not None:
+            target = sublattice_of(target, offset)
         pooled: dict[tuple[int, ...], torch.Tensor] = {}  # the target at each coarse head's size
         self.optimizer.zero_grad(set_to_none=True)
         scores: dict[str, torch.Tensor] = {}
@@ -271,7 +332,8 @@ class HeadTrainer:
             # underflow in float16, and the heads have no GradScaler of their own.
             with torch.enable_grad(), no_autocast(target.device):
                 try:
-                    prediction = head(detach_features(features[m], float32=True))
+                    inputs = detach_features(features[m], float32=True)
+                    prediction = head(inputs) if offset is None else head.forward_sublattice(inputs, offset)
                 except (ValueError, RuntimeError, TypeError) as err:
                     raise type(err)(f"head {m!r}: {err}") from err
                 head_target = target
@@ -301,6 +363,7 @@ class HeadTrainer:
             for m, head in self.heads.items()
         }
         self.optimizer.step()
+        self.steps += 1
         return HeadStep(
             scores=scores,
             losses=losses,

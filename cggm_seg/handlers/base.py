@@ -12,7 +12,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from cggm_seg.balancing import HeadTrainer, get_score
-from cggm_seg.balancing.heads import check_score_at
+from cggm_seg.balancing.heads import check_score_at, check_sublattice_heads
 from cggm_seg.handlers.utils import (
     engine_device,
     engine_network,
@@ -66,6 +66,9 @@ class HeadBalancingHandler:
         score: the heads' score (name in :data:`cggm_seg.balancing.SCORES` or a callable).
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
+        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
+            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
+            the same heads for about a quarter of their step. Defaults to False.
         network: the network to balance; ``None`` takes ``engine.network`` when the run starts.
         history_size: iterations kept in :attr:`history`.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -92,6 +95,7 @@ class HeadBalancingHandler:
         history_size: int,
         name: str | None,
         score_at: str = "head",
+        sublattice: bool = False,
     ) -> None:
         get_score(score)  # an unknown score name fails when the config is parsed, not at the first step
         check_score_at(score_at)  # fails when the config is parsed, not when the run starts
@@ -99,6 +103,11 @@ class HeadBalancingHandler:
         if not (head_lr > 0):
             raise ValueError(f"head_lr must be > 0, got {head_lr}.")
         self.heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
+        if not isinstance(sublattice, bool):
+            raise ValueError(f"sublattice must be True or False, got {sublattice!r}.")
+        self.sublattice = sublattice
+        if self.sublattice:
+            check_sublattice_heads(self.heads)  # fails when the config is parsed, not when the run starts
         self.modalities = tuple(self.heads.keys())
         self.branches = branches
         self.head_optimizer = head_optimizer
@@ -111,6 +120,7 @@ class HeadBalancingHandler:
         self.logger = logging.getLogger(name)
         self._name = name
         self.method: Any = None
+        self.head_trainer: HeadTrainer | None = None
         self._pending_state: Mapping[str, Any] | None = None
         self._warned_nonfinite = False
         self._skip = False  # this iteration is not finite: no head, tracker or branch update
@@ -167,9 +177,16 @@ class HeadBalancingHandler:
         loss_fn = self.loss_function or getattr(engine, "loss_function", None)
         if loss_fn is None:
             raise ValueError("no loss function: pass loss_function= or use an engine with `loss_function`.")
-        heads = HeadTrainer(
-            self.heads, loss_fn, self.head_optimizer, score_fn=self.score, score_at=self.score_at
+        heads = self.head_trainer = HeadTrainer(
+            self.heads,
+            loss_fn,
+            self.head_optimizer,
+            score_fn=self.score,
+            score_at=self.score_at,
+            sublattice=self.sublattice,
         )
+        if self.sublattice:
+            self.logger.info("sublattice: the heads train and are scored on one voxel in 8 per step")
         self._check_optimizer(getattr(engine, "optimizer", None))
         self.method = self._build(network, heads, loss_fn)
         if self._pending_state is not None:
@@ -280,12 +297,14 @@ class HeadBalancingHandler:
             "heads": {k: v.clone() for k, v in self.heads.state_dict().items()},
             "head_optimizer": copy.deepcopy(self.head_optimizer.state_dict()),
             "method": copy.deepcopy(self.method.state_dict()),
+            "head_steps": self.head_trainer.steps,
         }
 
     def _restore_light_state(self, state: Mapping[str, Any]) -> None:
         self.heads.load_state_dict(state["heads"])
         self.head_optimizer.load_state_dict(state["head_optimizer"])
         self.method.load_state_dict(state["method"])
+        self.head_trainer.steps = state["head_steps"]
 
     def model_completed(self, engine: Engine) -> None:
         if self._skip:
@@ -330,6 +349,7 @@ class HeadBalancingHandler:
             "heads": self.heads.state_dict(),
             "head_optimizer": self.head_optimizer.state_dict(),
             self.method_key: self.method.state_dict(),
+            "head_steps": self.head_trainer.steps,
             "history": list(self.history),
         }
 
@@ -342,4 +362,5 @@ class HeadBalancingHandler:
         self.heads.load_state_dict(state["heads"])
         self.head_optimizer.load_state_dict(state["head_optimizer"])
         self.method.load_state_dict(state[self.method_key])
+        self.head_trainer.steps = int(state.get("head_steps", 0))  # 0 for checkpoints from before it
         self.history = list(state.get("history", []))

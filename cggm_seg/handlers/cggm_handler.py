@@ -53,6 +53,9 @@ class CGGMHandler(HeadBalancingHandler):
             ``"soft_dice"`` (mean soft Dice over the region channels).
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
+        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
+            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
+            the same heads for about a quarter of their step. Defaults to False.
         rho, ema, tau, b_min, b_max, renormalize, warmup, preset, window, z: the
             :class:`BalanceTracker` settings (``None`` keeps the preset's default; the default
             preset ``"trend"`` measures each head's rate of improvement as the slope of its scores
@@ -99,6 +102,7 @@ class CGGMHandler(HeadBalancingHandler):
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         score: str | Callable = "soft_dice",
         score_at: str = "head",
+        sublattice: bool = False,
         rho: float = 1.0,
         ema: float | None = None,
         tau: float | None = None,
@@ -128,6 +132,7 @@ class CGGMHandler(HeadBalancingHandler):
             history_size,
             name,
             score_at=score_at,
+            sublattice=sublattice,
         )
         self.final = final
         # Built now so that bad settings fail when the config is parsed, not at the first iteration.

@@ -35,6 +35,9 @@ class HeadMonitorHandler(HeadBalancingHandler):
         score: the heads' score. Defaults to ``"soft_dice"``.
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
+        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
+            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
+            the same heads for about a quarter of their step. Defaults to False.
         network: the network observed; ``None`` takes ``engine.network``.
         history_size: iterations kept in :attr:`history`. Defaults to 100000.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -51,6 +54,7 @@ class HeadMonitorHandler(HeadBalancingHandler):
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         score: str | Callable = "soft_dice",
         score_at: str = "head",
+        sublattice: bool = False,
         network: nn.Module | None = None,
         history_size: int = 100_000,
         name: str | None = None,
@@ -66,6 +70,7 @@ class HeadMonitorHandler(HeadBalancingHandler):
             history_size,
             name,
             score_at=score_at,
+            sublattice=sublattice,
         )
 
     @property

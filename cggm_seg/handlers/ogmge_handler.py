@@ -47,6 +47,9 @@ class OGMGEHandler(HeadBalancingHandler):
             classification.
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
+        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
+            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
+            the same heads for about a quarter of their step. Defaults to False.
         alpha: modulation strength. Defaults to 0.8.
         continuous: use ``1 - tanh(alpha * (rho - 1))`` instead of the paper's ``1 - tanh(alpha * rho)``.
         noise: add the GE noise (False: plain OGM). Defaults to True.
@@ -78,6 +81,7 @@ class OGMGEHandler(HeadBalancingHandler):
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         score: str | Callable = "region_true_class_probability",
         score_at: str = "head",
+        sublattice: bool = False,
         alpha: float = 0.8,
         continuous: bool = False,
         noise: bool = True,
@@ -101,6 +105,7 @@ class OGMGEHandler(HeadBalancingHandler):
             history_size,
             name,
             score_at=score_at,
+            sublattice=sublattice,
         )
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")

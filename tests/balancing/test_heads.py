@@ -147,3 +147,74 @@ def test_a_full_resolution_head_of_the_wrong_size_still_fails():
     odd = {m: odd_maps for m in coarse}
     with pytest.raises(ValueError, match=r"head 'a' \(level 1\): cannot pool a target"):
         trainer.step(odd, torch.zeros(1, 3, 8, 8, 8))
+
+
+def test_sublattice_offset_and_slice_by_hand():
+    from cggm_seg.balancing.heads import sublattice_of, sublattice_offset
+
+    assert [sublattice_offset(t, 3) for t in (0, 1, 2, 5, 7, 8, 13)] == [
+        (0, 0, 0),
+        (1, 0, 0),
+        (0, 1, 0),
+        (1, 0, 1),
+        (1, 1, 1),
+        (0, 0, 0),
+        (1, 0, 1),
+    ]
+    assert sublattice_offset(3, 2) == (1, 1)
+    target = torch.arange(2 * 4 * 2 * 2).view(1, 2, 4, 2, 2)
+    sub = sublattice_of(target, (1, 0, 1))
+    # channel 0 holds 0..15 in (d, h, w) order: d in {1, 3}, h = 0, w = 1 -> 4 * 1 + 1 = 5 and 4 * 3 + 1 = 13
+    assert sub[0, 0].flatten().tolist() == [5, 13]
+    assert sub[0, 1].flatten().tolist() == [21, 29]
+    with pytest.raises(ValueError, match="needs a dense target B x C x S x S x S with even sizes"):
+        sublattice_of(torch.zeros(1, 3, 4, 4, 5), (0, 0, 0))
+    with pytest.raises(ValueError, match="with even sizes, got a target of shape \\[4, 3\\]"):
+        sublattice_of(torch.zeros(4, 3), (0, 0, 0))
+
+
+def test_sublattice_heads_train_and_score_on_one_voxel_in_eight():
+    """sublattice=True: step t's loss, score and step are the full-resolution head's on the voxels
+    o + 2u of the logits and the target, o the binary digits of t."""
+    from cggm_seg.networks import SegmentationHead
+
+    torch.manual_seed(0)
+    heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3) for m in ("a", "b")})
+    reference = copy.deepcopy(heads)
+    trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), sublattice=True)
+    reference_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    target = (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
+    for t in range(3):
+        features = {m: [torch.randn(2, 2, 8, 8, 8), torch.randn(2, 4, 4, 4, 4)] for m in heads}
+        offset = ((t >> 0) & 1, (t >> 1) & 1, (t >> 2) & 1)
+        assert trainer.steps == t and trainer.offset(3) == offset
+        index = (slice(None), slice(None), *(slice(o, None, 2) for o in offset))
+        step = trainer.step(features, target)
+        reference_opt.zero_grad()
+        for m in heads:
+            logits = reference[m](features[m])[index]  # the full-resolution head, sliced afterwards
+            loss = BCE(logits, target[index])
+            assert step.losses[m].item() == pytest.approx(loss.item(), abs=1e-6)
+            torch.testing.assert_close(step.scores[m], trainer.score_fn(logits.detach(), target[index]))
+            loss.backward()
+            torch.testing.assert_close(step.final_grads[m], flat_gradients(reference[m].final))
+        reference_opt.step()
+        for got, expected in zip(heads.parameters(), reference.parameters()):
+            torch.testing.assert_close(got, expected)
+    assert trainer.steps == 3
+
+
+def test_sublattice_needs_full_resolution_segmentation_heads():
+    from cggm_seg.networks import SegmentationHead
+
+    coarse = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=1) for m in ("a", "b")})
+    with pytest.raises(ValueError, match="head 'a' \\(SegmentationHead, level 1\\) is not one"):
+        HeadTrainer(coarse, BCE, torch.optim.SGD(coarse.parameters(), lr=0.1), sublattice=True)
+    with pytest.raises(ValueError, match="head 't1' \\(SegHead, level 0\\) is not one"):
+        HeadTrainer(_heads(), BCE, torch.optim.SGD(_heads().parameters(), lr=0.1), sublattice=True)
+    heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3) for m in ("a", "b")})
+    trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), sublattice=True)
+    features = {m: [torch.randn(1, 2, 8, 8, 8), torch.randn(1, 4, 4, 4, 4)] for m in heads}
+    with pytest.raises(ValueError, match="with even sizes, got a target of shape \\[1, 3, 8, 8, 7\\]"):
+        trainer.step(features, torch.zeros(1, 3, 8, 8, 7))
+    assert trainer.steps == 0  # a step that failed does not count

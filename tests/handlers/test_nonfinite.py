@@ -17,6 +17,7 @@ def _snapshot(net, heads, handler):
         "net": copy.deepcopy(net.state_dict()),
         "heads": copy.deepcopy(heads.state_dict()),
         "tracker_step": handler.tracker.step,
+        "head_steps": handler.head_trainer.steps,
         "history": len(handler.history),
     }
 
@@ -129,6 +130,7 @@ def test_non_finite_gradients_undo_the_heads_and_tracker_step(seg_setup, make_tr
     before, after = seen[("before", 2)], seen[("after", 2)]
     assert _equal(before["heads"], after["heads"])  # the heads' step was undone
     assert before["tracker_step"] == after["tracker_step"]  # so was the tracker's
+    assert before["head_steps"] == after["head_steps"] == 1  # and the heads' step count (their sub-lattice)
     assert before["history"] == after["history"]  # and nothing was recorded
     start, end = (state["state"] for state in optimizer_states)  # the heads' Adam moments too
     assert start.keys() == end.keys() and start
@@ -136,6 +138,7 @@ def test_non_finite_gradients_undo_the_heads_and_tracker_step(seg_setup, make_tr
     if with_guard:  # the network did not step either, and the next step is a normal one
         assert _equal(before["net"], after["net"]) and guard.skipped == [2]
         assert seen[("after", 3)]["tracker_step"] == after["tracker_step"] + 1
+        assert seen[("after", 3)]["head_steps"] == 2
         assert not _equal(seen[("before", 3)]["heads"], seen[("after", 3)]["heads"])
 
 

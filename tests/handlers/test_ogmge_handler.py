@@ -47,3 +47,35 @@ def test_ge_noise_is_added_with_the_gradient_std(seg_setup, make_trainer, batche
     assert noise.abs().max() > 0
     assert float(noise.std()) == pytest.approx(float(before[name].std()), rel=0.35)
     torch.testing.assert_close(after["final.weight"], before["final.weight"])  # fusion untouched
+
+
+def test_sublattice_heads_count_their_steps_and_resume(seg_setup, make_trainer, batches):
+    """sublattice=True: the heads' trainer takes one step (one sub-lattice) per observation, and the
+    count, which picks the next sub-lattice, is saved and restored with the handler."""
+    from cggm_seg.networks import make_heads
+
+    net, _, optimizer, loss = seg_setup
+    heads = make_heads("segmentation", net, level=0)
+    with pytest.raises(ValueError, match=r"head 't1' \(SegmentationHead, level 1\) is not one"):
+        OGMGEHandler(make_heads("segmentation", net), sublattice=True)  # refused when the config is parsed
+    handler = OGMGEHandler(heads, sublattice=True, observe_every=2, seed=0)
+    trainer = make_trainer(net, optimizer, loss, batches(2), epochs=2)
+    offsets = []
+    trainer.add_event_handler(
+        IterationEvents.FORWARD_COMPLETED, lambda e: offsets.append(handler.head_trainer.offset(3))
+    )
+    handler.attach(trainer)
+    trainer.run()
+    assert handler.head_trainer.sublattice and handler.head_trainer.steps == 2  # 4 iterations, every 2nd
+    assert offsets == [(0, 0, 0), (1, 0, 0), (1, 0, 0), (0, 1, 0)]  # as each iteration began
+    state = handler.state_dict()
+    assert state["head_steps"] == 2
+    again = OGMGEHandler(make_heads("segmentation", net, level=0), sublattice=True, observe_every=2, seed=0)
+    again.load_state_dict(state)  # before the run: applied when it starts
+    other = make_trainer(net, optimizer, loss, batches(1), epochs=1)
+    again.attach(other)
+    other.run()
+    assert again.head_trainer.steps == 3
+    del state["head_steps"]  # a checkpoint from before the count: it starts again at the first sub-lattice
+    again.load_state_dict(state)
+    assert again.head_trainer.steps == 0

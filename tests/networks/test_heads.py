@@ -166,3 +166,51 @@ def test_segmentation_head_is_a_top_down_cascade(mode):
     single = SegmentationHead((4,), hidden=5, out_channels=2, stride=2, interp_mode=mode)
     full = torch.empty(1, 1, 16, 16, 16)
     torch.testing.assert_close(single(f[:1]), single.final(torch.relu(up(single.projections[0](f[0]), full))))
+
+
+@pytest.mark.parametrize("cpu_fast_paths", [False, True])
+def test_forward_sublattice_is_the_full_heads_logits_there(cpu_fast_paths):
+    """Every layer is pointwise and the upsampling nearest: the sub-lattice o + 2u of the full
+    logits, for each of the 8 offsets, with the same gradients for a loss on those voxels."""
+    torch.manual_seed(0)
+    head = SegmentationHead((4, 6, 8), hidden=5, out_channels=2, cpu_fast_paths=cpu_fast_paths)
+    f = [torch.randn(2, 4, 8, 6, 4), torch.randn(2, 6, 4, 3, 2), torch.randn(2, 8, 2, 2, 1)]
+    full = head(f)
+    seen = torch.zeros_like(full, dtype=torch.int64)
+    for offset in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
+        index = (slice(None), slice(None), *(slice(o, None, 2) for o in offset))
+        sub = head.forward_sublattice(f, offset)
+        assert sub.shape == (2, 2, 4, 3, 2)
+        torch.testing.assert_close(sub, full[index], rtol=0, atol=1e-6)
+        seen[index] += 1
+        head.zero_grad()
+        sub.square().mean().backward()
+        grads = [p.grad.clone() for p in head.parameters()]
+        head.zero_grad()
+        head(f)[index].square().mean().backward()
+        for got, expected in zip(grads, [p.grad for p in head.parameters()]):
+            torch.testing.assert_close(got, expected)
+    assert seen.eq(1).all()  # the 8 sub-lattices cover every voxel once
+    one_map = SegmentationHead((4,), hidden=5, out_channels=2)  # a branch of one map
+    torch.testing.assert_close(
+        one_map.forward_sublattice(f[:1], (1, 0, 1)), one_map(f[:1])[:, :, 1::2, 0::2, 1::2]
+    )
+
+
+def test_forward_sublattice_refuses_what_it_cannot_compute_exactly():
+    f = [torch.randn(1, 4, 8, 8, 8), torch.randn(1, 6, 4, 4, 4)]
+    head = SegmentationHead((4, 6), hidden=5)
+    for bad in [(0, 0), (0, 2, 0), (0, 0, -1)]:
+        with pytest.raises(ValueError, match="offset must be one 0 or 1 per spatial dimension"):
+            head.forward_sublattice(f, bad)
+    with pytest.raises(ValueError, match="needs even sizes; the finest map's are \\[8, 8, 7\\]"):
+        SegmentationHead((4,), hidden=5).forward_sublattice([torch.randn(1, 4, 8, 8, 7)], (0, 0, 0))
+    with pytest.raises(ValueError, match="the second map at half the finest map's size"):
+        head.forward_sublattice([f[0], torch.randn(1, 6, 2, 2, 2)], (0, 0, 0))
+    for other in (
+        SegmentationHead((4, 6), hidden=5, level=1),
+        SegmentationHead((4, 6), hidden=5, stride=2),
+        SegmentationHead((4, 6), hidden=5, interp_mode="trilinear"),
+    ):
+        with pytest.raises(ValueError, match="forward_sublattice needs a full-resolution head"):
+            other.forward_sublattice(f, (0, 0, 0))
