@@ -1,11 +1,10 @@
-"""Run a test module's ``_worker(rank, world, port, out)`` as two gloo ranks in plain subprocesses."""
+"""Run a test module's ``_worker(rank, world, store, out)`` as two gloo ranks in plain subprocesses."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,20 +15,18 @@ import torch
 import torch.distributed as dist
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
-def gloo_group(rank: int, world: int, port: int) -> Iterator[None]:
+def gloo_group(rank: int, world: int, store: str) -> Iterator[None]:
     """A worker's gloo process group on one thread: at the end both ranks wait for each other (done
-    with their collectives before either tears gloo down), then the group is destroyed."""
+    with their collectives before either tears gloo down), then the group is destroyed.
+
+    The ranks meet through a file (``store``, a fresh path per test) rather than a TCP port: a port
+    found free and released before rank 0 listens on it can be taken by another process meanwhile.
+    """
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=Path(store).resolve().as_uri(),
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(seconds=30),
@@ -52,7 +49,7 @@ def run_two_ranks(module: str, out: Path, timeout: float = 60) -> tuple[Any, Any
     # exception", a gloo thread destroyed at exit: 1 run in 50 with the barrier alone)
     code = (
         f"import os, sys; from balancing.{module} import _worker; "
-        f"_worker(int(sys.argv[1]), 2, {free_port()}, {str(out)!r}); "
+        f"_worker(int(sys.argv[1]), 2, {str(out / 'rendezvous')!r}, {str(out)!r}); "
         "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)"
     )
     ranks = [subprocess.Popen([sys.executable, "-c", code, str(r)], env=env) for r in (0, 1)]

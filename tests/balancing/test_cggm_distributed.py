@@ -19,8 +19,8 @@ STEPS = 3
 seg_loss = F.binary_cross_entropy_with_logits
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    with gloo_group(rank, world, port):
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    with gloo_group(rank, world, store):
         torch.manual_seed(0)
         model = nn.parallel.DistributedDataParallel(ToySegNet())
         heads = nn.ModuleDict({m: SegHead() for m in MODALITIES})

@@ -19,8 +19,8 @@ def _run(rows):
     return [tracker.update(dict(zip(MODALITIES, row))).tolist() for row in rows]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    with gloo_group(rank, world, port):
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    with gloo_group(rank, world, store):
         tracker_b = _run(SCORES[rank])
         s = torch.tensor(SCORES[rank][-1], dtype=torch.float64)
         from cggm_seg.balancing.distributed import mean_over_ranks

@@ -30,8 +30,8 @@ def _batch(rank: int, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]
     return features, target
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    with gloo_group(rank, world, port):
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    with gloo_group(rank, world, store):
         heads = _heads(seed=rank)  # different on each rank: the trainer starts them from rank 0's
         trainer = HeadTrainer(
             heads, F.binary_cross_entropy_with_logits, torch.optim.Adam(heads.parameters(), lr=0.05)

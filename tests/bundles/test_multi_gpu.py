@@ -8,7 +8,6 @@ over ranks, METHOD.md 1.3), a real, non-neutral B.
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +21,6 @@ from torch.utils.data import DistributedSampler
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 STATE_LINE = re.compile(r" - train_rank(\d+) - INFO - State values: (.*)$")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _torchrun_available() -> bool:
@@ -59,7 +52,9 @@ def test_model_zoo_properties_with_one_rank(tmp_path, monkeypatch):
     # torchrun's environment for a world of one: initialize() opens a gloo group, finalize() closes it.
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    # port 0: rank 0's store listens on a port the OS gives it (a world of one: nobody else connects),
+    # never on one found free earlier, which another process could take in between
+    monkeypatch.setenv("MASTER_PORT", "0")
     monkeypatch.setenv("CGGM_SEG_CACHE", str(tmp_path))
     workflow = ConfigWorkflow(
         config_file=[str(BUNDLES / "brats_cggm.json"), str(BUNDLES / "multi_gpu_train.json")],
@@ -94,7 +89,8 @@ def test_model_zoo_properties_with_one_rank(tmp_path, monkeypatch):
 def test_two_cpu_ranks_train_and_log_identical_balancing(tmp_path):
     config_files = str([str(BUNDLES / "brats_cggm.json"), str(BUNDLES / "multi_gpu_train.json")])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        # --standalone: the rendezvous store takes a port from the OS and the ranks are told it
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "--config_file", config_files,
         "--epochs", "1", "--val_interval", "1", "--roi_size", "[32,32,32]",
         # 6 cases -> 4 training cases, 2 iterations per rank: the second gives a non-neutral B
