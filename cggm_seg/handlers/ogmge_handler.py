@@ -37,7 +37,8 @@ class OGMGEHandler(HeadBalancingHandler):
         heads: modality -> light head with a ``final`` layer (moved to the network's device at start).
             For segmentation prefer full-resolution heads (``make_heads(..., level=0)``): OGM-GE
             reads the scores' levels, which half-resolution heads rank less faithfully
-            (``docs/benchmarks.md``); the BraTS bundle does so.
+            (``docs/benchmarks.md``); the BraTS bundle does so, with ``sublattice=True`` and
+            ``observe_every=4``.
         branches: modality -> encoder module name(s) or module(s); ``None`` asks ``network.branch_names()``.
         head_optimizer: the heads' optimizer; ``None`` builds ``Adam(heads, lr=head_lr)`` when the run starts.
         head_lr: learning rate of the default head optimizer. Defaults to 1e-3.

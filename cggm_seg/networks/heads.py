@@ -176,9 +176,9 @@ class SegmentationHead(nn.Module):
             )
         finest = features[0]
         size = [int(s) for s in finest.shape[2:]]
-        offset = [int(o) for o in offset]
         if len(offset) != len(size) or any(o not in (0, 1) for o in offset):
             raise ValueError(f"offset must be one 0 or 1 per spatial dimension ({len(size)}), got {offset}.")
+        offset = [int(o) for o in offset]
         if any(s % 2 for s in size):
             raise ValueError(f"a sub-lattice of step 2 needs even sizes; the finest map's are {size}.")
         half = [s // 2 for s in size]

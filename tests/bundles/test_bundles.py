@@ -87,7 +87,7 @@ def test_unknown_method_fails_when_the_config_is_parsed(tmp_path, monkeypatch):
 
 def test_heads_as_the_balancing_benchmark_chose_them():
     """docs/benchmarks.md: CGGM and the joint monitor on half-resolution heads; OGM-GE on
-    full-resolution heads trained every 4th iteration."""
+    full-resolution heads trained every 4th iteration on one voxel in 8 (a sub-lattice)."""
     from monai.bundle import ConfigParser
 
     chosen = {}
@@ -99,9 +99,11 @@ def test_heads_as_the_balancing_benchmark_chose_them():
         chosen[method] = {h.level for h in heads.values()}
         handler = parser.get_parsed_content("balancing")
         chosen[method, "every"] = getattr(handler, "observe_every", 1)
+        chosen[method, "sublattice"] = handler.sublattice
     assert chosen == {
         "cggm": {1}, "joint": {1}, "ogmge": {0},
         ("cggm", "every"): 1, ("joint", "every"): 1, ("ogmge", "every"): 4,
+        ("cggm", "sublattice"): False, ("joint", "sublattice"): False, ("ogmge", "sublattice"): True,
     }  # fmt: skip
 
 

@@ -200,7 +200,7 @@ def test_forward_sublattice_is_the_full_heads_logits_there(cpu_fast_paths):
 def test_forward_sublattice_refuses_what_it_cannot_compute_exactly():
     f = [torch.randn(1, 4, 8, 8, 8), torch.randn(1, 6, 4, 4, 4)]
     head = SegmentationHead((4, 6), hidden=5)
-    for bad in [(0, 0), (0, 2, 0), (0, 0, -1)]:
+    for bad in [(0, 0), (0, 2, 0), (0, 0, -1), (0, 0.5, 0)]:
         with pytest.raises(ValueError, match="offset must be one 0 or 1 per spatial dimension"):
             head.forward_sublattice(f, bad)
     with pytest.raises(ValueError, match="needs even sizes; the finest map's are \\[8, 8, 7\\]"):
