@@ -25,7 +25,10 @@ missing-sequence audit, so what is measured here is exactly what a user runs. Me
   the two heads' signal (scores, B) and Dice; ``ogmge_level1_full`` (opt-in): OGM-GE with
   half-resolution heads scored at full resolution (``score_at="full"``: their logits upsampled to
   the label), the loss and the step staying at half resolution (both with the heads trained every
-  iteration). The OGM-GE variants other than ``ogmge`` train and score their heads on every voxel.
+  iteration). The OGM-GE variants other than ``ogmge`` train and score their heads on every voxel;
+  ``cggm_sublattice`` (opt-in): CGGM with its half-resolution heads trained and scored on one voxel
+  in 8 of their grid per step (``sublattice=True``; the same heads' logits there, the label pooled
+  to their grid at those voxels).
 
 Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
 methods that make the task harder, such as modality dropout, the longer budget their validation
@@ -44,6 +47,7 @@ that the budget is enough for each), the Shapley values, and CGGM's B during tra
     python scripts/bench_balance.py --section heads --methods joint cggm cggm_level0 ogmge_every1 ogmge_level1
     python scripts/bench_balance.py --section ogmge_every4 --methods ogmge_every1 ogmge
     python scripts/bench_balance.py --section ogmge_sublattice --methods joint ogmge_all_voxels ogmge
+    python scripts/bench_balance.py --section cggm_sublattice --methods joint cggm cggm_sublattice
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     "cggm_every4": ([], ["--method", "cggm", "--methods#cggm#observe_every", "4"]),
     "ogmge_every8": ([], ["--method", "ogmge", "--methods#ogmge#observe_every", "8", *ALL_VOXELS]),
     "ogmge_all_voxels": ([], ["--method", "ogmge", *ALL_VOXELS]),
+    "cggm_sublattice": ([], ["--method", "cggm", "--methods#cggm#sublattice", "True"]),
 }
 #: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
 OPT_IN = (
@@ -105,6 +110,7 @@ OPT_IN = (
     "cggm_every4",
     "ogmge_every8",
     "ogmge_all_voxels",
+    "cggm_sublattice",
 )
 DEFAULT_METHODS = [m for m in METHODS if m not in OPT_IN]
 #: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
@@ -624,6 +630,7 @@ SECTION_TITLES = {
     "ogmge_sublattice": (
         "OGM-GE's full-resolution heads trained and scored on one voxel in 8 (the bundle's OGM-GE)"
     ),
+    "cggm_sublattice": "CGGM's half-resolution heads trained and scored on one voxel in 8 of their grid",
 }
 PLOT_TITLES = {
     "curves": "validation curves",

@@ -29,6 +29,7 @@ __all__ = [
     "check_sublattice_heads",
     "flat_parameters",
     "flat_gradients",
+    "pool_sublattice",
     "pool_target",
     "sublattice_of",
     "sublattice_offset",
@@ -131,6 +132,16 @@ def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torc
     Raises:
         ValueError: a size that does not divide the target's.
     """
+    if [int(s) for s in size] == [int(s) for s in target.shape[2:]]:
+        return target
+    return _pooled_blocks(target, size, (0,) * len(size), step=1)
+
+
+def _pooled_blocks(
+    target: torch.Tensor, size: list[int] | tuple[int, ...], offset: tuple[int, ...], step: int
+) -> torch.Tensor:
+    """The voxels ``offset + step * u`` of ``target`` pooled to ``size`` (:func:`pool_target`), from
+    their blocks only: block means (floating-point, boolean) or first voxels (integer)."""
     spatial = [int(s) for s in target.shape[2:]]
     size = [int(s) for s in size]
     if len(size) != len(spatial) or any(c < 1 or t % c for t, c in zip(spatial, size)):
@@ -138,27 +149,41 @@ def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torc
             f"cannot pool a target of spatial size {spatial} to {size}: each size must divide the "
             "target's (a coarse head's level must halve the label an integer number of times)."
         )
-    if size == spatial:
-        return target
     factors = [t // c for t, c in zip(spatial, size)]
     if target.is_floating_point() or target.dtype == torch.bool:
         pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}.get(len(size))
         if pool is not None:
-            return pool(target.float() if target.dtype == torch.bool else target, factors)
-    index = [slice(None), slice(None), *(slice(0, None, f) for f in factors)]
-    return target[tuple(index)]
+            start = target[(slice(None), slice(None), *(slice(o * f, None) for o, f in zip(offset, factors)))]
+            start = start.float() if start.dtype == torch.bool else start
+            return pool(start, factors, stride=[step * f for f in factors])
+    return target[
+        (slice(None), slice(None), *(slice(o * f, None, step * f) for o, f in zip(offset, factors)))
+    ]
 
 
-def check_sublattice_heads(heads: Mapping[str, nn.Module]) -> None:
+def check_sublattice_heads(heads: Mapping[str, nn.Module], score_at: str = "head") -> None:
     """Raises ValueError unless every head can be trained on a sub-lattice (``sublattice=True``): a
-    full-resolution segmentation head with ``forward_sublattice``."""
+    segmentation head with ``forward_sublattice`` that can compute its logits there exactly
+    (:attr:`cggm_seg.networks.SegmentationHead.supports_sublattice`), scored where it predicts
+    (``score_at="head"``)."""
+    if score_at != "head":
+        raise ValueError(
+            "sublattice=True scores each head on its sub-lattice; "
+            f"score_at={score_at!r} is not possible with it."
+        )
     for modality, head in heads.items():
-        level = getattr(head, "level", 0)
-        if not callable(getattr(head, "forward_sublattice", None)) or level:
+        exact = callable(getattr(head, "forward_sublattice", None)) and getattr(
+            head, "supports_sublattice", True
+        )
+        if not exact:
+            detail = ", ".join(
+                f"{a} {getattr(head, a)!r}" for a in ("level", "stride", "interp_mode") if hasattr(head, a)
+            )
             raise ValueError(
-                "sublattice=True trains full-resolution segmentation heads on a sub-lattice of the label: "
-                f"head {modality!r} ({type(head).__name__}, level {level}) is not one (build the heads with "
-                "make_heads('segmentation', model, level=0))."
+                "sublattice=True trains segmentation heads on a sub-lattice of their output grid: head "
+                f"{modality!r} ({type(head).__name__}{', ' + detail if detail else ''}) cannot be (build "
+                "the heads with make_heads('segmentation', model), nearest-neighbour upsampling, stride 1 "
+                "at level 0)."
             )
 
 
@@ -181,6 +206,29 @@ def sublattice_of(target: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor
             f"sizes, got a target of shape {list(target.shape)}."
         )
     return target[(slice(None), slice(None), *(slice(o, None, 2) for o in offset))]
+
+
+def pool_sublattice(
+    target: torch.Tensor, size: list[int] | tuple[int, ...], offset: tuple[int, ...]
+) -> torch.Tensor:
+    """``sublattice_of(pool_target(target, size), offset)``, pooling only the blocks it keeps.
+
+    The target of a coarse head trained on a sub-lattice (:class:`HeadTrainer` with
+    ``sublattice=True`` and ``level > 0``): each kept voxel ``offset + 2 * u`` of the coarse grid is
+    the mean (floating-point and boolean targets) or the first voxel (integer targets) of its block
+    of the full-resolution target, as :func:`pool_target` computes it, for an eighth of the work in 3D.
+
+    Raises:
+        ValueError: a size that does not divide the target's, or an odd coarse size.
+    """
+    if [int(s) for s in size] == [int(s) for s in target.shape[2:]]:
+        return sublattice_of(target, offset)
+    if len(offset) != len(size) or any(int(c) % 2 for c in size):
+        raise ValueError(
+            "a sub-lattice of step 2 needs a coarse size of even sizes, one offset per dimension; got "
+            f"size {[int(c) for c in size]}, offset {tuple(offset)}."
+        )
+    return _pooled_blocks(target, size, tuple(int(o) for o in offset), step=2)
 
 
 def _check_prediction(modality: str, prediction: Any, target: torch.Tensor) -> None:
@@ -233,14 +281,17 @@ class HeadTrainer:
             is measured: ``"head"`` (default), at the head's resolution against the target pooled
             to it (as the head's loss); ``"full"``, on the head's logits upsampled to the target's
             size, against the full-resolution target (the loss stays at the head's resolution).
-        sublattice: train and score full-resolution segmentation heads on one voxel in 2^d of the
-            label (d spatial dimensions) per step: step t takes the voxels ``o + 2 * u`` with the
-            offset ``o`` the binary digits of t (``o = (t mod 2, t // 2 mod 2, t // 4 mod 2)`` in
-            3D), so that 2^d consecutive steps cover every voxel once. A head's logits there come
-            from its ``forward_sublattice`` (:meth:`cggm_seg.networks.SegmentationHead.forward_sublattice`:
-            the same numbers as its full-resolution logits at those voxels), its loss and score from
-            the full-resolution target at those voxels (no pooling): the full-resolution heads for
-            about a quarter of their step (``docs/benchmarks.md``). Defaults to False.
+        sublattice: train and score segmentation heads on one voxel in 2^d of their output grid
+            (d spatial dimensions) per step: step t takes the voxels ``o + 2 * u`` with the offset
+            ``o`` the binary digits of t (``o = (t mod 2, t // 2 mod 2, t // 4 mod 2)`` in 3D), so
+            that 2^d consecutive steps cover every voxel once. A head's logits there come from its
+            ``forward_sublattice`` (:meth:`cggm_seg.networks.SegmentationHead.forward_sublattice`:
+            the same numbers as its logits on the whole grid at those voxels), its loss and score
+            from the target at those voxels: the full-resolution label for a full-resolution head,
+            the label pooled to a coarse head's grid (:func:`pool_sublattice`, only the voxels
+            kept) otherwise. About a quarter of the full-resolution heads' step and 60 % of the
+            half-resolution heads' (``docs/benchmarks.md``). Not with ``score_at="full"``.
+            Defaults to False.
 
     Attributes:
         steps: the steps taken so far (the next step's sub-lattice; the handlers save it).
@@ -252,8 +303,8 @@ class HeadTrainer:
 
     Raises:
         ValueError: fewer than two heads, a head without ``final``, heads sharing parameters, an
-            unknown ``score_at``, or ``sublattice`` with a head that has no ``forward_sublattice`` or
-            predicts at a coarser level.
+            unknown ``score_at``, or ``sublattice`` with ``score_at="full"`` or with a head that has
+            no ``forward_sublattice`` or cannot compute it exactly (``supports_sublattice``).
     """
 
     def __init__(
@@ -280,7 +331,7 @@ class HeadTrainer:
                 if owner.setdefault(id(p), modality) != modality:
                     raise ValueError(f"heads {owner[id(p)]!r} and {modality!r} share parameters.")
         if self.sublattice:
-            check_sublattice_heads(self.heads)
+            check_sublattice_heads(self.heads, score_at)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.score_fn = get_score(score_fn)
@@ -317,11 +368,11 @@ class HeadTrainer:
         Raises:
             KeyError: a modality without features.
         """
-        target = target.detach()
+        target = original = target.detach()
         offset = self.offset(target.dim() - 2) if self.sublattice else None
         if offset is not None:
-            target = sublattice_of(target, offset)
-        pooled: dict[tuple[int, ...], torch.Tensor] = {}  # the target at each coarse head's size
+            target = sublattice_of(target, offset)  # full-resolution heads' target; checks the sizes
+        pooled: dict[tuple[int, ...], torch.Tensor] = {}  # the target at each coarse head's grid
         self.optimizer.zero_grad(set_to_none=True)
         scores: dict[str, torch.Tensor] = {}
         losses: dict[str, torch.Tensor] = {}
@@ -342,7 +393,11 @@ class HeadTrainer:
                     size = tuple(int(s) for s in prediction.shape[2:])
                     if size not in pooled:
                         try:
-                            pooled[size] = pool_target(target, size)
+                            if offset is None:
+                                pooled[size] = pool_target(target, size)
+                            else:  # the coarse grid is twice the sub-lattice; pool that grid's sub-lattice
+                                grid = [2 * s for s in size]
+                                pooled[size] = pool_sublattice(original, grid, offset)
                         except ValueError as err:
                             raise ValueError(f"head {m!r} (level {head.level}): {err}") from err
                     head_target = pooled[size]

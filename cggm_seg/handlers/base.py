@@ -66,9 +66,10 @@ class HeadBalancingHandler:
         score: the heads' score (name in :data:`cggm_seg.balancing.SCORES` or a callable).
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
-        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
-            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
-            the same heads for about a quarter of their step. Defaults to False.
+        sublattice: train and score segmentation heads (any ``level``) on one voxel in 8 of their
+            output grid per step, a different sub-lattice each step
+            (:class:`~cggm_seg.balancing.HeadTrainer`): the same heads for a fraction of their step
+            (``docs/benchmarks.md``). Defaults to False.
         network: the network to balance; ``None`` takes ``engine.network`` when the run starts.
         history_size: iterations kept in :attr:`history`.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -107,7 +108,9 @@ class HeadBalancingHandler:
             raise ValueError(f"sublattice must be True or False, got {sublattice!r}.")
         self.sublattice = sublattice
         if self.sublattice:
-            check_sublattice_heads(self.heads)  # fails when the config is parsed, not when the run starts
+            check_sublattice_heads(
+                self.heads, score_at
+            )  # fails when the config is parsed, not when the run starts
         self.modalities = tuple(self.heads.keys())
         self.branches = branches
         self.head_optimizer = head_optimizer
@@ -186,7 +189,9 @@ class HeadBalancingHandler:
             sublattice=self.sublattice,
         )
         if self.sublattice:
-            self.logger.info("sublattice: the heads train and are scored on one voxel in 8 per step")
+            self.logger.info(
+                "sublattice: the heads train and are scored on one voxel in 8 of their grid per step"
+            )
         self._check_optimizer(getattr(engine, "optimizer", None))
         self.method = self._build(network, heads, loss_fn)
         if self._pending_state is not None:

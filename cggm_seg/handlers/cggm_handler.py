@@ -53,9 +53,10 @@ class CGGMHandler(HeadBalancingHandler):
             ``"soft_dice"`` (mean soft Dice over the region channels).
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
-        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
-            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
-            the same heads for about a quarter of their step. Defaults to False.
+        sublattice: train and score segmentation heads (any ``level``) on one voxel in 8 of their
+            output grid per step, a different sub-lattice each step
+            (:class:`~cggm_seg.balancing.HeadTrainer`): the same heads for a fraction of their step
+            (``docs/benchmarks.md``). Defaults to False.
         rho, ema, tau, b_min, b_max, renormalize, warmup, preset, window, z: the
             :class:`BalanceTracker` settings (``None`` keeps the preset's default; the default
             preset ``"trend"`` measures each head's rate of improvement as the slope of its scores

@@ -35,9 +35,10 @@ class HeadMonitorHandler(HeadBalancingHandler):
         score: the heads' score. Defaults to ``"soft_dice"``.
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
-        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
-            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
-            the same heads for about a quarter of their step. Defaults to False.
+        sublattice: train and score segmentation heads (any ``level``) on one voxel in 8 of their
+            output grid per step, a different sub-lattice each step
+            (:class:`~cggm_seg.balancing.HeadTrainer`): the same heads for a fraction of their step
+            (``docs/benchmarks.md``). Defaults to False.
         network: the network observed; ``None`` takes ``engine.network``.
         history_size: iterations kept in :attr:`history`. Defaults to 100000.
         name: logger name; ``None`` uses ``engine.logger``.

@@ -48,9 +48,10 @@ class OGMGEHandler(HeadBalancingHandler):
             classification.
         score_at: where a coarse head (``level > 0``) is scored: ``"head"`` (default, its own
             resolution, pooled target) or ``"full"`` (its logits upsampled to the target).
-        sublattice: train and score full-resolution heads (``level`` 0) on one voxel in 8 of the
-            label per step, a different sub-lattice each step (:class:`~cggm_seg.balancing.HeadTrainer`):
-            the same heads for about a quarter of their step. Defaults to False.
+        sublattice: train and score segmentation heads (any ``level``) on one voxel in 8 of their
+            output grid per step, a different sub-lattice each step
+            (:class:`~cggm_seg.balancing.HeadTrainer`): the same heads for a fraction of their step
+            (``docs/benchmarks.md``). Defaults to False.
         alpha: modulation strength. Defaults to 0.8.
         continuous: use ``1 - tanh(alpha * (rho - 1))`` instead of the paper's ``1 - tanh(alpha * rho)``.
         noise: add the GE noise (False: plain OGM). Defaults to True.

@@ -87,6 +87,8 @@ class SegmentationHead(nn.Module):
             ``cpu_fast_paths``).
     """
 
+    __jit_unused_properties__ = ["supports_sublattice"]
+
     def __init__(
         self,
         in_channels: Sequence[int],
@@ -141,17 +143,24 @@ class SegmentationHead(nn.Module):
             y = self._upsample(y, spatial_size)
         return self.final(self.act(y))
 
+    @property
+    def supports_sublattice(self) -> bool:
+        """Whether :meth:`forward_sublattice` can compute this head's logits on a sub-lattice exactly:
+        nearest-neighbour upsampling, and at level 0 no stride (the output is the finest map's grid)."""
+        return self.interp_mode == "nearest" and (self.level > 0 or self.stride == 1)
+
     @torch.jit.unused
     def forward_sublattice(self, features: list[torch.Tensor], offset: Sequence[int]) -> torch.Tensor:
-        """The level-0 head's logits on one sub-lattice of the output grid: the voxels
-        ``offset + 2 * u`` (one voxel in 2^3), computed without the rest.
+        """The head's logits on one sub-lattice of its output grid: the voxels ``offset + 2 * u``
+        (one voxel in 2^3), computed without the rest.
 
-        Every layer of the head is pointwise and its upsampling nearest-neighbour, so the output at
-        a voxel of the finest map depends only on that voxel's features and on the coarser maps'
-        values at its parents. The parents of the voxels ``offset + 2 * u`` are the second map's
-        voxels ``u`` themselves: the result is the top-down sum at the second map's resolution plus
-        the finest map's projection of its strided slice ``features[0][..., o::2, o::2, o::2]``, the
-        same numbers as ``self(features)[..., o0::2, o1::2, o2::2]`` for a fraction of the work
+        The output grid is the ``level``-th map's (the finest map's at level 0). Every layer of the
+        head is pointwise and its upsampling nearest-neighbour, so the output at a voxel of that map
+        depends only on that voxel's features and on the coarser maps' values at its parents. The
+        parents of the voxels ``offset + 2 * u`` are the next coarser map's voxels ``u`` themselves:
+        the result is the top-down sum at that coarser map's resolution plus the projection of the
+        strided slice ``features[level][..., o::2, o::2, o::2]``, the same numbers as
+        ``self(features)[..., o0::2, o1::2, o2::2]`` for a fraction of the work
         (:class:`cggm_seg.balancing.HeadTrainer` with ``sublattice=True`` trains and scores heads
         this way, on a different sub-lattice each step).
 
@@ -160,40 +169,46 @@ class SegmentationHead(nn.Module):
             offset: the sub-lattice's offset, one 0 or 1 per spatial dimension.
 
         Returns:
-            logits ``B x out_channels x D/2 x H/2 x W/2`` (the finest map's size halved).
+            logits ``B x out_channels x D/2 x H/2 x W/2`` (the output grid's size halved).
 
         Raises:
-            ValueError: a head with ``level > 0``, ``stride != 1`` or trilinear upsampling, an
-                offset that is not one 0 or 1 per spatial dimension, a finest map with an odd size,
-                or a second map that is not the finest halved.
+            ValueError: a head that cannot (:attr:`supports_sublattice`: trilinear upsampling, or
+                ``stride != 1`` at level 0), an offset that is not one 0 or 1 per spatial dimension,
+                an output grid with an odd size, or a next coarser map that is not that grid halved.
         """
         features = self._checked(features)
-        if self.level != 0 or self.stride != 1 or self.interp_mode != "nearest":
+        if not self.supports_sublattice:
             raise ValueError(
-                "forward_sublattice needs a full-resolution head with nearest-neighbour upsampling "
-                f"(level 0, stride 1, interp_mode 'nearest'), got level {self.level}, stride {self.stride}, "
-                f"interp_mode {self.interp_mode!r}."
+                "forward_sublattice needs nearest-neighbour upsampling and, at level 0, stride 1 (the output "
+                f"on the finest map's grid), got level {self.level}, stride {self.stride}, interp_mode "
+                f"{self.interp_mode!r}."
             )
-        finest = features[0]
-        size = [int(s) for s in finest.shape[2:]]
+        grid = features[self.level]
+        size = [int(s) for s in grid.shape[2:]]
         if len(offset) != len(size) or any(o not in (0, 1) for o in offset):
             raise ValueError(f"offset must be one 0 or 1 per spatial dimension ({len(size)}), got {offset}.")
         offset = [int(o) for o in offset]
         if any(s % 2 for s in size):
-            raise ValueError(f"a sub-lattice of step 2 needs even sizes; the finest map's are {size}.")
-        half = [s // 2 for s in size]
-        if len(features) > 1 and [int(s) for s in features[1].shape[2:]] != half:
             raise ValueError(
-                f"forward_sublattice needs the second map at half the finest map's size ({half}), got "
-                f"{list(features[1].shape[2:])}."
+                f"a sub-lattice of step 2 needs even sizes; the output grid's (map {self.level}) are {size}."
             )
-        strided = finest.detach()[(slice(None), slice(None), *(slice(o, None, 2) for o in offset))]
+        half = [s // 2 for s in size]
+        if len(self.projections) > 1 and [int(s) for s in features[self.level + 1].shape[2:]] != half:
+            raise ValueError(
+                f"forward_sublattice needs map {self.level + 1} at half the size of map {self.level} "
+                f"({half}), got {list(features[self.level + 1].shape[2:])}."
+            )
+        strided = grid.detach()[(slice(None), slice(None), *(slice(o, None, 2) for o in offset))]
         projected = [self.projections[0](strided)]
-        projected += [projection(features[i].detach()) for i, projection in enumerate(self.projections) if i]
+        projected += [
+            projection(features[self.level + i].detach())
+            for i, projection in enumerate(self.projections)
+            if i
+        ]
         y = projected[-1]
         for i in range(len(projected) - 2, -1, -1):
             z = projected[i]
-            # The finest map's parents are the second map's voxels themselves: no upsampling there.
+            # The output grid's parents are the next map's voxels themselves: no upsampling there.
             y = z.add_(y if i == 0 else self._upsample(y, z.shape[2:]))
         return self.final(self.act(y))
 

@@ -173,48 +173,123 @@ def test_sublattice_offset_and_slice_by_hand():
         sublattice_of(torch.zeros(4, 3), (0, 0, 0))
 
 
-def test_sublattice_heads_train_and_score_on_one_voxel_in_eight():
-    """sublattice=True: step t's loss, score and step are the full-resolution head's on the voxels
-    o + 2u of the logits and the target, o the binary digits of t."""
+@pytest.mark.parametrize("level", [0, 1])
+def test_sublattice_heads_train_and_score_on_one_voxel_in_eight(level):
+    """sublattice=True: step t's loss, score and step are the head's on the voxels o + 2u of its
+    output grid (full resolution at level 0, half at level 1), o the binary digits of t, against the
+    target there (pooled to the head's grid at level 1)."""
+    from cggm_seg.balancing.heads import pool_target
     from cggm_seg.networks import SegmentationHead
 
     torch.manual_seed(0)
-    heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3) for m in ("a", "b")})
+    heads = nn.ModuleDict({m: SegmentationHead((2, 4, 6), hidden=3, level=level) for m in ("a", "b")})
     reference = copy.deepcopy(heads)
     trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), sublattice=True)
     reference_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
-    target = (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
-    for t in range(3):
-        features = {m: [torch.randn(2, 2, 8, 8, 8), torch.randn(2, 4, 4, 4, 4)] for m in heads}
+    target = (torch.rand(2, 3, 16, 16, 16) > 0.5).float()
+    grid = 16 >> level
+    on_grid = pool_target(target, (grid,) * 3)
+    for t in range(9):
+        features = {
+            m: [torch.randn(2, 2, 16, 16, 16), torch.randn(2, 4, 8, 8, 8), torch.randn(2, 6, 4, 4, 4)]
+            for m in heads
+        }
         offset = ((t >> 0) & 1, (t >> 1) & 1, (t >> 2) & 1)
         assert trainer.steps == t and trainer.offset(3) == offset
         index = (slice(None), slice(None), *(slice(o, None, 2) for o in offset))
         step = trainer.step(features, target)
         reference_opt.zero_grad()
         for m in heads:
-            logits = reference[m](features[m])[index]  # the full-resolution head, sliced afterwards
-            loss = BCE(logits, target[index])
+            logits = reference[m](features[m])[index]  # the head on its whole grid, sliced afterwards
+            assert logits.shape == (2, 3, *(grid // 2,) * 3)
+            loss = BCE(logits, on_grid[index])
             assert step.losses[m].item() == pytest.approx(loss.item(), abs=1e-6)
-            torch.testing.assert_close(step.scores[m], trainer.score_fn(logits.detach(), target[index]))
+            torch.testing.assert_close(step.scores[m], trainer.score_fn(logits.detach(), on_grid[index]))
             loss.backward()
             torch.testing.assert_close(step.final_grads[m], flat_gradients(reference[m].final))
         reference_opt.step()
         for got, expected in zip(heads.parameters(), reference.parameters()):
             torch.testing.assert_close(got, expected)
-    assert trainer.steps == 3
+    assert trainer.steps == 9
 
 
-def test_sublattice_needs_full_resolution_segmentation_heads():
+def test_pool_sublattice_by_hand():
+    """The pooled target's voxels offset + 2u, from their blocks only: block means (masks), first
+    voxels (class indices); the full-resolution case is sublattice_of."""
+    from cggm_seg.balancing.heads import pool_sublattice, pool_target, sublattice_of
+
+    # 1D, 8 voxels pooled by 2 to 4 (block means 0.5, 2.5, 4.5, 6.5); offset 1 keeps coarse voxels 1 and 3
+    line = torch.arange(8.0).view(1, 1, 8)
+    torch.testing.assert_close(pool_sublattice(line, (4,), (1,)), torch.tensor([[[2.5, 6.5]]]))
+    torch.testing.assert_close(pool_sublattice(line, (4,), (0,)), torch.tensor([[[0.5, 4.5]]]))
+    # integer labels take each block's first voxel: blocks start at 0, 2, 4, 6 -> offset 1 keeps 2 and 6
+    assert pool_sublattice(torch.arange(8).view(1, 1, 8), (4,), (1,)).tolist() == [[[2, 6]]]
+    # a 2 x 2 mask pooled by 2 in 2D: the block [[1, 0], [1, 1]] at coarse voxel (1, 0) has mean 0.75
+    mask = torch.zeros(1, 1, 4, 8, dtype=torch.bool)
+    mask[0, 0, 2:4, 0:2] = torch.tensor([[True, False], [True, True]])
+    assert pool_sublattice(mask, (2, 4), (1, 0)).tolist() == [[[[0.75, 0.0]]]]
+    torch.manual_seed(0)
+    target = (torch.rand(2, 3, 16, 8, 8) > 0.5).float()
+    for offset in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
+        for size in [(8, 4, 4), (4, 2, 2)]:
+            expected = sublattice_of(pool_target(target, size), offset)
+            torch.testing.assert_close(pool_sublattice(target, size, offset), expected, rtol=0, atol=0)
+        assert (
+            pool_sublattice(target, (16, 8, 8), offset).data_ptr() == sublattice_of(target, offset).data_ptr()
+        )
+    with pytest.raises(
+        ValueError, match="cannot pool a target of spatial size \\[16, 8, 8\\] to \\[6, 4, 4\\]"
+    ):
+        pool_sublattice(target, (6, 4, 4), (0, 0, 0))
+    with pytest.raises(
+        ValueError,
+        match="needs a coarse size of even sizes, one offset per dimension; got size \\[8, 4, 1\\]",
+    ):
+        pool_sublattice(torch.zeros(1, 3, 16, 8, 2), (8, 4, 1), (0, 0, 0))
+
+
+def test_sublattice_needs_heads_that_compute_it_exactly():
     from cggm_seg.networks import SegmentationHead
 
-    coarse = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=1) for m in ("a", "b")})
-    with pytest.raises(ValueError, match="head 'a' \\(SegmentationHead, level 1\\) is not one"):
-        HeadTrainer(coarse, BCE, torch.optim.SGD(coarse.parameters(), lr=0.1), sublattice=True)
-    with pytest.raises(ValueError, match="head 't1' \\(SegHead, level 0\\) is not one"):
+    smooth = nn.ModuleDict(
+        {m: SegmentationHead((2, 4), hidden=3, level=1, interp_mode="trilinear") for m in ("a", "b")}
+    )
+    with pytest.raises(
+        ValueError,
+        match="head 'a' \\(SegmentationHead, level 1, stride 1, interp_mode 'trilinear'\\) cannot be",
+    ):
+        HeadTrainer(smooth, BCE, torch.optim.SGD(smooth.parameters(), lr=0.1), sublattice=True)
+    strided = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, stride=2) for m in ("a", "b")})
+    with pytest.raises(
+        ValueError, match="head 'a' \\(SegmentationHead, level 0, stride 2, interp_mode 'nearest'\\)"
+    ):
+        HeadTrainer(strided, BCE, torch.optim.SGD(strided.parameters(), lr=0.1), sublattice=True)
+    with pytest.raises(ValueError, match="head 't1' \\(SegHead\\) cannot be"):
         HeadTrainer(_heads(), BCE, torch.optim.SGD(_heads().parameters(), lr=0.1), sublattice=True)
+    coarse = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=1) for m in ("a", "b")})
+    with pytest.raises(ValueError, match="score_at='full' is not possible with it"):
+        HeadTrainer(
+            coarse, BCE, torch.optim.SGD(coarse.parameters(), lr=0.1), sublattice=True, score_at="full"
+        )
+
+
+def test_sublattice_refuses_odd_sizes_before_any_step():
+    from cggm_seg.networks import SegmentationHead
+
     heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3) for m in ("a", "b")})
     trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), sublattice=True)
     features = {m: [torch.randn(1, 2, 8, 8, 8), torch.randn(1, 4, 4, 4, 4)] for m in heads}
     with pytest.raises(ValueError, match="with even sizes, got a target of shape \\[1, 3, 8, 8, 7\\]"):
         trainer.step(features, torch.zeros(1, 3, 8, 8, 7))
     assert trainer.steps == 0  # a step that failed does not count
+    coarse = nn.ModuleDict({m: SegmentationHead((2, 4, 6), hidden=3, level=1) for m in ("a", "b")})
+    trainer = HeadTrainer(coarse, BCE, torch.optim.SGD(coarse.parameters(), lr=0.1), sublattice=True)
+    odd = {
+        m: [torch.randn(1, 2, 10, 10, 10), torch.randn(1, 4, 5, 5, 5), torch.randn(1, 6, 3, 3, 3)]
+        for m in coarse
+    }
+    with pytest.raises(
+        ValueError, match="head 'a': a sub-lattice of step 2 needs even sizes; the output grid's \\(map 1\\)"
+    ):
+        trainer.step(odd, torch.zeros(1, 3, 10, 10, 10))  # the label is even, the heads' grid (5^3) is not
+    assert trainer.steps == 0

@@ -169,18 +169,22 @@ def test_segmentation_head_is_a_top_down_cascade(mode):
 
 
 @pytest.mark.parametrize("cpu_fast_paths", [False, True])
-def test_forward_sublattice_is_the_full_heads_logits_there(cpu_fast_paths):
-    """Every layer is pointwise and the upsampling nearest: the sub-lattice o + 2u of the full
-    logits, for each of the 8 offsets, with the same gradients for a loss on those voxels."""
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_forward_sublattice_is_the_heads_logits_there(cpu_fast_paths, level):
+    """Every layer is pointwise and the upsampling nearest: the sub-lattice o + 2u of the head's
+    logits (on the finest map's grid at level 0, on map `level`'s above), for each of the 8 offsets,
+    with the same gradients for a loss on those voxels."""
     torch.manual_seed(0)
-    head = SegmentationHead((4, 6, 8), hidden=5, out_channels=2, cpu_fast_paths=cpu_fast_paths)
-    f = [torch.randn(2, 4, 8, 6, 4), torch.randn(2, 6, 4, 3, 2), torch.randn(2, 8, 2, 2, 1)]
+    head = SegmentationHead((4, 6, 8), hidden=5, out_channels=2, cpu_fast_paths=cpu_fast_paths, level=level)
+    f = [torch.randn(2, 4, 16, 8, 8), torch.randn(2, 6, 8, 4, 4), torch.randn(2, 8, 4, 2, 2)]
     full = head(f)
+    grid = [int(s) for s in f[level].shape[2:]]
+    assert list(full.shape[2:]) == grid
     seen = torch.zeros_like(full, dtype=torch.int64)
     for offset in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
         index = (slice(None), slice(None), *(slice(o, None, 2) for o in offset))
         sub = head.forward_sublattice(f, offset)
-        assert sub.shape == (2, 2, 4, 3, 2)
+        assert list(sub.shape) == [2, 2, *(s // 2 for s in grid)]
         torch.testing.assert_close(sub, full[index], rtol=0, atol=1e-6)
         seen[index] += 1
         head.zero_grad()
@@ -203,14 +207,30 @@ def test_forward_sublattice_refuses_what_it_cannot_compute_exactly():
     for bad in [(0, 0), (0, 2, 0), (0, 0, -1), (0, 0.5, 0)]:
         with pytest.raises(ValueError, match="offset must be one 0 or 1 per spatial dimension"):
             head.forward_sublattice(f, bad)
-    with pytest.raises(ValueError, match="needs even sizes; the finest map's are \\[8, 8, 7\\]"):
+    with pytest.raises(ValueError, match="needs even sizes; the output grid's \\(map 0\\) are \\[8, 8, 7\\]"):
         SegmentationHead((4,), hidden=5).forward_sublattice([torch.randn(1, 4, 8, 8, 7)], (0, 0, 0))
-    with pytest.raises(ValueError, match="the second map at half the finest map's size"):
+    with pytest.raises(ValueError, match="the output grid's \\(map 1\\) are \\[4, 4, 3\\]"):
+        SegmentationHead((4, 6), hidden=5, level=1).forward_sublattice(
+            [f[0], torch.randn(1, 6, 4, 4, 3)], (0, 0, 0)
+        )
+    with pytest.raises(
+        ValueError, match="needs map 1 at half the size of map 0 \\(\\[4, 4, 4\\]\\), got \\[2, 2, 2\\]"
+    ):
         head.forward_sublattice([f[0], torch.randn(1, 6, 2, 2, 2)], (0, 0, 0))
+    three = SegmentationHead((4, 6, 8), hidden=5, level=1)
+    with pytest.raises(ValueError, match="needs map 2 at half the size of map 1"):
+        three.forward_sublattice([*f, torch.randn(1, 8, 1, 1, 1)], (0, 0, 0))
+    assert (
+        head.supports_sublattice and SegmentationHead((4, 6), hidden=5, level=1, stride=2).supports_sublattice
+    )
     for other in (
-        SegmentationHead((4, 6), hidden=5, level=1),
         SegmentationHead((4, 6), hidden=5, stride=2),
         SegmentationHead((4, 6), hidden=5, interp_mode="trilinear"),
+        SegmentationHead((4, 6), hidden=5, interp_mode="trilinear", level=1),
     ):
-        with pytest.raises(ValueError, match="forward_sublattice needs a full-resolution head"):
+        assert not other.supports_sublattice
+        with pytest.raises(
+            ValueError,
+            match="forward_sublattice needs nearest-neighbour upsampling and, at level 0, stride 1",
+        ):
             other.forward_sublattice(f, (0, 0, 0))
