@@ -7,14 +7,18 @@ seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on
 - ``cggm_magnitude``: CGGM, magnitude ``grad``, direction ``off``;
 - ``cggm_full``: CGGM, magnitude ``grad``, direction ``gradient``;
 - ``ogmge``: OGM-GE (GE noise on, inside its window);
-- ``ogmge_level0_every4`` / ``_every8``: OGM-GE with full-resolution heads that train (and
-  recompute k) every 4th / 8th step only (``observe_every``); the medians mix the steps with and
-  without the heads, so these rows are judged on the ratio of mean steps;
-- ``cggm_full_every4``: CGGM whose heads train, B is recomputed and the direction term is added
-  every 4th step only (``observe_every=4``; B scales every step), judged likewise;
+- ``ogmge_level0_every4`` / ``_every8`` (opt-in, ``--methods``): OGM-GE with full-resolution heads
+  that train (and recompute k) every 4th / 8th step only (``observe_every``); the medians mix the
+  steps with and without the heads, so these rows are judged on the ratio of mean steps (as is
+  ``ogmge_sublattice_every4``);
+- ``cggm_full_every4`` (opt-in): CGGM whose heads train, B is recomputed and the direction term is
+  added every 4th step only (``observe_every=4``; B scales every step), judged likewise;
 - ``ogmge_sublattice`` / ``ogmge_sublattice_every4``: OGM-GE with full-resolution heads trained
   and scored on one voxel in 8 of the label per step (``HeadTrainer(sublattice=True)``), every step
-  / every 4th step;
+  / every 4th step (the BraTS bundle's);
+- ``cggm_magnitude_sublattice`` / ``cggm_full_sublattice`` / ``ogmge_level1_sublattice``: the
+  half-resolution heads (``--head-level``) trained and scored on one voxel in 8 of their grid per
+  step;
 - ``cggm_magnitude_level0`` / ``ogmge_level0``: the same with full-resolution heads (``level=0``),
   the heads before ``--head-level`` (default :data:`~cggm_seg.networks.DEFAULT_LEVEL`) made them
   predict at a coarser level: what the coarse heads save, in the same run (the BraTS bundle keeps
@@ -47,7 +51,8 @@ settings (preset, crop, batch, device, threads), or are appended.
 
     python scripts/bench_overhead.py                      # cpu_small, 64^3, batch 1, 20 steps
     python scripts/bench_overhead.py --device cuda --preset gpu_paper --crop 128
-    python scripts/bench_overhead.py --suite              # cpu_small 1 and 2 threads, 60 steps; gpu_paper 20
+    python scripts/bench_overhead.py --suite              # cpu_small 1 and 2 threads, 150 steps; gpu_paper 20
+    python scripts/bench_overhead.py --methods joint ogmge ogmge_level0_every8   # some rows only
 """
 
 from __future__ import annotations
@@ -85,7 +90,13 @@ METHODS: dict[str, str] = {
     "ogmge_sublattice_every4": (
         "OGM-GE, full-resolution heads on one voxel in 8, every 4th step (sublattice, observe_every=4)"
     ),
+    "cggm_magnitude_sublattice": "CGGM magnitude only, heads on one voxel in 8 of their grid (sublattice)",
+    "cggm_full_sublattice": "CGGM magnitude + direction, heads on one voxel in 8 of their grid (sublattice)",
+    "ogmge_level1_sublattice": "OGM-GE, half-resolution heads on one voxel in 8 of their grid (sublattice)",
 }
+#: rows measured only when asked for (``--methods``): variants measured in earlier suites and not
+#: adopted (``docs/benchmarks.md`` keeps their figures)
+OPT_IN: tuple[str, ...] = ("ogmge_level0_every4", "ogmge_level0_every8", "cggm_full_every4")
 PHASES: tuple[str, ...] = (
     "forward + loss",
     "heads step",
@@ -104,15 +115,20 @@ TIME_TARGETS: dict[str, float] = {
     "cggm_full_every4": 1.10,
     "ogmge_sublattice": 1.05,
     "ogmge_sublattice_every4": 1.05,
+    "cggm_magnitude_sublattice": 1.05,
+    "cggm_full_sublattice": 1.10,
+    "ogmge_level1_sublattice": 1.05,
 }
 #: methods whose steps differ by design (the heads train every k-th step): judged by the ratio of
 #: mean steps, since the median step is one without the heads
 AMORTIZED: tuple[str, ...] = tuple(m for m in METHODS if "_every" in m)
+DEFAULT_METHODS: list[str] = [m for m in METHODS if m not in OPT_IN]
 MEMORY_TARGET = 1.05
 #: the configurations of ``--suite`` (preset, threads, measured steps), each its own section of the
-#: doc: 60 steps of ``cpu_small`` (about 0.5 s each on one thread, where 20 steps' medians moved by
-#: about 0.07 between runs) and 20 of ``gpu_paper`` (about 4 s each) take a few minutes per method
-SUITE: tuple[tuple[str, int, int], ...] = (("cpu_small", 1, 60), ("cpu_small", 2, 60), ("gpu_paper", 1, 20))
+#: doc: 150 steps of ``cpu_small`` (0.2-0.35 s each; 20 steps' medians moved by about 0.07 between
+#: runs, 60 steps' by up to 0.02 on two threads) and 20 of ``gpu_paper`` (about 3 s each) take a
+#: few minutes per method
+SUITE: tuple[tuple[str, int, int], ...] = (("cpu_small", 1, 150), ("cpu_small", 2, 150), ("gpu_paper", 1, 20))
 DEFAULT_STEPS = 20
 #: The extra entry of the round-robin: heads' loss and score alone (see build_loss_floor).
 FLOOR = "loss_floor"
@@ -187,7 +203,8 @@ def build(
     heads_seconds = [0.0]
     if method != "joint":
         sublattice = "_sublattice" in method
-        level = 0 if "_level0" in method or sublattice else level
+        # OGM-GE's sub-lattice rows without a level are the bundle's: full-resolution heads
+        level = 0 if "_level0" in method or method.startswith("ogmge_sublattice") else level
         heads = make_heads("segmentation", model, level=level).to(device)
         score = "region_true_class_probability" if method.startswith("ogmge") else "soft_dice"
         trainer = HeadTrainer(
@@ -279,7 +296,7 @@ def profile_heads(args: argparse.Namespace, device: torch.device, steps: int = 5
 def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, list[list[float]]]:
     """Per method, the phase seconds of each measured step (round-robin, rotated order)."""
     batches = make_batches(args.crop, args.batch, device, args.seed)
-    steps = {m: build(m, args.preset, device, args.seed, args.head_level) for m in METHODS}
+    steps = {m: build(m, args.preset, device, args.seed, args.head_level) for m in args.methods}
     n_heads = len(MultiEncoderSegNet.from_preset(args.preset).modalities)
     steps[FLOOR] = build_loss_floor(n_heads, batches[0][1].shape, device)
     names = list(steps)
@@ -347,7 +364,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for setting, extra_env in settings.items():
         env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"} | extra_env
         peaks[setting] = {}
-        for method in ["idle", *METHODS]:
+        for method in ["idle", *args.methods]:
             command = [sys.executable, str(Path(__file__).resolve()), "--child", method, *common_flags(args)]
             done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
             peaks[setting][method] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -406,7 +423,7 @@ def markdown(
         "| method | median step (ms) | p10 | p90 | ratio to joint | ratio of mean steps | target |",
         "|---|---|---|---|---|---|---|",
     ]
-    for m, label in METHODS.items():
+    for m, label in ((m, METHODS[m]) for m in args.methods):
         ratio, mean_ratio = medians[m] / medians["joint"], means[m] / means["joint"]
         judged = mean_ratio if m in AMORTIZED else ratio
         target = verdict(judged, TIME_TARGETS[m]) if m in TIME_TARGETS else ""
@@ -422,7 +439,7 @@ def markdown(
         "| method | " + " | ".join(PHASES) + " |",
         "|---" * (len(PHASES) + 1) + "|",
     ]
-    for m, label in METHODS.items():
+    for m, label in ((m, METHODS[m]) for m in args.methods):
         cells = [f"{1e3 * statistics.median(p[i] for p in measured[m]):.1f}" for i in range(len(PHASES))]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
@@ -434,7 +451,7 @@ def markdown(
         "",
     ]
     live = peaks["live"]
-    above = {m: live[m] - live["idle"] for m in METHODS}
+    above = {m: live[m] - live["idle"] for m in args.methods}
     header = "| method | peak (MiB) | above idle | ratio, above idle | ratio, peak | target (above idle) |"
     if "default" in peaks:
         header += " default: peak | above idle | ratio, above idle |"
@@ -447,7 +464,7 @@ def markdown(
         header,
         "|---" * header.count(" | ") + "|---|",
     ]
-    for m, label in METHODS.items():
+    for m, label in ((m, METHODS[m]) for m in args.methods):
         ratio = above[m] / above["joint"]
         target = verdict(ratio, MEMORY_TARGET) if m != "joint" else ""
         row = (
@@ -477,6 +494,8 @@ def reproduce_flags(args: argparse.Namespace) -> list[str]:
         value = getattr(args, key)
         if value != defaults[key]:
             flags.append(f"--{key.replace('_', '-')} {value}")
+    if args.methods != DEFAULT_METHODS:
+        flags.append("--methods " + " ".join(args.methods))
     return flags
 
 
@@ -537,6 +556,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile-heads", action="store_true", help="print a profile of the heads' step only (no doc)"
     )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=DEFAULT_METHODS,
+        metavar="METHOD",
+        help="the rows to measure, of " + ", ".join(METHODS) + " (joint is always measured); default: "
+        "all but " + ", ".join(OPT_IN),
+    )
     p.add_argument("--child", choices=["idle", *METHODS], help=argparse.SUPPRESS)
     return p
 
@@ -549,7 +577,7 @@ def run_suite(args: argparse.Namespace) -> int:
         flags = [f for f in reproduce_flags(args) if not f.startswith(("--preset", "--threads", "--steps"))]
         command = [sys.executable, str(Path(__file__).resolve()), "--preset", preset]
         command += ["--threads", str(threads), "--steps", str(args.steps or steps)]
-        command += [part for flag in flags for part in flag.split(" ", 1)]
+        command += [part for flag in flags for part in flag.split(" ")]
         command += ["--doc", str(args.doc)] + (["--no-doc"] if args.no_doc else [])
         print(f"suite: {preset}, {threads} thread(s)", file=sys.stderr, flush=True)
         subprocess.run(command, check=True)
@@ -561,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite:
         return run_suite(args)
     args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+    args.methods = ["joint", *(m for m in dict.fromkeys(args.methods) if m != "joint")]
     if args.steps < 2 or args.warmup < 0 or args.memory_steps < 1 or args.batch < 1:
         raise SystemExit("need --steps >= 2, --warmup >= 0, --memory-steps >= 1 and --batch >= 1.")
     divisor = 2 ** (len(PRESETS[args.preset]["channels"]) - 1)
@@ -581,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     load_start = os.getloadavg()[0]
-    print(f"timing {len(METHODS)} methods round-robin ...", file=sys.stderr, flush=True)
+    print(f"timing {len(args.methods)} methods round-robin ...", file=sys.stderr, flush=True)
     measured = time_steps(args, device)
     print("peak memory, one process per method ...", file=sys.stderr, flush=True)
     peaks = measure_memory(args)
