@@ -13,16 +13,17 @@ seed, same batches) with SGD (momentum 0.9; the methods' cost does not depend on
   ``ogmge_sublattice_every4``);
 - ``cggm_full_every4`` (opt-in): CGGM whose heads train, B is recomputed and the direction term is
   added every 4th step only (``observe_every=4``; B scales every step), judged likewise;
+- ``cggm_magnitude_level0`` / ``ogmge_level0``: CGGM magnitude only and OGM-GE with
+  full-resolution heads (``level=0``), the heads before ``--head-level`` (default
+  :data:`~cggm_seg.networks.DEFAULT_LEVEL`) made them predict at a coarser level: what the coarse
+  heads save, in the same run (the BraTS bundle keeps full-resolution heads for OGM-GE, see
+  ``docs/benchmarks.md``).
 - ``ogmge_sublattice`` / ``ogmge_sublattice_every4``: OGM-GE with full-resolution heads trained
   and scored on one voxel in 8 of the label per step (``HeadTrainer(sublattice=True)``), every step
   / every 4th step (the BraTS bundle's);
-- ``cggm_magnitude_sublattice`` / ``cggm_full_sublattice`` / ``ogmge_level1_sublattice``: the
-  half-resolution heads (``--head-level``) trained and scored on one voxel in 8 of their grid per
-  step;
-- ``cggm_magnitude_level0`` / ``ogmge_level0``: the same with full-resolution heads (``level=0``),
-  the heads before ``--head-level`` (default :data:`~cggm_seg.networks.DEFAULT_LEVEL`) made them
-  predict at a coarser level: what the coarse heads save, in the same run (the BraTS bundle keeps
-  full-resolution heads for OGM-GE, see ``docs/benchmarks.md``).
+- ``cggm_magnitude_sublattice`` / ``cggm_full_sublattice``: CGGM's heads (``--head-level``, half
+  resolution by default) trained and scored on one voxel in 8 of their grid per step;
+  ``ogmge_level1_sublattice``: OGM-GE's half-resolution heads likewise.
 
 Step time: the methods are interleaved round-robin (one step of each in turn, the order rotated
 every round) so that a noisy, shared machine slows them alike; every method has its own model and
@@ -188,6 +189,14 @@ def build_loss_floor(
     return step
 
 
+def head_level_of(method: str, head_level: int) -> int:
+    """The level of ``method``'s heads: 0 for the ``_level0`` rows and OGM-GE's ``ogmge_sublattice``
+    rows (the bundle's full-resolution heads), 1 for ``_level1`` rows, ``head_level`` otherwise."""
+    if "_level0" in method or method.startswith("ogmge_sublattice"):
+        return 0
+    return 1 if "_level1" in method else head_level
+
+
 def build(
     method: str, preset: str, device: torch.device, seed: int, level: int = DEFAULT_LEVEL
 ) -> Callable[[torch.Tensor, torch.Tensor], list[float]]:
@@ -204,7 +213,7 @@ def build(
     if method != "joint":
         sublattice = "_sublattice" in method
         # OGM-GE's sub-lattice rows without a level are the bundle's: full-resolution heads
-        level = 0 if "_level0" in method or method.startswith("ogmge_sublattice") else level
+        level = head_level_of(method, level)
         heads = make_heads("segmentation", model, level=level).to(device)
         score = "region_true_class_probability" if method.startswith("ogmge") else "soft_dice"
         trainer = HeadTrainer(
@@ -501,8 +510,11 @@ def reproduce_flags(args: argparse.Namespace) -> list[str]:
 
 def markers(args: argparse.Namespace) -> tuple[str, str]:
     """The begin and end markers of these settings' section: one section per preset, crop, batch,
-    device and thread count, so that runs of other settings do not replace it."""
+    device and thread count (and set of rows, where ``--methods`` is not the default), so that runs
+    of other settings do not replace it."""
     key = f"{args.preset} crop={args.crop} batch={args.batch} device={args.device} threads={args.threads}"
+    if args.methods != DEFAULT_METHODS:  # another set of rows: a section of its own
+        key += " methods=" + ",".join(args.methods)
     return (
         f"<!-- bench_overhead:begin {key} (written by scripts/bench_overhead.py) -->",
         f"<!-- bench_overhead:end {key} -->",
@@ -597,6 +609,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"--crop must be divisible by {divisor} for the {args.preset} preset, got {args.crop}."
         )
+    for m in (m for m in args.methods if "_sublattice" in m):
+        level = head_level_of(m, args.head_level)
+        if args.crop % 2 ** (level + 1):
+            raise SystemExit(
+                f"{m} trains heads at level {level} on a sub-lattice, which needs a crop divisible by "
+                f"{2 ** (level + 1)}, got {args.crop}; pick another --crop or --head-level, or other "
+                "--methods."
+            )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available.")
     if args.threads > 0:

@@ -24,7 +24,14 @@ from cggm_seg.balancing.cggm import (
     scale_learning_rates,
 )
 from cggm_seg.balancing.distributed import mean_over_ranks
-from cggm_seg.balancing.heads import HeadStep, HeadTrainer, flat_gradients, flat_parameters, pool_target
+from cggm_seg.balancing.heads import (
+    HeadStep,
+    HeadTrainer,
+    flat_gradients,
+    flat_parameters,
+    pool_sublattice,
+    pool_target,
+)
 from cggm_seg.balancing.monitor import HeadMonitor
 from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients
 from cggm_seg.balancing.scores import (
@@ -64,6 +71,7 @@ __all__ = [
     "HeadMonitor",
     "flat_gradients",
     "flat_parameters",
+    "pool_sublattice",
     "pool_target",
     "OGMGE",
     "discrepancy_ratios",

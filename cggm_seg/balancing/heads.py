@@ -26,6 +26,7 @@ __all__ = [
     "HeadStep",
     "HeadTrainer",
     "SCORE_AT",
+    "check_offset",
     "check_sublattice_heads",
     "flat_parameters",
     "flat_gradients",
@@ -187,6 +188,21 @@ def check_sublattice_heads(heads: Mapping[str, nn.Module], score_at: str = "head
             )
 
 
+def check_offset(offset: Any, dims: int) -> tuple[int, ...]:
+    """``offset`` as a tuple of ints, checked: one 0 or 1 per spatial dimension (``dims``).
+
+    Raises:
+        ValueError: anything else (another length, 2, -1, 0.5, ...).
+    """
+    if (
+        not isinstance(offset, (tuple, list))
+        or len(offset) != dims
+        or any(isinstance(o, bool) or o not in (0, 1) for o in offset)
+    ):
+        raise ValueError(f"offset must be one 0 or 1 per spatial dimension ({dims}), got {offset}.")
+    return tuple(int(o) for o in offset)
+
+
 def sublattice_offset(step: int, dims: int) -> tuple[int, ...]:
     """The offset of step ``step``'s sub-lattice (:class:`HeadTrainer` with ``sublattice=True``): the
     first ``dims`` binary digits of ``step``, lowest first (3D: ``(t mod 2, t // 2 mod 2, t // 4 mod 2)``)."""
@@ -197,14 +213,16 @@ def sublattice_of(target: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor
     """The voxels ``offset + 2 * u`` of a dense ``B x C x *spatial`` target.
 
     Raises:
-        ValueError: a target whose spatial dimensions are not one per offset, or of odd size.
+        ValueError: a target with no spatial dimension or one of odd size, an offset that is not one
+            0 or 1 per spatial dimension.
     """
     spatial = [int(s) for s in target.shape[2:]]
-    if len(spatial) != len(offset) or any(s % 2 for s in spatial):
+    if not spatial or any(s % 2 for s in spatial):
         raise ValueError(
             f"a sub-lattice of step 2 needs a dense target B x C x {' x '.join('S' * len(offset))} with even "
             f"sizes, got a target of shape {list(target.shape)}."
         )
+    offset = check_offset(offset, len(spatial))
     return target[(slice(None), slice(None), *(slice(o, None, 2) for o in offset))]
 
 
@@ -223,12 +241,12 @@ def pool_sublattice(
     """
     if [int(s) for s in size] == [int(s) for s in target.shape[2:]]:
         return sublattice_of(target, offset)
-    if len(offset) != len(size) or any(int(c) % 2 for c in size):
+    offset = check_offset(offset, len(size))
+    if any(int(c) % 2 for c in size):
         raise ValueError(
-            "a sub-lattice of step 2 needs a coarse size of even sizes, one offset per dimension; got "
-            f"size {[int(c) for c in size]}, offset {tuple(offset)}."
+            f"a sub-lattice of step 2 needs a coarse grid of even sizes, got {[int(c) for c in size]}."
         )
-    return _pooled_blocks(target, size, tuple(int(o) for o in offset), step=2)
+    return _pooled_blocks(target, size, offset, step=2)
 
 
 def _check_prediction(modality: str, prediction: Any, target: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
+from cggm_seg.balancing.heads import check_offset
 from cggm_seg.networks.pointwise import PointwiseConv3d
 
 __all__ = [
@@ -185,9 +186,7 @@ class SegmentationHead(nn.Module):
             )
         grid = features[self.level]
         size = [int(s) for s in grid.shape[2:]]
-        if len(offset) != len(size) or any(o not in (0, 1) for o in offset):
-            raise ValueError(f"offset must be one 0 or 1 per spatial dimension ({len(size)}), got {offset}.")
-        offset = [int(o) for o in offset]
+        offset = check_offset(offset, len(size))
         if any(s % 2 for s in size):
             raise ValueError(
                 f"a sub-lattice of step 2 needs even sizes; the output grid's (map {self.level}) are {size}."

@@ -213,6 +213,48 @@ def test_sublattice_heads_train_and_score_on_one_voxel_in_eight(level):
     assert trainer.steps == 9
 
 
+def test_sublattice_heads_of_several_levels_in_one_trainer():
+    """Heads at levels 0, 1 and 2 in one trainer: each trains on the sub-lattice of its own grid
+    (the label pooled by 1, 2 and 4), against the whole head sliced afterwards."""
+    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.networks import SegmentationHead
+
+    torch.manual_seed(0)
+    heads = nn.ModuleDict(
+        {m: SegmentationHead((2, 4, 6), hidden=3, level=lvl) for m, lvl in zip("abc", (0, 1, 2))}
+    )
+    reference = copy.deepcopy(heads)
+    trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), sublattice=True)
+    target = (torch.rand(1, 3, 16, 16, 8) > 0.5).float()
+    features = {
+        m: [torch.randn(1, 2, 16, 16, 8), torch.randn(1, 4, 8, 8, 4), torch.randn(1, 6, 4, 4, 2)]
+        for m in heads
+    }
+    for t in range(3):
+        offset = ((t >> 0) & 1, (t >> 1) & 1, (t >> 2) & 1)
+        index = (slice(None), slice(None), *(slice(o, None, 2) for o in offset))
+        step = trainer.step(features, target)
+        for m, level in zip("abc", (0, 1, 2)):
+            grid = [s >> level for s in target.shape[2:]]
+            logits = reference[m](features[m])[index]
+            assert list(logits.shape[2:]) == [g // 2 for g in grid]
+            loss = BCE(logits, pool_target(target, grid)[index])
+            assert step.losses[m].item() == pytest.approx(loss.item(), abs=1e-6)
+            reference[m].zero_grad()
+            loss.backward()
+            torch.testing.assert_close(step.final_grads[m], flat_gradients(reference[m].final))
+            with torch.no_grad():  # follow the trainer's SGD step
+                for p in reference[m].parameters():
+                    p -= 0.1 * p.grad
+    # a full-resolution head that predicts the wrong size still fails, and is not pooled to fit
+    wrong = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3) for m in ("a", "b")})
+    trainer = HeadTrainer(wrong, BCE, torch.optim.SGD(wrong.parameters(), lr=0.1), sublattice=True)
+    small = {m: [torch.randn(1, 2, 8, 8, 8), torch.randn(1, 4, 4, 4, 4)] for m in wrong}
+    with pytest.raises(ValueError, match="must return logits at the label's spatial size"):
+        trainer.step(small, torch.zeros(1, 3, 16, 16, 16))
+    assert trainer.steps == 0
+
+
 def test_pool_sublattice_by_hand():
     """The pooled target's voxels offset + 2u, from their blocks only: block means (masks), first
     voxels (class indices); the full-resolution case is sublattice_of."""
@@ -230,20 +272,30 @@ def test_pool_sublattice_by_hand():
     assert pool_sublattice(mask, (2, 4), (1, 0)).tolist() == [[[[0.75, 0.0]]]]
     torch.manual_seed(0)
     target = (torch.rand(2, 3, 16, 8, 8) > 0.5).float()
+    labels = torch.randint(0, 4, (2, 1, 16, 8, 8))
     for offset in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
-        for size in [(8, 4, 4), (4, 2, 2)]:
-            expected = sublattice_of(pool_target(target, size), offset)
-            torch.testing.assert_close(pool_sublattice(target, size, offset), expected, rtol=0, atol=0)
+        # masks as floats and booleans, class indices; the same factor in every dimension or not (2, 4, 2)
+        for dense in (target, target.bool(), labels):
+            for size in [(8, 4, 4), (4, 2, 2), (8, 2, 4)]:
+                expected = sublattice_of(pool_target(dense, size), offset)
+                got = pool_sublattice(dense, size, offset)
+                assert got.dtype == expected.dtype and got.shape == expected.shape
+                torch.testing.assert_close(got, expected, rtol=0, atol=0)
         assert (
             pool_sublattice(target, (16, 8, 8), offset).data_ptr() == sublattice_of(target, offset).data_ptr()
         )
+    for bad in [(0, 0, 2), (0, -1, 0), (0, 0.5, 0), (0, 0)]:
+        with pytest.raises(ValueError, match="offset must be one 0 or 1 per spatial dimension"):
+            pool_sublattice(target, (8, 4, 4), bad)
+        with pytest.raises(ValueError, match="offset must be one 0 or 1 per spatial dimension"):
+            sublattice_of(target, bad)
     with pytest.raises(
         ValueError, match="cannot pool a target of spatial size \\[16, 8, 8\\] to \\[6, 4, 4\\]"
     ):
         pool_sublattice(target, (6, 4, 4), (0, 0, 0))
     with pytest.raises(
         ValueError,
-        match="needs a coarse size of even sizes, one offset per dimension; got size \\[8, 4, 1\\]",
+        match="needs a coarse grid of even sizes, got \\[8, 4, 1\\]",
     ):
         pool_sublattice(torch.zeros(1, 3, 16, 8, 2), (8, 4, 1), (0, 0, 0))
 
