@@ -307,9 +307,9 @@ class HeadTrainer:
             the same numbers as its logits on the whole grid at those voxels), its loss and score
             from the target at those voxels: the full-resolution label for a full-resolution head,
             the label pooled to a coarse head's grid (:func:`pool_sublattice`, only the voxels
-            kept) otherwise. About a quarter of the full-resolution heads' step and 60 % of the
-            half-resolution heads' (``docs/benchmarks.md``). Not with ``score_at="full"``.
-            Defaults to False.
+            kept) otherwise. It cost 28-33 % of the full-resolution heads' step and 50-57 % of
+            the half-resolution heads' in ``scripts/bench_overhead.py`` (``docs/benchmarks.md``).
+            Not with ``score_at="full"``. Defaults to False.
 
     Attributes:
         steps: the steps taken so far (the next step's sub-lattice; the handlers save it).
