@@ -334,6 +334,7 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
         cells = [mean_std([r["m"][f"shapley_{s}"] for r in rs]) for s in SEQUENCES]
         gain = f"{means[least] / joint_shapley[least]:.2f}x" if least and joint_shapley[least] > 0 else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {least or '-'} | {gain} |")
+    lines += seed_table(by_method)
     lines += signal_table(by_method)
     lines += acting_table(by_method)
     alone = {}  # sequence -> its unimodal run's mean Dice
@@ -350,6 +351,30 @@ def tables(records: list[dict], methods: list[str]) -> list[str]:
             f"{len(best)} subsets {statistics.fmean(best):.3f}.",
         ]
     return lines
+
+
+def seed_table(by_method: dict[str, list[dict]]) -> list[str]:
+    """Each seed's all-sequence and 15-subset mean Dice, to four decimals, for the methods run on
+    more than one seed: what paired comparisons between two methods of a section read."""
+    rows = []
+    for method, rs in by_method.items():
+        rs = sorted((r for r in rs if "subset_mean" in r["m"]), key=lambda r: r["seed"])
+        if len(rs) < 2:
+            continue
+        seeds = ", ".join(str(r["seed"]) for r in rs)
+        means = "; ".join(f"{r['m']['dice_mean']:.4f}" for r in rs)
+        subsets = "; ".join(f"{r['m']['subset_mean']:.4f}" for r in rs)
+        rows.append(f"| {method} | {seeds} | {means} | {subsets} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "Each seed's mean Dice, all sequences and over the 15 subsets (in seed order):",
+        "",
+        "| method | seeds | mean Dice (each seed) | 15-subset mean (each seed) |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 def acting_table(by_method: dict[str, list[dict]]) -> list[str]:

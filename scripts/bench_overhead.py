@@ -212,7 +212,6 @@ def build(
     heads_seconds = [0.0]
     if method != "joint":
         sublattice = "_sublattice" in method
-        # OGM-GE's sub-lattice rows without a level are the bundle's: full-resolution heads
         level = head_level_of(method, level)
         heads = make_heads("segmentation", model, level=level).to(device)
         score = "region_true_class_probability" if method.startswith("ogmge") else "soft_dice"

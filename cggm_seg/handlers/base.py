@@ -108,9 +108,8 @@ class HeadBalancingHandler:
             raise ValueError(f"sublattice must be True or False, got {sublattice!r}.")
         self.sublattice = sublattice
         if self.sublattice:
-            check_sublattice_heads(
-                self.heads, score_at
-            )  # fails when the config is parsed, not when the run starts
+            # fails when the config is parsed, not when the run starts
+            check_sublattice_heads(self.heads, score_at)
         self.modalities = tuple(self.heads.keys())
         self.branches = branches
         self.head_optimizer = head_optimizer
