@@ -209,7 +209,7 @@ def signal(folder: Path) -> dict[str, float] | None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from cggm_seg.handlers.resume import latest_checkpoint
+    from cggm_seg.handlers.checkpoint import latest_checkpoint
 
     newest = latest_checkpoint(folder / "models")
     if newest is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cggm_seg.handlers.resume import RunLock
+from cggm_seg.handlers.run_lock import RunLock
 
 ROOT = Path(__file__).resolve().parents[2]
 
