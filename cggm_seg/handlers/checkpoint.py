@@ -66,20 +66,19 @@ def _state_of(obj: Any) -> Any:
     return (unwrap_model(obj) if isinstance(obj, nn.Module) else obj).state_dict()
 
 
-def _epoch_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+def _epoch_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
     """The ``checkpoint_epoch=N.pt`` files in ``ckpt_dir`` (as ``CheckpointSaver`` names its
-    per-epoch files), oldest epoch first."""
+    per-epoch files) with their N, oldest epoch first."""
     folder = Path(ckpt_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m[1]), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((int(m[1]), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name)))
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     """The ``checkpoint_epoch=N.pt`` with the largest N in ``ckpt_dir``, or None."""
     found = _epoch_checkpoints(ckpt_dir)
-    return found[-1] if found else None
+    return found[-1][1] if found else None
 
 
 class ResumableCheckpoint:
@@ -103,7 +102,8 @@ class ResumableCheckpoint:
             balancing handler, :class:`BestCheckpoint`, lr scheduler...); the names ``"trainer"``,
             ``"scaler"`` and ``"random_states"`` are added on attach.
         resume: continue from the newest checkpoint in ``ckpt_dir`` (False: always start from
-            scratch, older checkpoints are overwritten). Defaults to True.
+            scratch; the older run's checkpoints are deleted as this run saves its own). Defaults
+            to True.
         n_saved: how many per-epoch checkpoints to keep. Defaults to 1.
         map_location: passed to ``torch.load`` when resuming. Defaults to the CPU.
         name: logger name; ``None`` uses ``engine.logger``.
@@ -172,7 +172,7 @@ class ResumableCheckpoint:
     def _resumable(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest per-epoch checkpoint that loads, and its content (kept for :meth:`load`, so
         the file is read once); those that do not load are renamed aside."""
-        for path in reversed(_epoch_checkpoints(self.ckpt_dir)):
+        for _, path in reversed(_epoch_checkpoints(self.ckpt_dir)):
             try:
                 checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
             except Exception as err:  # a truncated zip, a damaged pickle: not a checkpoint to resume
@@ -185,14 +185,20 @@ class ResumableCheckpoint:
         return None
 
     def save(self, engine: Engine) -> None:
-        """Write ``checkpoint_epoch=N.pt`` (rank 0 only) and delete those beyond the newest ``n_saved``."""
+        """Write ``checkpoint_epoch=N.pt`` (rank 0 only), keep the newest ``n_saved`` up to this
+        epoch and delete the others, and any of a later epoch: another run's (one that this run,
+        started with ``resume=False``, replaces), which a resume would otherwise take for the newest."""
         if rank() != 0:
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         state = {k: _state_of(v) for k, v in self.objects.items()}
-        atomic_save(state, self.ckpt_dir / f"checkpoint_epoch={engine.state.epoch}.pt")
-        for stale in _epoch_checkpoints(self.ckpt_dir)[: -self.n_saved]:
-            stale.unlink(missing_ok=True)
+        epoch = engine.state.epoch
+        atomic_save(state, self.ckpt_dir / f"checkpoint_epoch={epoch}.pt")
+        found = _epoch_checkpoints(self.ckpt_dir)
+        kept = [path for n, path in found if n <= epoch][-self.n_saved :]
+        for _, stale in found:
+            if stale not in kept:
+                stale.unlink(missing_ok=True)
 
     def load(self, engine: Engine, path: Path) -> None:
         """Restore every object from ``path`` (at ``STARTED``; the content read on attach, not the

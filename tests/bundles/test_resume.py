@@ -175,6 +175,23 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_older_one_used(tmp_p
     assert done == [2]  # epoch 1 came from the checkpoint
 
 
+def test_a_run_started_over_replaces_the_older_runs_checkpoints(tmp_path):
+    """resume=False: the older run's further-on checkpoint goes, so that a later resume takes this run's."""
+    engine = _engine([])
+    ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
+    engine.run([torch.ones(2)] * 3, max_epochs=3)
+    engine = _engine([])
+    ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}, resume=False).attach(engine)
+    engine.run([torch.ones(2)] * 3, max_epochs=1)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*")) == ["checkpoint_epoch=1.pt"]
+
+    done: list[int] = []
+    engine = _engine(done)
+    ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
+    engine.run([torch.ones(2)] * 3, max_epochs=2)
+    assert done == [2]
+
+
 def test_the_scaler_is_saved_and_restored(tmp_path):
     engine = _engine([])
     engine.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
