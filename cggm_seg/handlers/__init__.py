@@ -5,6 +5,7 @@ from cggm_seg.handlers.best_checkpoint import BestCheckpoint
 from cggm_seg.handlers.cggm_handler import CGGMHandler
 from cggm_seg.handlers.checkpoint import ResumableCheckpoint, atomic_save, latest_checkpoint
 from cggm_seg.handlers.curve import ValidationCurve
+from cggm_seg.handlers.definition import RunDefinitionError, run_definition
 from cggm_seg.handlers.factory import METHODS, handler_list, make_balancing_handler, present
 from cggm_seg.handlers.guard import NonFiniteGuard, NonFiniteTrainingError
 from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
@@ -31,6 +32,8 @@ __all__ = [
     "RunLock",
     "atomic_save",
     "latest_checkpoint",
+    "RunDefinitionError",
+    "run_definition",
     "VectorMetric",
     "vector_key_metric",
 ]

@@ -10,6 +10,7 @@ file that a resume would load.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from torch import nn
 
 from cggm_seg.balancing.branches import unwrap_model
 from cggm_seg.balancing.distributed import rank
+from cggm_seg.handlers.definition import RunDefinitionError, definition_differences
 from cggm_seg.handlers.random_states import RandomStates
 from cggm_seg.handlers.run_lock import RunLock
 
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["ResumableCheckpoint", "atomic_save", "latest_checkpoint"]
 
 _EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+#: differences listed in a refused resume's message
+_LISTED = 12
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -96,17 +100,33 @@ class ResumableCheckpoint:
     does not load (cut off by a crash of an older version, or damaged) is renamed
     ``<name>.corrupt``, with a warning, and the next older one is used.
 
+    Each checkpoint also records the run's ``definition`` (its data, seed and settings:
+    :func:`~cggm_seg.handlers.run_definition`), and a resume whose definition differs from the
+    checkpoint's is refused on attach, before anything is trained, with the differences listed:
+    resuming would carry the saved run on under another definition and write its results over the
+    old ones. A checkpoint that records no definition (saved by an older version) is resumed with a
+    warning.
+
     Args:
         ckpt_dir: the folder for the per-epoch checkpoints.
         save_dict: name -> object with ``state_dict`` / ``load_state_dict`` (network, optimizer,
             balancing handler, :class:`BestCheckpoint`, lr scheduler...); the names ``"trainer"``,
-            ``"scaler"`` and ``"random_states"`` are added on attach.
+            ``"scaler"`` and ``"random_states"`` are added on attach, and ``"definition"`` is the
+            checkpoint's record of ``definition``.
         resume: continue from the newest checkpoint in ``ckpt_dir`` (False: always start from
             scratch; the older run's checkpoints are deleted as this run saves its own). Defaults
             to True.
         n_saved: how many per-epoch checkpoints to keep. Defaults to 1.
         map_location: passed to ``torch.load`` when resuming. Defaults to the CPU.
         name: logger name; ``None`` uses ``engine.logger``.
+        definition: what defines the run, a JSON-able mapping (the bundles give
+            :func:`~cggm_seg.handlers.run_definition`'s); ``None`` records and checks nothing.
+
+    Raises:
+        ValueError: ``save_dict`` names a reserved name, ``n_saved`` < 1, or ``definition`` is
+            not JSON-able.
+        RunDefinitionError: on attach, the checkpoint to resume was saved by a run of another
+            definition; the message lists the differences (``key: saved -> this run's``).
 
     It also holds a :class:`RunLock` on ``ckpt_dir`` from attach to the end of the run, so that a
     second run started into the same folder refuses instead of mixing checkpoints.
@@ -116,8 +136,8 @@ class ResumableCheckpoint:
         lock: the run's :class:`RunLock`.
     """
 
-    #: names that attach adds to ``save_dict``
-    RESERVED = ("trainer", "scaler", "random_states")
+    #: entries of a checkpoint that this handler adds to ``save_dict``'s (on attach, or the definition)
+    RESERVED = ("trainer", "scaler", "random_states", "definition")
 
     def __init__(
         self,
@@ -127,12 +147,20 @@ class ResumableCheckpoint:
         n_saved: int = 1,
         map_location: Any = "cpu",
         name: str | None = None,
+        definition: Mapping[str, Any] | None = None,
     ) -> None:
         reserved = [k for k in self.RESERVED if k in save_dict]
         if reserved:
             raise ValueError(f"save_dict must not name {reserved}: they are added on attach.")
         if int(n_saved) < 1:
             raise ValueError(f"n_saved must be >= 1, got {n_saved}.")
+        try:
+            # compared with a saved one after a JSON round trip: tuples become lists, keys strings
+            self.definition = (
+                None if definition is None else json.loads(json.dumps(definition, allow_nan=False))
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"definition must be JSON-able (run_definition gives one): {err}") from None
         self.ckpt_dir = Path(ckpt_dir)
         self.save_dict = dict(save_dict)
         self.resume = resume
@@ -164,6 +192,7 @@ class ResumableCheckpoint:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: training starts from scratch")
             return
         path, checkpoint = found
+        self._check_definition(path, checkpoint)
         self.logger.info(f"resuming from {path}")
         self.resumed_from = path
         self._read = checkpoint  # loaded at STARTED, then dropped
@@ -184,6 +213,33 @@ class ResumableCheckpoint:
             return path, checkpoint
         return None
 
+    def _check_definition(self, path: Path, checkpoint: Mapping[str, Any]) -> None:
+        """Refuse (:class:`RunDefinitionError`) to resume ``checkpoint`` if it is another run's."""
+        if self.definition is None:
+            return
+        saved = checkpoint.get("definition")
+        if saved is None:
+            self.logger.warning(
+                f"{path.name} records no run definition (saved by an older version): it is resumed without "
+                "checking that this run's data, seed and settings are the ones it was trained with"
+            )
+            return
+        differences = definition_differences(json.loads(saved), self.definition)
+        if not differences:
+            return
+        if rank() == 0:
+            self.lock.release()
+        listed = differences[:_LISTED]
+        if len(differences) > _LISTED:
+            listed.append(f"... and {len(differences) - _LISTED} more")
+        raise RunDefinitionError(
+            f"{path} was saved by a run that differs from this one in (saved -> this run):\n  "
+            + "\n  ".join(listed)
+            + "\nResuming it would carry that run on under this run's definition and write over its results, "
+            "so nothing was trained.\nStart over in this folder with --resume False, or train into another "
+            "one with --run_name NAME (in Python: resume=False, or another ckpt_dir)."
+        )
+
     def save(self, engine: Engine) -> None:
         """Write ``checkpoint_epoch=N.pt`` (rank 0 only), keep the newest ``n_saved`` up to this
         epoch and delete the others, and any of a later epoch: another run's (one that this run,
@@ -191,7 +247,9 @@ class ResumableCheckpoint:
         if rank() != 0:
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: _state_of(v) for k, v in self.objects.items()}
+        state: dict[str, Any] = {k: _state_of(v) for k, v in self.objects.items()}
+        if self.definition is not None:
+            state["definition"] = json.dumps(self.definition)
         epoch = engine.state.epoch
         atomic_save(state, self.ckpt_dir / f"checkpoint_epoch={epoch}.pt")
         found = _epoch_checkpoints(self.ckpt_dir)
