@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from cggm_seg.data.discovery import describe_layout, detect_layout, discover_cas
 __all__ = [
     "cache_root",
     "default_phantom_dir",
+    "run_name",
     "prepare_dataset",
     "split_cases",
     "inference_datalist",
@@ -48,6 +50,26 @@ def default_phantom_dir(
 ) -> str:
     """The cache folder of the default phantom dataset with these settings (not created here)."""
     return str(cache_root() / f"phantom-{layout}-{cases}cases-seed{seed}-{spacing:g}mm")
+
+
+def run_name(dataset_dir: str | Path, variant: str, prefix: str = "brats") -> str:
+    """The name of a training run's folder: ``<prefix>_<variant>`` on the generated phantom (a
+    folder under :func:`cache_root`), ``<prefix>_<dataset folder's name>_<variant>`` on any other
+    dataset (characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``).
+
+    Runs on different datasets then land in different folders: the quick start's phantom run
+    (``brats_cggm``) and one with ``--dataset_dir /data/BraTS2021`` (``brats_BraTS2021_cggm``).
+
+    Args:
+        dataset_dir: the run's dataset folder.
+        variant: what else tells the run apart, e.g. the balancing method (``"cggm"``).
+        prefix: the experiment. Defaults to ``"brats"``.
+    """
+    folder = Path(os.path.abspath(Path(dataset_dir).expanduser()))
+    if Path(os.path.abspath(cache_root())) in folder.parents:
+        return f"{prefix}_{variant}"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", folder.name) or "dataset"
+    return f"{prefix}_{name}_{variant}"
 
 
 def _generate_phantom(folder: Path, cases: int, seed: int, layout: str, spacing: float) -> None:

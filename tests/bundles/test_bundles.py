@@ -211,7 +211,8 @@ def test_bundle_end_to_end_tiny(method, layout, tmp_path):
         extra = ["--dataset_dir", str(data)]
     result = _run_bundle(_config(method), tmp_path, *_method_args(method), *extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run_dir = tmp_path / "runs" / ("brats_unimodal_t2" if method == "unimodal" else f"brats_{method}")
+    variant = "unimodal_t2" if method == "unimodal" else method
+    run_dir = tmp_path / "runs" / (f"brats_data_{layout}_{variant}" if layout else f"brats_{variant}")
     _assert_metrics(run_dir, heads=method not in VARIANTS)
     assert (run_dir / "models" / "model.pt").is_file()
     assert "Dice (fused)" in result.stdout
@@ -248,12 +249,13 @@ def test_evaluate_bundle_audits_a_checkpoint_on_another_dataset(tmp_path):
     result = _run_bundle(evaluate, tmp_path, *extra, "--checkpoint", str(run_dir / "models" / "model.pt"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Epoch[1]" not in result.stdout + result.stderr  # nothing trained
-    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    evaluation = tmp_path / "runs" / "brats_other_cggm" / "evaluation"  # the run folder of --dataset_dir
+    metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["num_cases"] == 3 and "best-on-validation checkpoint" in metrics["source"]
     audit = metrics["missing_sequences"]
     assert len(audit["subsets"]) == 15
     full = audit["subsets"][-1]["dice_mean"]
     assert sum(audit["shapley"].values()) == pytest.approx(full)
-    assert (run_dir / "evaluation" / "shapley.png").is_file()
+    assert (evaluation / "shapley.png").is_file()
     missing = _run_bundle(evaluate, tmp_path, *extra, "--checkpoint", str(tmp_path / "nope.pt"))
     assert missing.returncode != 0 and "nope.pt does not exist" in missing.stdout + missing.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
+from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
 from cggm_seg.handlers import (
     BestCheckpoint,
     RandomStates,
@@ -101,6 +103,59 @@ def test_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(tmp_path):
     best_a, best_b = (torch.load(r / "models" / "model.pt", weights_only=True) for r in (run_a, run_b))
     _assert_same_state(best_a["network"], best_b["network"], "model.pt network.")
     assert _metrics(run_a) == _metrics(run_b)  # every test figure, the audit and the heads
+
+
+# -- one run per folder -----------------------------------------------------------------------------
+
+TINY = ["--phantom#cases", "4", "--phantom#spacing", "4.0", "--roi_size", "[32,32,32]", "--val_interval", "1"]
+
+
+def _bundle(root: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    command += [str(ROOT / "bundles" / "brats_cggm.json"), "--bundle_root", str(root), *TINY, *args]
+    env = dict(os.environ, CGGM_SEG_CACHE=str(cache), OMP_NUM_THREADS="1")
+    env.pop("CGGM_SEG_PLAIN_ERRORS", None)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory) -> tuple[Path, Path]:
+    """(bundle root, phantom cache) of a finished 1-epoch run of the quick start, ``runs/brats_cggm``."""
+    root, cache = tmp_path_factory.mktemp("quick_start"), tmp_path_factory.mktemp("cache")
+    done = _bundle(root, cache, "--epochs", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, cache
+
+
+def _copy(quick_start: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A bundle root of this test's own, holding a copy of the quick start's run."""
+    shutil.copytree(quick_start[0], tmp_path / "root")
+    return tmp_path / "root"
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (run / "models" / "checkpoint_epoch=1.pt", run / "metrics.json")}
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_then_a_dataset_dir_trains_the_second_run_in_its_own_folder(
+    quick_start, tmp_path
+):
+    """The README's quick start, then its next command with ``--dataset_dir``: a new run, not a resume."""
+    root, cache = _copy(quick_start, tmp_path), quick_start[1]
+    data = tmp_path / "BraTS2021"
+    write_phantom_dataset(data, 4, seed=1, config=PhantomConfig(spacing=4.0), progress=False)
+    quick = root / "runs" / "brats_cggm"
+    before = _files(quick)
+    done = _bundle(root, cache, "--epochs", "1", "--dataset_dir", str(data))
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "no checkpoint to resume from" in log and "Epoch[1] Complete" in log
+    run = root / "runs" / "brats_BraTS2021_cggm"
+    assert (run / "metrics.json").is_file() and (run / "models" / "model.pt").is_file()
+    cases = json.loads((run / "datalist.json").read_text())["training"]
+    assert cases and all(case["label"].startswith(str(data)) for case in cases)
+    assert _files(quick) == before  # the quick start's run is left as it was
 
 
 # -- the pieces ------------------------------------------------------------------------------------
