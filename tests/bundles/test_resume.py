@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.bundle import ConfigWorkflow
 
 from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+from cggm_seg.errors import root_cause
 from cggm_seg.handlers import (
     BestCheckpoint,
     RandomStates,
     ResumableCheckpoint,
+    RunDefinitionError,
     atomic_save,
     latest_checkpoint,
 )
@@ -105,7 +108,7 @@ def test_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(tmp_path):
     assert _metrics(run_a) == _metrics(run_b)  # every test figure, the audit and the heads
 
 
-# -- one run per folder -----------------------------------------------------------------------------
+# -- one run per folder ----------------------------------------------------------------------------
 
 TINY = ["--phantom#cases", "4", "--phantom#spacing", "4.0", "--roi_size", "[32,32,32]", "--val_interval", "1"]
 
@@ -138,6 +141,55 @@ def _files(run: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, difference",
+    [
+        (["--phantom#cases", "5"], "data: 1 case added (BraTS2021_00004)"),
+        (["--seed", "1"], "seed: 0 -> 1"),
+        (["--methods#cggm#lam", "0.2"], "lam: 0.1 -> 0.2"),
+        (["--learning_rate", "0.02"], "optimizer.lr: 0.01 -> 0.02"),
+    ],
+    ids=["dataset", "seed", "lam", "learning_rate"],
+)
+def test_a_resume_with_other_data_seed_or_settings_refuses_and_names_the_differences(
+    quick_start, tmp_path, args, difference
+):
+    root, cache = _copy(quick_start, tmp_path), quick_start[1]
+    run = root / "runs" / "brats_cggm"
+    before = _files(run)
+    done = _bundle(root, cache, "--epochs", "2", *args)  # more epochs alone would resume
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    start = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("cggm_seg: the run stopped: RunDefinitionError: ")
+    ]
+    assert start, lines[-5:]
+    report = lines[start[-1] :]
+    assert (
+        "checkpoint_epoch=1.pt was saved by a run that differs from this one in (saved -> this run):"
+        in report[0]
+    )
+    assert any(difference in line for line in report[1:-2]), report
+    assert report[-1].startswith(
+        "Start over in this folder with --resume False, or train into another one with"
+    )
+    assert "--run_name" in report[-1]
+    assert "Epoch[" not in done.stdout + done.stderr  # nothing trained
+    assert _files(run) == before  # nor written over
+
+
+@pytest.mark.slow
+def test_more_epochs_resume_the_run(quick_start, tmp_path):
+    root = _copy(quick_start, tmp_path)
+    done = _bundle(root, quick_start[1], "--epochs", "2", "--log_every_iteration", "False")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "resuming from" in log and "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+
+
+@pytest.mark.slow
 def test_the_readme_quick_start_then_a_dataset_dir_trains_the_second_run_in_its_own_folder(
     quick_start, tmp_path
 ):
@@ -156,6 +208,38 @@ def test_the_readme_quick_start_then_a_dataset_dir_trains_the_second_run_in_its_
     cases = json.loads((run / "datalist.json").read_text())["training"]
     assert cases and all(case["label"].startswith(str(data)) for case in cases)
     assert _files(quick) == before  # the quick start's run is left as it was
+
+
+def _multiview(root: Path, **overrides) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        config_file=str(ROOT / "bundles" / "multiview_cggm.json"),
+        meta_file=str(ROOT / "bundles" / "multiview_metadata.json"),
+        workflow_type="train",
+        bundle_root=str(root),
+        dataset="breast_cancer",
+        **overrides,
+    )
+    workflow.initialize()
+    return workflow
+
+
+def test_the_multiview_bundle_refuses_a_resume_with_another_seed_or_setting_and_resumes_more_epochs(tmp_path):
+    _multiview(tmp_path, epochs=1).run()
+    checkpoint = tmp_path / "runs" / "multiview_breast_cancer_cggm" / "models" / "checkpoint_epoch=1.pt"
+    saved = checkpoint.read_bytes()
+    for overrides, difference in (
+        ({"seed": 1}, "seed: 0 -> 1"),
+        ({"methods#cggm#lam": 0.3}, "lam: 0.2 -> 0.3"),
+        ({"learning_rate": 0.01}, "optimizer.lr: 0.02 -> 0.01"),
+    ):
+        with pytest.raises(RuntimeError) as refused:
+            _multiview(tmp_path, epochs=2, **overrides).run()
+        cause = root_cause(refused.value)
+        assert isinstance(cause, RunDefinitionError), cause
+        assert difference in str(cause) and "--resume False" in str(cause)
+        assert checkpoint.read_bytes() == saved
+    _multiview(tmp_path, epochs=2).run()
+    assert latest_checkpoint(checkpoint.parent).name == "checkpoint_epoch=2.pt"
 
 
 # -- the pieces ------------------------------------------------------------------------------------
