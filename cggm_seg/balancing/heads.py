@@ -23,9 +23,10 @@ from cggm_seg.balancing.distributed import collective_device, mean_over_ranks, w
 from cggm_seg.balancing.scores import ScoreFn, get_score
 
 __all__ = [
+    "HeadOptions",
     "HeadStep",
     "HeadTrainer",
-    "SCORE_AT",
+    "as_head_trainer",
     "check_offset",
     "check_sublattice_heads",
     "flat_parameters",
@@ -34,12 +35,7 @@ __all__ = [
     "pool_target",
     "sublattice_of",
     "sublattice_offset",
-    "upsample_logits",
 ]
-
-#: Where a coarse head's score is measured: at the head's own resolution against the pooled target
-#: (``"head"``), or on its logits upsampled to the target against the full-resolution target (``"full"``).
-SCORE_AT: tuple[str, ...] = ("head", "full")
 
 
 def flat_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -98,24 +94,6 @@ def _average_gradients(params: list[nn.Parameter]) -> None:
         offset += p.numel()
 
 
-def check_score_at(score_at: str) -> None:
-    """Raises ValueError for a ``score_at`` not in :data:`SCORE_AT`."""
-    if score_at not in SCORE_AT:
-        raise ValueError(f"score_at must be one of {SCORE_AT}, got {score_at!r}.")
-
-
-def upsample_logits(logits: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
-    """``B x C x *spatial`` logits resized to ``size`` by (bi/tri)linear interpolation, as a
-    segmentation head with an explicit ``spatial_size`` resizes them (``align_corners=False``)."""
-    modes = {1: "linear", 2: "bilinear", 3: "trilinear"}
-    dims = logits.dim() - 2
-    if dims not in modes:
-        raise ValueError(
-            f"can only upsample 1-3 spatial dimensions, got logits of shape {tuple(logits.shape)}."
-        )
-    return F.interpolate(logits, size=tuple(int(s) for s in size), mode=modes[dims], align_corners=False)
-
-
 def pool_target(target: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch.Tensor:
     """A dense target pooled to ``size``, for a head that predicts at a coarser level.
 
@@ -162,16 +140,10 @@ def _pooled_blocks(
     ]
 
 
-def check_sublattice_heads(heads: Mapping[str, nn.Module], score_at: str = "head") -> None:
+def check_sublattice_heads(heads: Mapping[str, nn.Module]) -> None:
     """Raises ValueError unless every head can be trained on a sub-lattice (``sublattice=True``): a
     segmentation head with ``forward_sublattice`` that can compute its logits there exactly
-    (:attr:`cggm_seg.networks.SegmentationHead.supports_sublattice`), scored where it predicts
-    (``score_at="head"``)."""
-    if score_at != "head":
-        raise ValueError(
-            "sublattice=True scores each head on its sub-lattice; "
-            f"score_at={score_at!r} is not possible with it."
-        )
+    (:attr:`cggm_seg.networks.SegmentationHead.supports_sublattice`)."""
     for modality, head in heads.items():
         exact = callable(getattr(head, "forward_sublattice", None)) and getattr(
             head, "supports_sublattice", True
@@ -295,10 +267,6 @@ class HeadTrainer:
         optimizer: the heads' own optimizer over the heads' parameters (nothing else).
         score_fn: the task score (name from :data:`cggm_seg.balancing.scores.SCORES` or a callable
             ``(prediction, target) -> 0-dim tensor``). Defaults to ``"soft_dice"``.
-        score_at: for heads that predict at a coarser level (``head.level > 0``), where the score
-            is measured: ``"head"`` (default), at the head's resolution against the target pooled
-            to it (as the head's loss); ``"full"``, on the head's logits upsampled to the target's
-            size, against the full-resolution target (the loss stays at the head's resolution).
         sublattice: train and score segmentation heads on one voxel in 2^d of their output grid
             (d spatial dimensions) per step: step t takes the voxels ``o + 2 * u`` with the offset
             ``o`` the binary digits of t (``o = (t mod 2, t // 2 mod 2, t // 4 mod 2)`` in 3D), so
@@ -307,9 +275,7 @@ class HeadTrainer:
             the same numbers as its logits on the whole grid at those voxels), its loss and score
             from the target at those voxels: the full-resolution label for a full-resolution head,
             the label pooled to a coarse head's grid (:func:`pool_sublattice`, only the voxels
-            kept) otherwise. It cost 28-33 % of the full-resolution heads' step and 50-57 % of
-            the half-resolution heads' in ``scripts/bench_overhead.py`` (``docs/benchmarks.md``).
-            Not with ``score_at="full"``. Defaults to False.
+            kept) otherwise. Defaults to False.
 
     Attributes:
         steps: the steps taken so far (the next step's sub-lattice; the handlers save it).
@@ -320,9 +286,9 @@ class HeadTrainer:
     construct the trainer and call :meth:`step` the same number of times (as with DDP).
 
     Raises:
-        ValueError: fewer than two heads, a head without ``final``, heads sharing parameters, an
-            unknown ``score_at``, or ``sublattice`` with ``score_at="full"`` or with a head that has
-            no ``forward_sublattice`` or cannot compute it exactly (``supports_sublattice``).
+        ValueError: fewer than two heads, a head without ``final``, heads sharing parameters, or
+            ``sublattice`` with a head that has no ``forward_sublattice`` or cannot compute it
+            exactly (``supports_sublattice``).
     """
 
     def __init__(
@@ -331,11 +297,8 @@ class HeadTrainer:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         optimizer: torch.optim.Optimizer,
         score_fn: str | ScoreFn = "soft_dice",
-        score_at: str = "head",
         sublattice: bool = False,
     ) -> None:
-        check_score_at(score_at)
-        self.score_at = score_at
         self.sublattice = bool(sublattice)
         self.steps = 0
         self.heads: dict[str, nn.Module] = dict(heads.items())
@@ -349,7 +312,7 @@ class HeadTrainer:
                 if owner.setdefault(id(p), modality) != modality:
                     raise ValueError(f"heads {owner[id(p)]!r} and {modality!r} share parameters.")
         if self.sublattice:
-            check_sublattice_heads(self.heads, score_at)
+            check_sublattice_heads(self.heads)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.score_fn = get_score(score_fn)
@@ -422,11 +385,7 @@ class HeadTrainer:
                 _check_prediction(m, prediction, head_target)
                 loss = self.loss_fn(prediction, head_target).mean()  # reduction="none": the trainer reduces
                 loss.backward()
-                if self.score_at == "full" and head_target is not target:
-                    full = upsample_logits(prediction.detach(), target.shape[2:])
-                    scores[m] = self.score_fn(full, target)  # before the head's update
-                else:
-                    scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
+                scores[m] = self.score_fn(prediction.detach(), head_target)  # before the head's update
             losses[m] = loss.detach()
         if world_size() > 1:
             _average_gradients(self._trainable)
@@ -443,3 +402,79 @@ class HeadTrainer:
             final_grads=final_grads,
             final_weights=final_weights,
         )
+
+
+@dataclass
+class HeadOptions:
+    """How a method's light heads are built and trained: one object a bundle builds with ``_target_``.
+
+    Args:
+        score: the heads' score (a name in :data:`cggm_seg.balancing.SCORES` or a callable);
+            ``None`` takes the method's ``default_score``.
+        lr: learning rate of the heads' default optimizer (``Adam``). Defaults to 1e-3.
+        level: the level segmentation heads predict at, for
+            :func:`cggm_seg.networks.make_heads` (``None``: its default, half resolution; 0: full
+            resolution). The bundles build the heads with it; the trainer itself takes any heads.
+        sublattice: train and score segmentation heads on one voxel in 2^d of their output grid per
+            step (see :class:`HeadTrainer`). Defaults to False.
+
+    Raises:
+        ValueError: an unknown score name, ``lr <= 0``, a negative level, or a ``sublattice`` that
+            is not a bool.
+    """
+
+    score: str | ScoreFn | None = None
+    lr: float = 1e-3
+    level: int | None = None
+    sublattice: bool = False
+
+    def __post_init__(self) -> None:
+        if self.score is not None:
+            get_score(self.score)  # an unknown name fails when the config is parsed
+        if not (self.lr > 0):
+            raise ValueError(f"the heads' lr must be > 0, got {self.lr}.")
+        if self.level is not None and (int(self.level) != self.level or self.level < 0):
+            raise ValueError(f"the heads' level must be None or an integer >= 0, got {self.level!r}.")
+        if not isinstance(self.sublattice, bool):
+            raise ValueError(f"sublattice must be True or False, got {self.sublattice!r}.")
+
+    def trainer(
+        self,
+        heads: Mapping[str, nn.Module] | nn.ModuleDict,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        default_score: str | ScoreFn,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> HeadTrainer:
+        """The :class:`HeadTrainer` of ``heads`` under these options (``optimizer=None``: ``Adam``
+        over the heads at :attr:`lr`)."""
+        heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
+        if optimizer is None:
+            optimizer = torch.optim.Adam(heads.parameters(), lr=self.lr)
+        score = default_score if self.score is None else self.score
+        return HeadTrainer(heads, loss_fn, optimizer, score_fn=score, sublattice=self.sublattice)
+
+
+def as_head_trainer(
+    heads: HeadTrainer | Mapping[str, nn.Module] | nn.ModuleDict,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    options: HeadOptions,
+    default_score: str | ScoreFn,
+) -> HeadTrainer:
+    """``heads`` as a :class:`HeadTrainer`: itself, or modality -> head modules wrapped under
+    ``options`` (the heads then train with ``loss_fn``).
+
+    Raises:
+        ValueError: head modules without a ``loss_fn``; something that is neither.
+    """
+    if isinstance(heads, HeadTrainer):
+        return heads
+    if not isinstance(heads, (Mapping, nn.ModuleDict)) or not all(
+        isinstance(h, nn.Module) for h in heads.values()
+    ):
+        raise ValueError(
+            "heads must be a HeadTrainer or modality -> head modules (a dict or nn.ModuleDict, e.g. "
+            f"cggm_seg.networks.make_heads(...)), got {type(heads).__name__}."
+        )
+    if loss_fn is None:
+        raise ValueError("head modules train with the task loss: pass loss_fn= (or give a HeadTrainer).")
+    return options.trainer(heads, loss_fn, default_score)

@@ -43,13 +43,6 @@ __all__ = [
     "plot_balance",
 ]
 
-#: the statistics drawn in ``balance.png`` for each method's handler
-_PANELS = {
-    "cggm": (("eps", "head score eps_i (smoothed)"), ("B", "balancing coefficient B_i")),
-    "ogmge": (("s", "head score s_i"), ("k", "OGM coefficient k_i")),
-    "monitor": (("eps", "head score eps_i (per batch)"),),
-}
-
 
 def _spacing(image: Any) -> tuple[float, float, float]:
     pixdim = getattr(image, "pixdim", None)
@@ -312,18 +305,19 @@ def load_best_checkpoint(
 
 
 def plot_balance(balancing: Any, png: Path, title: str) -> Path | None:
-    """``balance.png`` of a run's balancing handler (CGGM, OGM-GE or the joint monitor), if it has
-    a history; the panels follow the method."""
+    """``balance.png`` of a run's :class:`~cggm_seg.handlers.BalancingHandler`, if it has a history;
+    the panels are the method's ``plot_panels``."""
     history = getattr(balancing, "history", None)
     if not history:
         return None
-    method = getattr(balancing, "method_key", "cggm")
+    method = balancing.method
+    panels = method.plot_panels or (("head_loss", "head loss"),)
     return plot_balance_history(
         history,
         getattr(balancing, "modalities", ()),
         png,
-        title=f"{title or method}: balancing during training",
-        panels=_PANELS.get(method, _PANELS["cggm"]),
+        title=f"{title or method.name}: balancing during training",
+        panels=panels,
     )
 
 

@@ -1,9 +1,15 @@
 """MONAI handlers that attach cggm_seg's balancing methods to any SupervisedTrainer."""
 
-from cggm_seg.handlers.base import HeadBalancingHandler
+from cggm_seg.handlers.balancing import BalancingHandler, HeadBalancingHandler
 from cggm_seg.handlers.cggm_handler import CGGMHandler
 from cggm_seg.handlers.curve import ValidationCurve
-from cggm_seg.handlers.factory import METHODS, handler_list, make_balancing_handler, present
+from cggm_seg.handlers.factory import (
+    METHODS,
+    balancing_handler,
+    handler_list,
+    make_balancing_handler,
+    present,
+)
 from cggm_seg.handlers.guard import NonFiniteGuard, NonFiniteTrainingError
 from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
 from cggm_seg.handlers.ogmge_handler import OGMGEHandler
@@ -18,7 +24,9 @@ from cggm_seg.handlers.resume import (
 from cggm_seg.handlers.vector_metric import VectorMetric, vector_key_metric
 
 __all__ = [
+    "BalancingHandler",
     "HeadBalancingHandler",
+    "balancing_handler",
     "CGGMHandler",
     "ValidationCurve",
     "NonFiniteGuard",

@@ -98,8 +98,8 @@ def test_heads_as_the_balancing_benchmark_chose_them():
         heads = parser.get_parsed_content("heads")
         chosen[method] = {h.level for h in heads.values()}
         handler = parser.get_parsed_content("balancing")
-        chosen[method, "every"] = getattr(handler, "observe_every", 1)
-        chosen[method, "sublattice"] = handler.sublattice
+        chosen[method, "every"] = getattr(handler.method, "observe_every", 1)
+        chosen[method, "sublattice"] = handler.method.head_options.sublattice
     assert chosen == {
         "cggm": {1}, "joint": {1}, "ogmge": {0},
         ("cggm", "every"): 1, ("joint", "every"): 1, ("ogmge", "every"): 4,

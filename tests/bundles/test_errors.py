@@ -75,8 +75,11 @@ def _run(args, cache, tmp_path, config=BRATS):
             ["--method", "cgmm"],
             "ValueError: method must be one of ['cggm', 'joint', 'none', 'ogmge'], got 'cgmm'.",
         ),
-        (["--methods#cggm#score", "dise"], "ValueError: unknown score 'dise'; available: ['accuracy',"),
-        (["--methods#cggm#rho", "0"], "ValueError: rho must be a positive finite number, got 0."),
+        (
+            ["--methods#cggm#head_options#score", "dise"],
+            "ValueError: unknown score 'dise'; available: ['accuracy',",
+        ),
+        (["--methods#cggm#tracker#rho", "0"], "ValueError: rho must be a positive finite number, got 0."),
         (
             ["--sequences", "['t1','pd']"],
             "ValueError: sequences must be distinct names out of ['t1', 't1ce', 't2', 'flair'], "
