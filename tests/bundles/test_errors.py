@@ -14,6 +14,7 @@ from cggm_seg.errors import root_cause, summarising_excepthook
 
 ROOT = Path(__file__).resolve().parents[2]
 BRATS = str(ROOT / "bundles" / "brats_cggm.json")
+INFERENCE = str([BRATS, str(ROOT / "bundles" / "inference.json")])
 INSTALL = "$cggm_seg.errors.install_excepthook()"
 TINY = ["--phantom#cases", "3", "--phantom#spacing", "4.0", "--epochs", "1", "--roi_size", "[32,32,32]"]
 
@@ -146,3 +147,14 @@ def test_a_dataset_that_fails_its_check_ends_the_run_with_the_report(cache, tmp_
     assert "t2 sequence file not found" in tail and missing.name in tail
     assert lines[-1].startswith("FAILED: 1 problem")
 
+
+@pytest.mark.slow
+def test_an_inference_run_without_its_checkpoint_ends_naming_the_file(cache, tmp_path):
+    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+
+    data = tmp_path / "data"
+    write_phantom_dataset(data, 1, seed=0, config=PhantomConfig(spacing=4.0), progress=False)
+    lines = _run(["--dataset_dir", str(data)], cache, tmp_path, config=INFERENCE)
+    checkpoint = tmp_path / "runs" / "brats_cggm" / "models" / "model.pt"
+    assert lines[-1].startswith("cggm_seg: the run stopped: FileNotFoundError: "), lines[-3:]
+    assert str(checkpoint) in lines[-1]
