@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cggm_seg.errors import install_excepthook
+
 __all__ = ["build_parser", "main"]
 
 
@@ -200,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``cggm-seg`` with ``argv`` (default: the process arguments); returns the exit code."""
+    """Run ``cggm-seg`` with ``argv`` (default: the process arguments); returns the exit code.
+
+    Installs :func:`cggm_seg.errors.summarising_excepthook` first, so that an error the command
+    does not report itself ends with its cause.
+    """
+    install_excepthook()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

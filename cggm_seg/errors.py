@@ -2,9 +2,10 @@
 
 MONAI's bundle parser wraps an error raised while it evaluates a config expression (a dataset
 check that fails, a setting out of range) in ``RuntimeError: Failed to evaluate
-ConfigExpression``, and prints the cause in the middle of a long chained traceback. Importing
-``cggm_seg`` (the bundles do) installs :func:`summarising_excepthook`, which prints the usual
-traceback and then, when the error came wrapped, the cause again as the final lines::
+ConfigExpression``, and prints the cause in the middle of a long chained traceback. The bundles
+(first thing in their ``initialize``) and the ``cggm-seg`` command call :func:`install_excepthook`,
+which installs :func:`summarising_excepthook`: it prints the usual traceback and then, when the
+error came wrapped, the cause again as the final lines::
 
     cggm_seg: the run stopped: ValueError: rho must be a positive finite number, got 0.0.
 

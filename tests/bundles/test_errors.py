@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from cggm_seg.errors import root_cause, summarising_excepthook
 
 ROOT = Path(__file__).resolve().parents[2]
 BRATS = str(ROOT / "bundles" / "brats_cggm.json")
+INFERENCE = str([BRATS, str(ROOT / "bundles" / "inference.json")])
+INSTALL = "$cggm_seg.errors.install_excepthook()"
 TINY = ["--phantom#cases", "3", "--phantom#spacing", "4.0", "--epochs", "1", "--roi_size", "[32,32,32]"]
 
 
@@ -40,6 +43,38 @@ def test_the_hook_repeats_the_cause_last(capsys):
     cause = "ValueError: roi_size [512, 512, 512] is larger than every training volume"
     assert lines[-1] == f"cggm_seg: the run stopped: {cause}"
     assert any("Failed to evaluate ConfigExpression" in line for line in lines[:-1])  # the traceback stays
+
+
+def _hook_after(code):
+    """``sys.excepthook``'s module and name in a fresh interpreter once ``code`` has run."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("CGGM_SEG_PLAIN_ERRORS", None)
+    script = f"import sys\n{code}\nprint(sys.excepthook.__module__, sys.excepthook.__name__)"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_importing_the_package_leaves_the_excepthook_alone():
+    assert _hook_after("import cggm_seg, cggm_seg.errors, cggm_seg.cli") == "sys excepthook"
+
+
+def test_the_command_line_installs_the_hook():
+    assert _hook_after("from cggm_seg.cli import main\nmain([])") == "cggm_seg.errors summarising_excepthook"
+
+
+def test_every_bundle_that_initializes_installs_the_hook_first():
+    initializing = {}
+    for path in sorted((ROOT / "bundles").glob("*.json")):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and "initialize" in config:
+            initializing[path.name] = config["initialize"][:1]
+    assert {"brats_cggm.json", "inference.json", "multi_gpu_train.json", "multiview_cggm.json"} <= set(
+        initializing
+    )
+    assert all(first == [INSTALL] for first in initializing.values()), initializing
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +149,15 @@ def test_a_dataset_that_fails_its_check_ends_the_run_with_the_report(cache, tmp_
     tail = "\n".join(lines[start[-1] :])
     assert "t2 sequence file not found" in tail and missing.name in tail
     assert lines[-1].startswith("FAILED: 1 problem")
+
+
+@pytest.mark.slow
+def test_an_inference_run_without_its_checkpoint_ends_naming_the_file(cache, tmp_path):
+    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+
+    data = tmp_path / "data"
+    write_phantom_dataset(data, 1, seed=0, config=PhantomConfig(spacing=4.0), progress=False)
+    lines = _run(["--dataset_dir", str(data)], cache, tmp_path, config=INFERENCE)
+    checkpoint = tmp_path / "runs" / "brats_cggm" / "models" / "model.pt"
+    assert lines[-1].startswith("cggm_seg: the run stopped: FileNotFoundError: "), lines[-3:]
+    assert str(checkpoint) in lines[-1]
