@@ -10,6 +10,7 @@ from cggm_seg.data.discovery import (
     detect_layout,
     discover_cases,
     require_complete,
+    skipped_paths,
 )
 from cggm_seg.data.layouts import LAYOUTS, MODALITIES, REGIONS, Layout, get_layout
 
@@ -61,6 +62,7 @@ __all__ = [
     "describe_layout",
     "case_id_of",
     "require_complete",
+    "skipped_paths",
     "SPLITS",
     "DEFAULT_FRACTIONS",
     "make_datalist",
