@@ -2,7 +2,15 @@
 multi-view vector and aligned-sequence datasets of the classification and regression bundles."""
 
 from cggm_seg.data.check import CheckReport, Problem, check_dataset
-from cggm_seg.data.datalist import DEFAULT_FRACTIONS, SPLITS, load_datalist, make_datalist, write_datalist
+from cggm_seg.data.datalist import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    describe_splits,
+    load_datalist,
+    make_datalist,
+    require_splits,
+    write_datalist,
+)
 from cggm_seg.data.discovery import (
     Case,
     case_id_of,
@@ -66,6 +74,8 @@ __all__ = [
     "SPLITS",
     "DEFAULT_FRACTIONS",
     "make_datalist",
+    "describe_splits",
+    "require_splits",
     "write_datalist",
     "load_datalist",
     *_TRANSFORMS,

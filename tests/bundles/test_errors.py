@@ -151,6 +151,12 @@ def cache(tmp_path_factory):
 
 
 def _run(args, cache, tmp_path, config=BRATS, bundle_root=None):
+    """The non-empty lines of the stderr of a bundle run that fails."""
+    return _run_bundle(args, cache, tmp_path, config, bundle_root)[1]
+
+
+def _run_bundle(args, cache, tmp_path, config=BRATS, bundle_root=None):
+    """The stdout and the non-empty stderr lines of a bundle run that fails."""
     env = dict(os.environ, CGGM_SEG_CACHE=str(cache), OMP_NUM_THREADS="1")
     env.pop("CGGM_SEG_PLAIN_ERRORS", None)
     command = [
@@ -167,7 +173,7 @@ def _run(args, cache, tmp_path, config=BRATS, bundle_root=None):
         [*command, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode != 0
-    return [line for line in done.stderr.strip().splitlines() if line.strip()]
+    return done.stdout, [line for line in done.stderr.strip().splitlines() if line.strip()]
 
 
 @pytest.mark.slow
@@ -214,6 +220,21 @@ def test_a_dataset_that_fails_its_check_ends_the_run_with_the_report(cache, tmp_
     tail = "\n".join(lines[start[-1] :])
     assert "t2 sequence file not found" in tail and missing.name in tail
     assert lines[-1].startswith("FAILED: 1 problem")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cases", [1, 2])
+def test_a_dataset_too_small_to_split_stops_before_the_first_epoch(cases, cache, tmp_path):
+    args = [*TINY, "--phantom#cases", str(cases)]
+    out, lines = _run_bundle(args, cache, tmp_path)
+    assert f"{cases} brats2021 case{'s' * (cases > 1)} found; {cases} labelled case" in out  # the log line
+    assert "Epoch[1]" not in out
+    assert lines[-1].startswith(f"cggm_seg: the run stopped: ValueError: {cache}"), lines[-3:]
+    assert (
+        "fractions 0.7 / 0.15 / 0.15 give" in lines[-1] and "empty; expected at least one case" in lines[-1]
+    )
+    assert lines[-1].endswith("; nothing was trained")
+    assert not list(tmp_path.glob("runs/*/models/*.pt"))
 
 
 @pytest.mark.slow
