@@ -109,9 +109,11 @@ def _add_check(subparsers: argparse._SubParsersAction, layouts: Sequence[str]) -
     parser = subparsers.add_parser(
         "check",
         help="validate a BraTS dataset folder and/or datalist, reporting every problem",
-        description="Report every problem in a BraTS dataset (missing, unreadable or inconsistent "
-        "files, bad label values, NaN/Inf or empty sequences) and in a datalist. Exit code 1 if "
-        "any problem is found, 0 if the data is clean. Nothing is modified.",
+        description="Report every problem in a BraTS dataset (missing, unreadable, duplicated or "
+        "inconsistent files, bad label values, NaN/Inf, all-zero or constant sequences) and in a "
+        "datalist, and list the files and folders that belong to no case. Exit code 1 if any "
+        "problem is found, 0 if the data is clean (skipped files are not problems). Nothing is "
+        "modified.",
     )
     parser.add_argument("root", metavar="DIR", type=Path, nargs="?", help="the dataset folder")
     parser.add_argument("--layout", choices=sorted(layouts), help="dataset layout (default: detect)")

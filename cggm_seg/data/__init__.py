@@ -2,7 +2,15 @@
 multi-view vector and aligned-sequence datasets of the classification and regression bundles."""
 
 from cggm_seg.data.check import CheckReport, Problem, check_dataset
-from cggm_seg.data.datalist import DEFAULT_FRACTIONS, SPLITS, load_datalist, make_datalist, write_datalist
+from cggm_seg.data.datalist import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    describe_splits,
+    load_datalist,
+    make_datalist,
+    require_splits,
+    write_datalist,
+)
 from cggm_seg.data.discovery import (
     Case,
     case_id_of,
@@ -10,6 +18,7 @@ from cggm_seg.data.discovery import (
     detect_layout,
     discover_cases,
     require_complete,
+    skipped_paths,
 )
 from cggm_seg.data.layouts import LAYOUTS, MODALITIES, REGIONS, Layout, get_layout
 
@@ -61,9 +70,12 @@ __all__ = [
     "describe_layout",
     "case_id_of",
     "require_complete",
+    "skipped_paths",
     "SPLITS",
     "DEFAULT_FRACTIONS",
     "make_datalist",
+    "describe_splits",
+    "require_splits",
     "write_datalist",
     "load_datalist",
     *_TRANSFORMS,

@@ -5,10 +5,16 @@ Every problem is reported at once, each naming the case, the file and what was e
 - dataset level: no layout recognised, no cases found, a case id in two folders;
 - datalist level: not JSON, no or unknown layout, an entry without image or label, a case id
   listed twice, modalities not in canonical order;
-- file level: a missing file (a sequence, the 4D image or the label), a file nibabel cannot read
-  (truncated or corrupt ``.nii.gz``), the wrong number of dimensions, NaN or Inf voxels, an
-  all-zero sequence, label values outside the layout's set;
+- file level: a missing file (a sequence, the 4D image or the label), a sequence or label found
+  in two files (``x_t1.nii`` beside ``x_t1.nii.gz``), a file nibabel cannot read (truncated or
+  corrupt ``.nii.gz``), the wrong number of dimensions, NaN or Inf voxels, a sequence without
+  contrast (all zero, one value everywhere, or one value on every non-zero voxel), label values
+  outside the layout's set;
 - case level: sequences and label that differ in shape, voxel spacing or affine.
+
+Files and folders under the dataset folder that look like data but belong to no case
+(:func:`~cggm_seg.data.discovery.skipped_paths`) are listed in the report as skipped; they are
+not problems, so the check still passes.
 
 Files are opened read-only, one at a time, and only a summary of each is kept, so memory stays at
 one volume whatever the dataset size.
@@ -30,7 +36,14 @@ import numpy as np
 from tqdm import tqdm
 
 from cggm_seg.data.datalist import SPLITS, UNLABELLED
-from cggm_seg.data.discovery import Case, case_id_of, describe_layout, detect_layout, discover_cases
+from cggm_seg.data.discovery import (
+    Case,
+    case_id_of,
+    describe_layout,
+    detect_layout,
+    discover_cases,
+    skipped_paths,
+)
 from cggm_seg.data.layouts import LAYOUTS, MODALITIES, Layout, get_layout
 
 __all__ = ["Problem", "CheckReport", "check_dataset"]
@@ -61,6 +74,8 @@ class CheckReport:
         layout: the layout name used (given or detected), or ``None`` if none could be found.
         n_cases: the number of cases checked.
         problems: every problem found, dataset-level ones first, then per case in case order.
+        skipped: files and folders under ``root`` that belong to no case, each with the reason
+            (``case_id`` is ``None``); they do not fail the check.
     """
 
     root: Path | None
@@ -68,6 +83,7 @@ class CheckReport:
     layout: str | None
     n_cases: int
     problems: list[Problem] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -75,16 +91,23 @@ class CheckReport:
         return not self.problems
 
     def summary(self) -> str:
-        """One line: how many cases were checked and how many problems were found."""
+        """One line: how many cases were checked, how many problems were found and how many
+        files or folders were skipped."""
         source = " + ".join(str(p) for p in (self.root, self.datalist) if p is not None)
         checked = (
             f"{self.n_cases} case{'s' * (self.n_cases != 1)} ({self.layout or 'unknown layout'}) in {source}"
         )
+        skipped = (
+            f"; {len(self.skipped)} file(s) or folder(s) skipped, in no case (listed above)"
+            if self.skipped
+            else ""
+        )
         if self.ok:
-            return f"OK: {checked}, no problems found"
+            return f"OK: {checked}, no problems found{skipped}"
         n_cases = len({p.case_id for p in self.problems if p.case_id is not None})
         return (
-            f"FAILED: {len(self.problems)} problem{'s' * (len(self.problems) != 1)} in {n_cases} of {checked}"
+            f"FAILED: {len(self.problems)} problem{'s' * (len(self.problems) != 1)} in {n_cases} of "
+            f"{checked}{skipped}"
         )
 
     def format(self) -> str:
@@ -101,6 +124,9 @@ class CheckReport:
             lines += [
                 f"  {self._display(p.file)}: {p.message}" if p.file else f"  {p.message}" for p in problems
             ]
+        if self.skipped:
+            lines.append("(skipped, in no case):")
+            lines += [f"  {self._display(p.file)}: {p.message}" for p in self.skipped]
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -146,9 +172,10 @@ def check_dataset(
     datalist = Path(datalist) if datalist is not None else None
     chosen = get_layout(layout) if layout is not None else None
     problems: list[Problem] = []
+    skipped: list[Problem] = []
     cases: list[Case] = []
     if root is not None:
-        chosen, cases = _discover(root, chosen, problems)
+        chosen, cases = _discover(root, chosen, problems, skipped)
     if datalist is not None:
         listed_layout, listed = _read_datalist(datalist, chosen, problems)
         chosen = chosen or listed_layout
@@ -159,16 +186,20 @@ def check_dataset(
         cases, desc="checking", unit="case", file=sys.stderr, disable=None if progress else True
     ):
         case_problems += _check_case(case, get_layout(case.layout), spacing_tol, affine_tol)
-    return CheckReport(root, datalist, chosen.name if chosen else None, len(cases), problems + case_problems)
+    layout_name = chosen.name if chosen else None
+    return CheckReport(root, datalist, layout_name, len(cases), problems + case_problems, skipped)
 
 
-def _discover(root: Path, layout: Layout | None, problems: list[Problem]) -> tuple[Layout | None, list[Case]]:
+def _discover(
+    root: Path, layout: Layout | None, problems: list[Problem], skipped: list[Problem]
+) -> tuple[Layout | None, list[Case]]:
     try:
         layout = layout or detect_layout(root)
         cases = discover_cases(root, layout)
     except ValueError as err:
         problems.append(Problem(None, root, str(err)))
         return layout, []
+    skipped += [Problem(None, path, reason) for path, reason in skipped_paths(root, layout)]
     if not cases:
         problems.append(Problem(None, root, f"no cases found; expected {describe_layout(layout)}"))
     folders: dict[str, list[Case]] = defaultdict(list)
@@ -347,6 +378,15 @@ def _check_case(case: Case, layout: Layout, spacing_tol: float, affine_tol: floa
         )
         for role, path in case.missing.items()
     ]
+    problems += [
+        Problem(
+            case.case_id,
+            paths[0],
+            f"{_role_name(role)} also in {', '.join(p.name for p in paths[1:])}; expected one file "
+            "(which one would be used is a guess: remove the others)",
+        )
+        for role, paths in case.duplicates.items()
+    ]
     volumes = []
     for role, path in _case_files(case):
         try:
@@ -393,14 +433,35 @@ def _content_problems(role: str, data: np.ndarray, layout: Layout) -> list[str]:
     if role == "seg":
         messages += _label_problems(data, layout)
     elif role == "image":
-        messages += [
-            f"channel {c} ({layout.msd_channels[c]}) is all zero; expected an MRI sequence in every channel"
-            for c in range(data.shape[3])
-            if not np.any(data[..., c])
-        ]
-    elif not np.any(data):
-        messages.append(f"all voxels are zero; expected an MRI {role} sequence")
+        for c, modality in enumerate(layout.msd_channels):
+            flat = _flat_contrast(data[..., c])
+            if flat:
+                messages.append(
+                    f"channel {c} ({modality}): {flat}; expected an MRI sequence in every channel"
+                )
+    else:
+        flat = _flat_contrast(data)
+        if flat:
+            messages.append(f"{flat}; expected an MRI {role} sequence")
     return messages
+
+
+def _flat_contrast(volume: np.ndarray) -> str | None:
+    """How ``volume`` lacks contrast (all zero, one value, one value inside the non-zero region), or None.
+
+    BraTS volumes are zero outside the brain, so a volume whose non-zero voxels all hold one value
+    (a mask, a failed conversion) carries no image either. Non-finite voxels are left to their own
+    check.
+    """
+    if not np.any(volume):
+        return "all voxels are zero"
+    finite = volume[np.isfinite(volume)] if np.issubdtype(volume.dtype, np.floating) else volume.ravel()
+    inside = finite[finite != 0]
+    if inside.size == 0 or inside.min() != inside.max():
+        return None
+    if inside.size == volume.size:
+        return f"all voxels are {inside[0]:g}"
+    return f"all {inside.size} non-zero voxels are {inside[0]:g}"
 
 
 def _label_problems(data: np.ndarray, layout: Layout) -> list[str]:

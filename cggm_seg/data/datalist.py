@@ -25,7 +25,9 @@ seed and the fractions: adding or removing other cases (a new data release) neve
 between splits, so a test case never leaks into training. The price is that split sizes follow
 the fractions only on average (binomially: 1251 BraTS 2021 cases give 15 % +- 1 % validation).
 For tiny datasets (n >= 3) a split that would be empty borrows the nearest case from the largest
-split, so every split with a positive fraction has at least one case.
+split, so every split with a positive fraction has at least one case. With fewer cases, or a zero
+fraction, a split may be empty: :func:`require_splits` refuses a datalist whose splits a run
+needs are not all filled, saying how many cases there are and what the fractions gave.
 
 Labelled cases are split; cases without a segmentation (MSD ``imagesTs``, a BraTS validation
 release) go to ``unlabelled``, so that ``test`` can always be scored.
@@ -48,6 +50,8 @@ __all__ = [
     "UNLABELLED",
     "DEFAULT_FRACTIONS",
     "make_datalist",
+    "describe_splits",
+    "require_splits",
     "write_datalist",
     "load_datalist",
 ]
@@ -111,6 +115,54 @@ def make_datalist(
         datalist[f"num{split.capitalize()}"] = len(entries)
     datalist.update(splits)
     return datalist
+
+
+def describe_splits(datalist: dict[str, Any]) -> str:
+    """How :func:`make_datalist` split the cases, in one line for a log or an error message.
+
+    ``"5 labelled cases split by seed 0 and fractions 0.7 / 0.15 / 0.15 give 3 training, 1
+    validation, 1 test"``, followed by ``"; 2 unlabelled"`` when there are cases without a label.
+    """
+    sizes = [len(datalist[split]) for split in SPLITS]
+    fractions = " / ".join(f"{datalist['fractions'][split]:g}" for split in SPLITS)
+    line = (
+        f"{sum(sizes)} labelled case{'s' * (sum(sizes) != 1)} split by seed {datalist['seed']} and "
+        f"fractions {fractions} give " + ", ".join(f"{n} {split}" for n, split in zip(sizes, SPLITS))
+    )
+    unlabelled = len(datalist.get(UNLABELLED, []))
+    return f"{line}; {unlabelled} unlabelled" if unlabelled else line
+
+
+def require_splits(datalist: dict[str, Any], splits: Sequence[str] = SPLITS) -> None:
+    """Check that each split of ``splits`` holds at least one case of ``datalist``.
+
+    A run that trains on an empty split, or validates or tests on one, fails or reports nothing
+    only once it gets there: this check lets it stop before anything is trained.
+
+    Args:
+        datalist: a datalist of :func:`make_datalist`.
+        splits: the splits that must not be empty (default: all of :data:`SPLITS`).
+
+    Raises:
+        ValueError: a name in ``splits`` is not one of :data:`SPLITS`, or one of them is empty; the
+            message gives the number of cases, the seed and fractions and the size of each split.
+    """
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; expected some of {list(SPLITS)}")
+    empty = [split for split in splits if not datalist[split]]
+    if not empty:
+        return
+    zero = [split for split in empty if datalist["fractions"][split] == 0]
+    hints = [f"give {' and '.join(zero)} a positive fraction"] if zero else []
+    if len(zero) < len(empty):
+        hints.append("with 3 or more labelled cases every split with a positive fraction gets one")
+    hint = "; ".join(hints)
+    where = f"each of {', '.join(splits)}" if len(splits) > 1 else splits[0]
+    raise ValueError(
+        f"{describe_splits(datalist)}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} "
+        f"empty; expected at least one case in {where} ({hint})"
+    )
 
 
 def write_datalist(datalist: dict[str, Any], path: str | Path) -> Path:

@@ -6,20 +6,34 @@
    phantom dataset is generated there, once (written to a temporary folder and renamed, so an
    interrupted or concurrent run never sees half a dataset);
 2. ``check_dataset`` runs on the folder and any problem stops the run with the full report;
-3. the cases are split with the seeded, id-stable rule of :func:`make_datalist`, and the
+   files and folders that belong to no case are logged as a warning;
+3. the cases are split with the seeded, id-stable rule of :func:`make_datalist`, the number of
+   cases and the split sizes are logged, a split the run needs that is empty stops it, and the
    datalist is written into the run folder (never into the dataset folder, which may be
    read-only and is not ours to modify).
+
+The log lines go to the ``cggm_seg.data`` logger, which a bundle's ``logging.conf`` prints.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cggm_seg.data.check import check_dataset
-from cggm_seg.data.datalist import DEFAULT_FRACTIONS, load_datalist, make_datalist, write_datalist
+from cggm_seg.data.check import CheckReport, check_dataset
+from cggm_seg.data.datalist import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    describe_splits,
+    load_datalist,
+    make_datalist,
+    require_splits,
+    write_datalist,
+)
 from cggm_seg.data.discovery import describe_layout, detect_layout, discover_cases
 
 __all__ = [
@@ -31,6 +45,12 @@ __all__ = [
     "check_roi_size",
     "DatasetCheckError",
 ]
+
+
+logger = logging.getLogger("cggm_seg.data")
+
+#: How many skipped files or folders the warning of :func:`prepare_dataset` names.
+_SKIPPED_SHOWN = 5
 
 
 class DatasetCheckError(ValueError):
@@ -77,6 +97,7 @@ def prepare_dataset(
     phantom_layout: str = "brats2021",
     phantom_spacing: float = 2.0,
     check: bool = True,
+    required_splits: Sequence[str] = SPLITS,
 ) -> dict[str, Any]:
     """Check ``dataset_dir``, split it, write ``output_dir/datalist.json`` and return the splits.
 
@@ -90,6 +111,8 @@ def prepare_dataset(
         phantom_cases, phantom_seed, phantom_layout, phantom_spacing: the phantom to generate
             when ``dataset_dir`` is a missing cache folder.
         check: run ``check_dataset`` first (turn off only for data checked already).
+        required_splits: the splits the run uses, each of which must hold a case (default: all
+            three; an evaluation of every case needs none).
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "layout": name,
@@ -98,6 +121,8 @@ def prepare_dataset(
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist (and is not a cache folder).
         DatasetCheckError: the dataset has problems; the message lists them all.
+        ValueError: a split of ``required_splits`` is empty (too few cases for the fractions);
+            the message gives the number of cases and the size of each split.
     """
     dataset_dir = Path(dataset_dir).expanduser()
     if not dataset_dir.exists():
@@ -113,7 +138,15 @@ def prepare_dataset(
         if not report.ok:
             raise DatasetCheckError(f"the dataset failed its check, nothing was trained:\n{report.format()}")
         layout = report.layout or layout
-    datalist = make_datalist(discover_cases(dataset_dir, layout), seed=seed, fractions=fractions)
+        _log_skipped(dataset_dir, report)
+    cases = discover_cases(dataset_dir, layout)
+    datalist = make_datalist(cases, seed=seed, fractions=fractions)
+    found = f"{len(cases)} {datalist['layout']} case{'s' * (len(cases) != 1)} found"
+    logger.info(f"{dataset_dir}: {found}; {describe_splits(datalist)}")
+    try:
+        require_splits(datalist, required_splits)
+    except ValueError as err:
+        raise ValueError(f"{dataset_dir}: {err}; nothing was trained") from None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = write_datalist(datalist, output_dir / "datalist.json")
@@ -121,6 +154,20 @@ def prepare_dataset(
     splits["layout"] = datalist["layout"]
     splits["datalist"] = str(path)
     return splits
+
+
+def _log_skipped(dataset_dir: Path, report: CheckReport) -> None:
+    if not report.skipped:
+        return
+    shown = "; ".join(
+        f"{p.file.relative_to(dataset_dir)}: {p.message}" for p in report.skipped[:_SKIPPED_SHOWN]
+    )
+    more = len(report.skipped) - _SKIPPED_SHOWN
+    rest = f"; and {more} more (`cggm-seg check {dataset_dir}` lists them all)" if more > 0 else ""
+    logger.warning(
+        f"{dataset_dir}: {len(report.skipped)} file(s) or folder(s) belong to no case and are not used: "
+        f"{shown}{rest}"
+    )
 
 
 def split_cases(data: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -155,8 +202,9 @@ def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> li
 
     Raises:
         FileNotFoundError: ``dataset_dir`` does not exist or is not a folder.
-        ValueError: no case is found, a case misses an image file, or a case id is found twice
-            (its predictions would overwrite each other); the message names the folder or the case.
+        ValueError: no case is found, a case misses an image file or has two files for one, or a
+            case id is found twice (its predictions would overwrite each other); the message names
+            the folder or the case.
     """
     dataset_dir = Path(dataset_dir).expanduser()
     if not dataset_dir.is_dir():
@@ -175,6 +223,12 @@ def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> li
         + ", ".join(f"{name} (expected {path})" for name, path in c.missing.items() if name != "seg")
         for c in cases
         if set(c.missing) - {"seg"}
+    ]
+    problems += [
+        f"case {c.case_id!r} in {c.folder}: {c.describe_duplicate(role)}"
+        for c in cases
+        for role in c.duplicates
+        if role != "seg"
     ]
     folders: dict[str, list[str]] = {}
     for c in cases:

@@ -10,6 +10,11 @@ from cggm_seg.data.datalist import make_datalist, write_datalist
 from cggm_seg.data.discovery import discover_cases
 
 
+def varying(shape, dtype=np.float32):
+    """A volume with contrast, valid as a sequence and as a label of every layout (values 0-2)."""
+    return (np.arange(np.prod(shape)).reshape(shape) % 3).astype(dtype)
+
+
 def only_problem(report, case_id, file_name, *phrases):
     """The one problem of ``report``, asserting it names the case, the file and every phrase."""
     assert len(report.problems) == 1, report.format()
@@ -98,7 +103,7 @@ def test_datalist_listing_a_case_twice(make_dataset, tmp_path, capsys):
 def test_shape_mismatch_within_a_case(make_dataset, save_nifti, odd_one):
     root = make_dataset("brats2021")
     name = f"BraTS2021_00001_{odd_one}.nii.gz"
-    save_nifti(root / "BraTS2021_00001" / name, np.ones((8, 8, 9), dtype=np.uint8))
+    save_nifti(root / "BraTS2021_00001" / name, varying((8, 8, 9), np.uint8))
     only_problem(
         check_dataset(root, progress=False),
         "BraTS2021_00001",
@@ -121,7 +126,7 @@ def test_affine_mismatch_beyond_tolerance(make_dataset, save_nifti):
     shifted = np.eye(4)
     shifted[:3, 3] = [0.0, 0.5, 0.0]
     name = "BraTS-GLI-00003-000-t2f.nii.gz"
-    save_nifti(root / "BraTS-GLI-00003-000" / name, np.ones((8, 8, 8), dtype=np.float32), shifted)
+    save_nifti(root / "BraTS-GLI-00003-000" / name, varying((8, 8, 8)), shifted)
     only_problem(
         check_dataset(root, progress=False),
         "BraTS-GLI-00003-000",
@@ -174,7 +179,7 @@ def test_non_integer_label_values(make_dataset, save_nifti):
 
 def test_nan_and_inf_voxels(make_dataset, save_nifti):
     root = make_dataset("brats2021")
-    volume = np.ones((8, 8, 8), dtype=np.float32)
+    volume = varying((8, 8, 8))
     volume[0, 0, :3] = np.nan
     volume[1, 1, 1] = -np.inf
     name = "BraTS2021_00002_flair.nii.gz"
@@ -203,7 +208,89 @@ def test_all_zero_channel_of_an_msd_image(make_dataset, write_brats_case):
     root = make_dataset("msd")
     write_brats_case(root, "BRATS_002", "msd", images={"t2": np.zeros((8, 8, 8), dtype=np.float32)})
     only_problem(
-        check_dataset(root, progress=False), "BRATS_002", "BRATS_002.nii.gz", "channel 3 (t2) is all zero"
+        check_dataset(root, progress=False),
+        "BRATS_002",
+        "BRATS_002.nii.gz",
+        "channel 3 (t2): all voxels are zero",
+    )
+
+
+@pytest.mark.parametrize(
+    ("background", "message"),
+    [(1.5, "all voxels are 1.5"), (0.0, "all 216 non-zero voxels are 1.5")],
+    ids=["whole-volume", "inside-the-brain"],
+)
+def test_a_constant_sequence_is_flagged_like_an_all_zero_one(make_dataset, save_nifti, background, message):
+    root = make_dataset("brats2021")
+    volume = np.full((8, 8, 8), background, dtype=np.float32)
+    volume[1:-1, 1:-1, 1:-1] = 1.5  # a brain of one value
+    name = "BraTS2021_00002_t2.nii.gz"
+    save_nifti(root / "BraTS2021_00002" / name, volume)
+    only_problem(
+        check_dataset(root, progress=False),
+        "BraTS2021_00002",
+        name,
+        f"{message}; expected an MRI t2 sequence",
+    )
+
+
+def test_a_constant_channel_of_an_msd_image(make_dataset, write_brats_case):
+    root = make_dataset("msd")
+    write_brats_case(root, "BRATS_003", "msd", images={"t1ce": np.full((8, 8, 8), 7, dtype=np.float32)})
+    only_problem(
+        check_dataset(root, progress=False),
+        "BRATS_003",
+        "BRATS_003.nii.gz",
+        "channel 2 (t1ce): all voxels are 7",
+    )
+
+
+def test_a_case_with_upper_case_file_names_is_checked_not_dropped(make_dataset, write_brats_case, capsys):
+    root = make_dataset("brats2023")
+    for path in write_brats_case(root, "BraTS-GLI-00004-000", "brats2023", seed=4).values():
+        path.rename(path.with_name(path.name.upper()))  # BRATS-GLI-00004-000-T1N.NII.GZ
+    code, out = run_cli(capsys, root)
+    assert code == 0 and out.strip() == f"OK: 4 cases (brats2023) in {root}, no problems found"
+
+
+def test_two_files_for_one_sequence_fail_the_check_naming_both(make_dataset, save_nifti, capsys):
+    root = make_dataset("brats2021")
+    save_nifti(root / "BraTS2021_00003" / "BraTS2021_00003_flair.nii", varying((8, 8, 8)))
+    only_problem(
+        check_dataset(root, progress=False),
+        "BraTS2021_00003",
+        "BraTS2021_00003_flair.nii",
+        "flair sequence also in BraTS2021_00003_flair.nii.gz; expected one file",
+    )
+    code, out = run_cli(capsys, root)
+    assert code == 1
+    assert (
+        "BraTS2021_00003/BraTS2021_00003_flair.nii: flair sequence also in BraTS2021_00003_flair.nii.gz"
+        in out
+    )
+
+
+def test_files_in_no_case_are_listed_and_the_check_still_passes(make_dataset, save_nifti, capsys):
+    root = make_dataset("brats2021")
+    save_nifti(root / "BraTS2021_00001" / "BraTS2021_00001_t1_v2.nii.gz", varying((8, 8, 8)))
+    (root / "BraTS2021_00007").mkdir()
+    report = check_dataset(root, progress=False)
+    assert report.ok and report.n_cases == 3
+    assert [p.file for p in report.skipped] == [
+        root / "BraTS2021_00001" / "BraTS2021_00001_t1_v2.nii.gz",
+        root / "BraTS2021_00007",
+    ]
+    code, out = run_cli(capsys, root)
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        "(skipped, in no case):",
+        "  BraTS2021_00001/BraTS2021_00001_t1_v2.nii.gz: matches no case file name; expected brats2021: "
+        "<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz",
+        "  BraTS2021_00007: a folder beside the case folders with no brats2021 case in it",
+    ]
+    assert out.splitlines()[-1] == (
+        f"OK: 3 cases (brats2021) in {root}, no problems found; "
+        "2 file(s) or folder(s) skipped, in no case (listed above)"
     )
 
 

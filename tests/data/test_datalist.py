@@ -5,7 +5,14 @@ import pytest
 from monai.data import load_decathlon_datalist
 
 from cggm_seg.cli import main
-from cggm_seg.data.datalist import SPLITS, load_datalist, make_datalist, write_datalist
+from cggm_seg.data.datalist import (
+    SPLITS,
+    describe_splits,
+    load_datalist,
+    make_datalist,
+    require_splits,
+    write_datalist,
+)
 from cggm_seg.data.discovery import Case, discover_cases
 from cggm_seg.data.layouts import MODALITIES
 
@@ -93,6 +100,44 @@ def test_small_datasets_get_at_least_one_case_per_split(n, seed):
 def test_a_zero_fraction_gives_an_empty_split():
     datalist = make_datalist(fake_cases(10), fractions=(0.8, 0.2, 0.0))
     assert datalist["test"] == [] and datalist["numTest"] == 0
+
+
+def test_describe_splits_gives_the_counts_seed_and_fractions():
+    datalist = make_datalist(fake_cases(5) + fake_cases(2, start=100, labelled=False), seed=4)
+    sizes = [len(datalist[s]) for s in SPLITS]
+    assert describe_splits(datalist) == (
+        "5 labelled cases split by seed 4 and fractions 0.7 / 0.15 / 0.15 give "
+        f"{sizes[0]} training, {sizes[1]} validation, {sizes[2]} test; 2 unlabelled"
+    )
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_require_splits_refuses_a_dataset_too_small_for_three_splits(n):
+    datalist = make_datalist(fake_cases(n))
+    empty = [split for split in SPLITS if not datalist[split]]
+    assert empty  # what the split rule gives with fewer cases than splits
+    with pytest.raises(ValueError) as info:
+        require_splits(datalist)
+    message = str(info.value)
+    assert message.startswith(
+        f"{n} labelled case{'s' * (n > 1)} split by seed 0 and fractions 0.7 / 0.15 / 0.15 give"
+    )
+    assert f"the {' and '.join(empty)} split" in message
+    assert "expected at least one case in each of training, validation, test" in message
+    assert "with 3 or more labelled cases" in message
+    require_splits(datalist, [s for s in SPLITS if s not in empty])  # the others are filled
+    require_splits(datalist, [])
+
+
+def test_require_splits_names_a_zero_fraction():
+    datalist = make_datalist(fake_cases(10), fractions=(0.8, 0.2, 0.0))
+    with pytest.raises(
+        ValueError, match=r"0 test: the test split is empty; .*\(give test a positive fraction\)"
+    ):
+        require_splits(datalist)
+    require_splits(datalist, ["training", "validation"])
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['train'\]"):
+        require_splits(datalist, ["train"])
 
 
 def test_unlabelled_cases_are_listed_apart():

@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from cggm_seg.data.discovery import case_id_of, detect_layout, discover_cases, require_complete
+from cggm_seg.data.discovery import case_id_of, detect_layout, discover_cases, require_complete, skipped_paths
 from cggm_seg.data.layouts import MODALITIES
 
 
@@ -143,3 +144,92 @@ def test_case_id_of_file_names():
     assert case_id_of("BraTS-GLI-00000-000-seg.nii", "brats2023") == "BraTS-GLI-00000-000"
     assert case_id_of("imagesTr/BRATS_001.nii.gz", "msd") == "BRATS_001"
     assert case_id_of("prediction.nii.gz", "brats2021") == "prediction"
+
+
+def _upper_case_names(folder):
+    """Rename a case's files to upper-case suffixes and extensions (``x_t1.nii.gz`` -> ``x_T1.NII.GZ``)."""
+    for path in list(folder.iterdir()):
+        stem, _, suffix = path.name[: -len(".nii.gz")].rpartition("_")
+        path.rename(path.with_name(f"{stem}_{suffix.upper()}.NII.GZ"))
+
+
+def test_upper_case_suffixes_and_extensions_are_accepted(make_dataset, write_brats_case):
+    root = make_dataset("brats2021")
+    write_brats_case(root, "BraTS2021_00004", seed=4)
+    _upper_case_names(root / "BraTS2021_00004")
+    cases = discover_cases(root)
+    assert [c.case_id for c in cases][-1] == "BraTS2021_00004" and len(cases) == 4
+    shouted = cases[-1]
+    assert shouted.is_complete and not shouted.duplicates
+    assert shouted.images["t1ce"].name == "BraTS2021_00004_T1CE.NII.GZ"
+    assert shouted.label.name == "BraTS2021_00004_SEG.NII.GZ"
+    assert case_id_of(shouted.images["flair"], "brats2021") == "BraTS2021_00004"
+    assert skipped_paths(root) == []
+
+
+def test_upper_case_files_alone_are_recognised(tmp_path, write_brats_case):
+    write_brats_case(tmp_path, "BraTS2021_00001")
+    _upper_case_names(tmp_path / "BraTS2021_00001")
+    assert detect_layout(tmp_path).name == "brats2021"
+    write_brats_case(tmp_path / "msd", "BRATS_001", "msd", ext=".NII.GZ")
+    (case,) = discover_cases(tmp_path / "msd")
+    assert case.case_id == "BRATS_001" and case.is_complete and case.image_4d.name == "BRATS_001.NII.GZ"
+
+
+@pytest.mark.parametrize("other", ["BraTS2021_00002_t1.nii", "BraTS2021_00002_T1.nii.gz"])
+def test_two_files_for_one_sequence_are_an_error_naming_both(make_dataset, save_nifti, other):
+    root = make_dataset("brats2021")
+    folder = root / "BraTS2021_00002"
+    save_nifti(folder / other, np.ones((8, 8, 8), dtype=np.float32))
+    case = discover_cases(root)[1]
+    both = tuple(sorted([folder / "BraTS2021_00002_t1.nii.gz", folder / other]))
+    assert case.duplicates == {"t1": both}
+    for raises in (lambda: case.image, lambda: require_complete([case])):
+        with pytest.raises(ValueError, match="2 files for the t1 sequence") as info:
+            raises()
+        assert all(str(path) in str(info.value) for path in both)
+
+
+def test_two_files_for_one_msd_image_are_an_error_naming_both(make_dataset, write_brats_case):
+    root = make_dataset("msd")
+    write_brats_case(root, "BRATS_002", "msd", ext=".nii")
+    case = discover_cases(root)[1]
+    assert case.duplicates == {
+        "image": (root / "imagesTr" / "BRATS_002.nii", root / "imagesTr" / "BRATS_002.nii.gz"),
+        "seg": (root / "labelsTr" / "BRATS_002.nii", root / "labelsTr" / "BRATS_002.nii.gz"),
+    }
+    with pytest.raises(ValueError, match=r"2 files for the 4D image \(.*BRATS_002.nii, .*BRATS_002.nii.gz\)"):
+        require_complete([case])
+
+
+def test_skipped_paths_lists_what_looks_like_data_but_belongs_to_no_case(make_dataset, save_nifti):
+    root = make_dataset("brats2021")
+    volume = np.ones((8, 8, 8), dtype=np.float32)
+    renamed = save_nifti(root / "BraTS2021_00001" / "BraTS2021_00001_t1_old.nii.gz", volume)
+    backup = root / "BraTS2021_00002" / "BraTS2021_00002_flair.nii.gz.bak"
+    backup.write_bytes((root / "BraTS2021_00002" / "BraTS2021_00002_flair.nii.gz").read_bytes())
+    unprefixed = save_nifti(root / "BraTS2021_00009" / "t2.nii.gz", volume)
+    (root / "BraTS2021_00010").mkdir()
+    save_nifti(root / ".trash" / "BraTS2021_00011_t1.nii", volume)  # hidden: ignored
+    save_nifti(root / "BraTS2021_00003" / "._BraTS2021_00003_t1.nii.gz", volume)  # macOS fork: ignored
+    skipped = dict(skipped_paths(root))
+    assert sorted(skipped) == [renamed, backup, unprefixed, root / "BraTS2021_00010"]
+    assert skipped[renamed].startswith("matches no case file name; expected brats2021: <case>/<case>_{t1,")
+    assert skipped[backup] == "not a .nii or .nii.gz file"
+    assert (
+        skipped[root / "BraTS2021_00010"] == "a folder beside the case folders with no brats2021 case in it"
+    )
+    assert [c.case_id for c in discover_cases(root)] == [
+        "BraTS2021_00001",
+        "BraTS2021_00002",
+        "BraTS2021_00003",
+    ]
+
+
+def test_skipped_paths_of_an_msd_folder(make_dataset, save_nifti):
+    root = make_dataset("msd")
+    volume = np.ones((8, 8, 8), dtype=np.float32)
+    nested = save_nifti(root / "imagesTr" / "old" / "BRATS_009.nii.gz", volume)
+    beside = save_nifti(root / "mask.nii.gz", volume)
+    assert [path for path, _ in skipped_paths(root)] == [nested, beside]
+    assert "outside imagesTr, imagesTs, labelsTr, labelsTs" in skipped_paths(root)[0][1]
