@@ -72,13 +72,13 @@ def _add_phantom(subparsers: argparse._SubParsersAction, layouts: Sequence[str])
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+    from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
 
     try:
         if args.preview is not None:
             if args.png is None:
                 raise ValueError("--preview needs --png OUT.png")
-            from cggm_seg.data.preview import render_case_preview
+            from cggm_seg.apps.brats.preview import render_case_preview
 
             render_case_preview(args.preview, args.png)
             print(f"wrote {args.png}")
@@ -127,7 +127,7 @@ def _add_check(subparsers: argparse._SubParsersAction, layouts: Sequence[str]) -
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from cggm_seg.data.check import check_dataset
+    from cggm_seg.apps.brats.check import check_dataset
 
     if args.root is None and args.datalist is None:
         args._parser.error("expected a dataset folder DIR, --datalist FILE, or both")
@@ -147,7 +147,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_datalist(subparsers: argparse._SubParsersAction, layouts: Sequence[str]) -> None:
-    from cggm_seg.data.datalist import DEFAULT_FRACTIONS
+    from cggm_seg.apps.brats.datalist import DEFAULT_FRACTIONS
 
     parser = subparsers.add_parser(
         "datalist",
@@ -171,8 +171,8 @@ def _add_datalist(subparsers: argparse._SubParsersAction, layouts: Sequence[str]
 
 
 def _run_datalist(args: argparse.Namespace) -> int:
-    from cggm_seg.data.datalist import SPLITS, UNLABELLED, make_datalist, write_datalist
-    from cggm_seg.data.discovery import discover_cases
+    from cggm_seg.apps.brats.datalist import SPLITS, UNLABELLED, make_datalist, write_datalist
+    from cggm_seg.apps.brats.discovery import discover_cases
 
     try:
         cases = discover_cases(args.root, args.layout)
@@ -191,7 +191,7 @@ def _run_datalist(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cggm-seg`` parser with its sub-commands ``phantom``, ``check`` and ``datalist``."""
-    from cggm_seg.data.layouts import LAYOUTS
+    from cggm_seg.apps.brats.layouts import LAYOUTS
 
     parser = argparse.ArgumentParser(
         prog="cggm-seg",

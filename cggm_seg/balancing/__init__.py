@@ -16,7 +16,7 @@ from cggm_seg.balancing.branches import (
     unwrap_model,
 )
 from cggm_seg.balancing.distributed import mean_over_ranks
-from cggm_seg.balancing.heads import (
+from cggm_seg.balancing.head_trainer import (
     HeadOptions,
     HeadStep,
     HeadTrainer,

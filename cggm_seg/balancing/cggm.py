@@ -43,7 +43,7 @@ from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, resolve_module
 from cggm_seg.balancing.distributed import mean_over_ranks
-from cggm_seg.balancing.heads import HeadOptions, HeadStep, HeadTrainer, flat_parameters, no_autocast
+from cggm_seg.balancing.head_trainer import HeadOptions, HeadStep, HeadTrainer, flat_parameters, no_autocast
 from cggm_seg.balancing.magnitude import (  # noqa: F401  (re-exported: their home before magnitude.py)
     MAGNITUDES,
     branch_param_groups,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, branch_parameters
-from cggm_seg.balancing.heads import HeadOptions, HeadTrainer, as_head_trainer
+from cggm_seg.balancing.head_trainer import HeadOptions, HeadTrainer, as_head_trainer
 from cggm_seg.balancing.magnitude import BranchMagnitude, optimizer_step
 from cggm_seg.balancing.observer import HeadObserver
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cggm_seg.balancing.heads import HeadOptions
+from cggm_seg.balancing.head_trainer import HeadOptions
 from cggm_seg.balancing.method import BalancingMethod, register_method
 
 __all__ = ["HeadMonitor"]

@@ -33,7 +33,7 @@ from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec
 from cggm_seg.balancing.distributed import world_size
-from cggm_seg.balancing.heads import HeadOptions, HeadTrainer
+from cggm_seg.balancing.head_trainer import HeadOptions, HeadTrainer
 from cggm_seg.balancing.method import BalancingMethod, register_method
 from cggm_seg.balancing.observer import Cadence
 

@@ -58,9 +58,15 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def _check_same_shape(logits: torch.Tensor, target: torch.Tensor, what: str) -> None:
     if logits.shape != target.shape:
+        hint = ""
+        if target.ndim == logits.ndim and target.shape[1] == 1 and logits.shape[1] > 1:
+            hint = (
+                " The target has one channel of class indices: for a softmax network give the heads "
+                "score='softmax_dice' (or 'softmax_true_class_probability'), which take class indices."
+            )
         raise ValueError(
             f"{what} expects logits and target of the same shape (B, C, *spatial), "
-            f"got {tuple(logits.shape)} and {tuple(target.shape)}."
+            f"got {tuple(logits.shape)} and {tuple(target.shape)}.{hint}"
         )
     if logits.ndim < 2:
         raise ValueError(f"{what} expects (B, C, *spatial) tensors, got shape {tuple(logits.shape)}.")

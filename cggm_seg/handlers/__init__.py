@@ -1,6 +1,6 @@
 """MONAI handlers that attach cggm_seg's balancing methods to any SupervisedTrainer."""
 
-from cggm_seg.handlers.balancing import BalancingHandler, HeadBalancingHandler
+from cggm_seg.handlers.balancing_handler import BalancingHandler, HeadBalancingHandler
 from cggm_seg.handlers.cggm_handler import CGGMHandler
 from cggm_seg.handlers.curve import ValidationCurve
 from cggm_seg.handlers.factory import (
@@ -21,7 +21,6 @@ from cggm_seg.handlers.resume import (
     atomic_save,
     latest_checkpoint,
 )
-from cggm_seg.handlers.vector_metric import VectorMetric, vector_key_metric
 
 __all__ = [
     "BalancingHandler",
@@ -43,6 +42,4 @@ __all__ = [
     "RunLock",
     "atomic_save",
     "latest_checkpoint",
-    "VectorMetric",
-    "vector_key_metric",
 ]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cggm_seg.balancing import CGGM, BalanceTracker, HeadOptions
-from cggm_seg.handlers.balancing import BalancingHandler
+from cggm_seg.handlers.balancing_handler import BalancingHandler
 
 __all__ = ["CGGMHandler"]
 

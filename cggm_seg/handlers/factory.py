@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from cggm_seg.balancing.heads import HeadOptions
+from cggm_seg.balancing.head_trainer import HeadOptions
 from cggm_seg.balancing.method import METHODS, BalancingMethod, get_method_class
-from cggm_seg.handlers.balancing import BalancingHandler
+from cggm_seg.handlers.balancing_handler import BalancingHandler
 
 __all__ = ["METHODS", "balancing_handler", "make_balancing_handler", "handler_list", "present"]
 

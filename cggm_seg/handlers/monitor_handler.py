@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cggm_seg.balancing import HeadMonitor, HeadOptions
-from cggm_seg.handlers.balancing import BalancingHandler
+from cggm_seg.handlers.balancing_handler import BalancingHandler
 
 __all__ = ["HeadMonitorHandler"]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from cggm_seg.balancing.heads import check_offset
+from cggm_seg.balancing.head_trainer import check_offset
 from cggm_seg.networks.pointwise import PointwiseConv3d
 
 __all__ = [
@@ -54,7 +54,7 @@ class SegmentationHead(nn.Module):
 
     With ``level = L > 0`` the head predicts at the resolution of the ``L``-th map instead (the
     finer maps are not used): nothing is computed at full resolution, and the heads' trainer pools
-    the label to that resolution (:func:`cggm_seg.balancing.heads.pool_target`) for the loss and
+    the label to that resolution (:func:`cggm_seg.balancing.head_trainer.pool_target`) for the loss and
     the score. ``final`` keeps the fused model's shape, so the direction term still compares like
     with like. Given an explicit ``spatial_size`` (test-time prediction), such a head upsamples its
     3-channel logits to it (trilinear). ``docs/benchmarks.md`` measures what this saves and what it

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cggm_seg.balancing.cggm import CGGM, direction_loss
-from cggm_seg.balancing.heads import HeadTrainer, flat_gradients
+from cggm_seg.balancing.head_trainer import HeadTrainer, flat_gradients
 from cggm_seg.balancing.magnitude import branch_param_groups
 from cggm_seg.balancing.tracker import BalanceTracker
 

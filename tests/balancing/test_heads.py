@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cggm_seg.balancing.branches import FeatureTap
-from cggm_seg.balancing.heads import (
+from cggm_seg.balancing.head_trainer import (
     HeadOptions,
     HeadTrainer,
     as_head_trainer,
@@ -62,7 +62,7 @@ def test_head_trainer_checks_heads():
 
 
 def test_pool_target_by_hand():
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
 
     target = torch.zeros(1, 1, 2, 2, 4)
     target[0, 0, :, :, 0] = 1.0  # the first 2x2x2 block (w = 0, 1): its w = 0 half, 4 of 8 voxels
@@ -79,7 +79,7 @@ def test_pool_target_by_hand():
 
 
 def test_coarse_heads_learn_from_the_pooled_target():
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
     from cggm_seg.networks import SegmentationHead
 
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_a_full_resolution_head_of_the_wrong_size_still_fails():
 
 
 def test_sublattice_offset_and_slice_by_hand():
-    from cggm_seg.balancing.heads import sublattice_of, sublattice_offset
+    from cggm_seg.balancing.head_trainer import sublattice_of, sublattice_offset
 
     assert [sublattice_offset(t, 3) for t in (0, 1, 2, 5, 7, 8, 13)] == [
         (0, 0, 0),
@@ -146,7 +146,7 @@ def test_sublattice_heads_train_and_score_on_one_voxel_in_eight(level):
     """sublattice=True: step t's loss, score and step are the head's on the voxels o + 2u of its
     output grid (full resolution at level 0, half at level 1), o the binary digits of t, against the
     target there (pooled to the head's grid at level 1)."""
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
     from cggm_seg.networks import SegmentationHead
 
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def test_sublattice_heads_train_and_score_on_one_voxel_in_eight(level):
 def test_sublattice_heads_of_several_levels_in_one_trainer():
     """Heads at levels 0, 1 and 2 in one trainer: each trains on the sub-lattice of its own grid
     (the label pooled by 1, 2 and 4), against the whole head sliced afterwards."""
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
     from cggm_seg.networks import SegmentationHead
 
     torch.manual_seed(0)
@@ -226,7 +226,7 @@ def test_sublattice_heads_of_several_levels_in_one_trainer():
 def test_pool_sublattice_by_hand():
     """The pooled target's voxels offset + 2u, from their blocks only: block means (masks), first
     voxels (class indices); the full-resolution case is sublattice_of."""
-    from cggm_seg.balancing.heads import pool_sublattice, pool_target, sublattice_of
+    from cggm_seg.balancing.head_trainer import pool_sublattice, pool_target, sublattice_of
 
     # 1D, 8 voxels pooled by 2 to 4 (block means 0.5, 2.5, 4.5, 6.5); offset 1 keeps coarse voxels 1 and 3
     line = torch.arange(8.0).view(1, 1, 8)

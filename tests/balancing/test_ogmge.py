@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cggm_seg.balancing.heads import HeadTrainer
+from cggm_seg.balancing.head_trainer import HeadTrainer
 from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients
 
 from .toy_nets import MODALITIES, SegHead, ToySegNet, seg_batch

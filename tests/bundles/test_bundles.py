@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ROOT / "bundles"

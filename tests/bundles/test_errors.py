@@ -244,7 +244,7 @@ def test_bad_settings_end_the_run_with_the_setting_and_what_is_expected(args, la
 
 @pytest.mark.slow
 def test_a_dataset_that_fails_its_check_ends_the_run_with_the_report(cache, tmp_path):
-    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+    from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
 
     data = tmp_path / "data"
     write_phantom_dataset(data, 2, seed=0, config=PhantomConfig(spacing=4.0), progress=False)
@@ -262,7 +262,7 @@ def test_a_dataset_that_fails_its_check_ends_the_run_with_the_report(cache, tmp_
 
 @pytest.mark.slow
 def test_an_inference_run_without_its_checkpoint_ends_naming_the_file(cache, tmp_path):
-    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+    from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
 
     data = tmp_path / "data"
     write_phantom_dataset(data, 1, seed=0, config=PhantomConfig(spacing=4.0), progress=False)

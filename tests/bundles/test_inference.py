@@ -20,9 +20,9 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle import run as run_bundle
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-from cggm_seg.data.layouts import MODALITIES, get_layout
-from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
-from cggm_seg.data.prepare import default_phantom_dir, inference_datalist
+from cggm_seg.apps.brats.layouts import MODALITIES, get_layout
+from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
+from cggm_seg.apps.brats.prepare import default_phantom_dir, inference_datalist
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 EXPERIMENT = str(BUNDLES / "brats_cggm.json")
