@@ -11,8 +11,9 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
+from cggm_seg.balancing.branches import branch_parameters
 from cggm_seg.balancing.head_trainer import HeadTrainer, check_sublattice_heads
-from cggm_seg.balancing.magnitude import ADAPTIVE_OPTIMIZERS
+from cggm_seg.balancing.magnitude import ADAPTIVE_OPTIMIZERS, check_branch_groups
 from cggm_seg.balancing.method import BalancingMethod
 from cggm_seg.handlers.utils import (
     engine_device,
@@ -143,12 +144,23 @@ class BalancingHandler:
 
     # -- shared ------------------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
-        """Register the iteration events; the heads' trainer and the method are built when the run
-        starts (a ``SupervisedTrainer`` attaches its handlers before it sets its network)."""
+        """Register the iteration events; the method is bound when the run starts (a
+        ``SupervisedTrainer`` attaches its handlers before it sets its network and optimizer).
+
+        Where the engine has its network and optimizer already, an optimizer that magnitude
+        ``"lr"`` cannot act through is refused here.
+
+        Raises:
+            ValueError: magnitude ``"lr"`` and an optimizer without a param group per branch.
+        """
         from monai.engines.utils import IterationEvents
 
         if self._name is None:
             self.logger = engine.logger
+        optimizer = getattr(engine, "optimizer", None)
+        network = self.network if self.network is not None else getattr(engine, "network", None)
+        if self.method.magnitude.mode == "lr" and optimizer is not None and network is not None:
+            check_branch_groups(optimizer, branch_parameters(network, self.branches))
         if not engine.has_event_handler(self.build, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self.build)
             engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.loss_completed)

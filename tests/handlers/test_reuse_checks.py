@@ -144,3 +144,14 @@ def test_ogmge_lr_mode_refuses_to_scale_twice():
         ogm.apply_magnitude(optimizer, 0)
     ogm.restore_magnitude()
     assert all(g["lr"] == 0.01 for g in optimizer.param_groups)
+
+
+def test_lr_magnitude_without_branch_groups_is_refused_on_attach(seg_setup, make_trainer, batches):
+    """A trainer built before the handler is attached: its optimizer is checked there, before any
+    run; one built with branch_param_groups passes."""
+    net, heads, optimizer, loss = seg_setup  # optimizer: SGD over net.parameters(), one group
+    trainer = make_trainer(net, optimizer, loss, batches(1))
+    with pytest.raises(ValueError, match="branch_param_groups"):
+        CGGMHandler(heads, magnitude="lr").attach(trainer)
+    grouped = torch.optim.SGD(branch_param_groups(net, None, lr=0.01))
+    CGGMHandler(heads, magnitude="lr").attach(make_trainer(net, grouped, loss, batches(1)))
