@@ -1,7 +1,7 @@
 """Training the light unimodal heads that CGGM and OGM-GE observe the modalities through.
 
 Each modality has a light head f_i that predicts the task from its encoder's features alone
-(METHOD.md 1.1.1, 1.3). The heads learn from *detached* features with their own loss and their own
+(``docs/methods.md``). The heads learn from *detached* features with their own loss and their own
 optimizer: they observe the encoders and never push gradients into them. Each head has a final
 layer ``head.final`` shaped like the fused model's final layer, so that CGGM's direction term can
 compare like with like.

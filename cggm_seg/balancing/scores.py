@@ -1,7 +1,7 @@
 """Per-modality task scores eps: how well one unimodal head does on the current batch.
 
-CGGM (METHOD.md 1.3) measures each head's performance eps_i every iteration and balances the
-modalities on its change; OGM-GE (METHOD.md 2.3) compares the heads' true-class probabilities.
+CGGM (``docs/methods.md``) measures each head's performance eps_i every iteration and balances the
+modalities on its change; OGM-GE compares the heads' true-class probabilities.
 The sigmoid scores take region channels (BraTS TC, WT, ET) and same-shaped binary masks; the
 ``softmax_*`` scores take the other common form, class logits with a background channel and a
 label of class indices (``B x 1 x *spatial``) or one-hot (``B x C x *spatial``).

@@ -86,7 +86,7 @@ def test_unknown_method_fails_when_the_config_is_parsed(tmp_path, monkeypatch):
 
 
 def test_heads_as_the_balancing_benchmark_chose_them():
-    """docs/benchmarks.md: CGGM and the joint monitor on half-resolution heads; OGM-GE on
+    """docs/archive.md: CGGM and the joint monitor on half-resolution heads; OGM-GE on
     full-resolution heads trained every 4th iteration on one voxel in 8 (a sub-lattice)."""
     from monai.bundle import ConfigParser
 

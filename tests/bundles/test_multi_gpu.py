@@ -2,7 +2,7 @@
 
 Two ranks train one epoch of the CGGM bundle on a tiny phantom; each rank's StatsHandler logs its
 balancing state, and the two ranks must log the same eps and B (the heads' scores are averaged
-over ranks, METHOD.md 1.3), a real, non-neutral B.
+over ranks), a real, non-neutral B.
 """
 
 import json
