@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cggm_seg.errors import install_excepthook
+
 __all__ = ["build_parser", "main"]
 
 
@@ -70,13 +72,13 @@ def _add_phantom(subparsers: argparse._SubParsersAction, layouts: Sequence[str])
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+    from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
 
     try:
         if args.preview is not None:
             if args.png is None:
                 raise ValueError("--preview needs --png OUT.png")
-            from cggm_seg.data.preview import render_case_preview
+            from cggm_seg.apps.brats.preview import render_case_preview
 
             render_case_preview(args.preview, args.png)
             print(f"wrote {args.png}")
@@ -107,9 +109,11 @@ def _add_check(subparsers: argparse._SubParsersAction, layouts: Sequence[str]) -
     parser = subparsers.add_parser(
         "check",
         help="validate a BraTS dataset folder and/or datalist, reporting every problem",
-        description="Report every problem in a BraTS dataset (missing, unreadable or inconsistent "
-        "files, bad label values, NaN/Inf or empty sequences) and in a datalist. Exit code 1 if "
-        "any problem is found, 0 if the data is clean. Nothing is modified.",
+        description="Report every problem in a BraTS dataset (missing, unreadable, duplicated or "
+        "inconsistent files, bad label values, NaN/Inf, all-zero or constant sequences) and in a "
+        "datalist, and list the files and folders that belong to no case. Exit code 1 if any "
+        "problem is found, 0 if the data is clean (skipped files are not problems). Nothing is "
+        "modified.",
     )
     parser.add_argument("root", metavar="DIR", type=Path, nargs="?", help="the dataset folder")
     parser.add_argument("--layout", choices=sorted(layouts), help="dataset layout (default: detect)")
@@ -123,7 +127,7 @@ def _add_check(subparsers: argparse._SubParsersAction, layouts: Sequence[str]) -
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from cggm_seg.data.check import check_dataset
+    from cggm_seg.apps.brats.check import check_dataset
 
     if args.root is None and args.datalist is None:
         args._parser.error("expected a dataset folder DIR, --datalist FILE, or both")
@@ -143,7 +147,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_datalist(subparsers: argparse._SubParsersAction, layouts: Sequence[str]) -> None:
-    from cggm_seg.data.datalist import DEFAULT_FRACTIONS
+    from cggm_seg.apps.brats.datalist import DEFAULT_FRACTIONS
 
     parser = subparsers.add_parser(
         "datalist",
@@ -167,8 +171,8 @@ def _add_datalist(subparsers: argparse._SubParsersAction, layouts: Sequence[str]
 
 
 def _run_datalist(args: argparse.Namespace) -> int:
-    from cggm_seg.data.datalist import SPLITS, UNLABELLED, make_datalist, write_datalist
-    from cggm_seg.data.discovery import discover_cases
+    from cggm_seg.apps.brats.datalist import SPLITS, UNLABELLED, make_datalist, write_datalist
+    from cggm_seg.apps.brats.discovery import discover_cases
 
     try:
         cases = discover_cases(args.root, args.layout)
@@ -187,7 +191,7 @@ def _run_datalist(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cggm-seg`` parser with its sub-commands ``phantom``, ``check`` and ``datalist``."""
-    from cggm_seg.data.layouts import LAYOUTS
+    from cggm_seg.apps.brats.layouts import LAYOUTS
 
     parser = argparse.ArgumentParser(
         prog="cggm-seg",
@@ -200,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``cggm-seg`` with ``argv`` (default: the process arguments); returns the exit code."""
+    """Run ``cggm-seg`` with ``argv`` (default: the process arguments); returns the exit code.
+
+    Installs :func:`cggm_seg.errors.summarising_excepthook` first, so that an error the command
+    does not report itself ends with its cause.
+    """
+    install_excepthook()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

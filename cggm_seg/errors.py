@@ -2,9 +2,10 @@
 
 MONAI's bundle parser wraps an error raised while it evaluates a config expression (a dataset
 check that fails, a setting out of range) in ``RuntimeError: Failed to evaluate
-ConfigExpression``, and prints the cause in the middle of a long chained traceback. Importing
-``cggm_seg`` (the bundles do) installs :func:`summarising_excepthook`, which prints the usual
-traceback and then, when the error came wrapped, the cause again as the final lines::
+ConfigExpression``, and prints the cause in the middle of a long chained traceback. The bundles
+(first thing in their ``initialize``) and the ``cggm-seg`` command call :func:`install_excepthook`,
+which installs :func:`summarising_excepthook`: it prints the usual traceback and then, when the
+error came wrapped, the cause again as the final lines::
 
     cggm_seg: the run stopped: ValueError: rho must be a positive finite number, got 0.0.
 
@@ -22,14 +23,28 @@ __all__ = ["root_cause", "summarising_excepthook", "install_excepthook"]
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception of ``error``'s chain (``raise ... from``, or raised while handling)."""
+    """The exception that ended a run whose last exception is ``error``.
+
+    Explicit causes (``raise ... from cause``) are followed to the innermost one: that is how
+    MONAI's bundle parser wraps an error (``RuntimeError: Failed to evaluate ConfigExpression``,
+    ``Failed to instantiate component``, ``KeyError: query key``). An exception that was only
+    being handled when another was raised (``__context__``) is not followed: it is what the code
+    was recovering from, not what stopped it (``Path.mkdir(parents=True)`` under a read-only
+    folder raises ``PermissionError`` while handling the ``FileNotFoundError`` of the folder
+    below).
+
+    Args:
+        error: the exception that reached the top of the program.
+
+    Returns:
+        The innermost explicit cause of ``error``, or ``error`` itself when it has none; a chain
+        that loops back ends at the last exception before the loop.
+    """
     seen = {id(error)}
-    while True:
-        nxt = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if nxt is None or id(nxt) in seen:
-            return error
-        seen.add(id(nxt))
-        error = nxt
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return error
 
 
 def summarising_excepthook(

@@ -1,7 +1,9 @@
-"""Balanced multimodal learning in plain PyTorch: scores, the balance tracker, CGGM and OGM-GE.
+"""Balanced multimodal learning in plain PyTorch: the method interface, CGGM, OGM-GE, the joint
+monitor, the heads, scores and the balance tracker.
 
 Nothing here knows Ignite or MONAI bundles; a hand-written training loop uses it directly and
-:mod:`cggm_seg.handlers` adapts it to MONAI's SupervisedTrainer. See ``docs/balancing.md``.
+:class:`cggm_seg.handlers.BalancingHandler` runs any method on MONAI's SupervisedTrainer. See
+``docs/reuse.md`` and, for the equations, ``docs/methods.md``.
 """
 
 from cggm_seg.balancing.branches import (
@@ -13,18 +15,9 @@ from cggm_seg.balancing.branches import (
     resolve_module,
     unwrap_model,
 )
-from cggm_seg.balancing.cggm import (
-    CGGM,
-    DIRECTIONS,
-    MAGNITUDES,
-    branch_param_groups,
-    direction_loss,
-    restore_learning_rates,
-    scale_gradients,
-    scale_learning_rates,
-)
 from cggm_seg.balancing.distributed import mean_over_ranks
-from cggm_seg.balancing.heads import (
+from cggm_seg.balancing.head_trainer import (
+    HeadOptions,
     HeadStep,
     HeadTrainer,
     flat_gradients,
@@ -32,8 +25,21 @@ from cggm_seg.balancing.heads import (
     pool_sublattice,
     pool_target,
 )
-from cggm_seg.balancing.monitor import HeadMonitor
-from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients
+from cggm_seg.balancing.magnitude import (
+    ADAPTIVE_OPTIMIZERS,
+    MAGNITUDES,
+    BranchMagnitude,
+    branch_param_groups,
+    restore_learning_rates,
+    scale_gradients,
+    scale_learning_rates,
+)
+from cggm_seg.balancing.method import METHODS, BalancingMethod, get_method_class, pick_method, register_method
+
+# the methods register themselves in METHODS when imported
+from cggm_seg.balancing.monitor import HeadMonitor  # isort: skip
+from cggm_seg.balancing.cggm import CGGM, DIRECTIONS, direction_loss  # isort: skip
+from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients  # isort: skip
 from cggm_seg.balancing.scores import (
     SCORES,
     ScoreFn,
@@ -57,22 +63,30 @@ __all__ = [
     "resolve_branches",
     "resolve_module",
     "unwrap_model",
-    "CGGM",
-    "DIRECTIONS",
-    "MAGNITUDES",
-    "branch_param_groups",
-    "direction_loss",
-    "restore_learning_rates",
-    "scale_gradients",
-    "scale_learning_rates",
     "mean_over_ranks",
+    "HeadOptions",
     "HeadStep",
     "HeadTrainer",
-    "HeadMonitor",
     "flat_gradients",
     "flat_parameters",
     "pool_sublattice",
     "pool_target",
+    "ADAPTIVE_OPTIMIZERS",
+    "MAGNITUDES",
+    "BranchMagnitude",
+    "branch_param_groups",
+    "restore_learning_rates",
+    "scale_gradients",
+    "scale_learning_rates",
+    "METHODS",
+    "BalancingMethod",
+    "get_method_class",
+    "pick_method",
+    "register_method",
+    "HeadMonitor",
+    "CGGM",
+    "DIRECTIONS",
+    "direction_loss",
     "OGMGE",
     "discrepancy_ratios",
     "ogm_coefficients",

@@ -1,6 +1,6 @@
 """Per-modality branches of a multimodal network: which modules, which parameters, what they output.
 
-A branch is chosen by module, never by tensor rank (METHOD.md 1.2, 2.2): the user names, for
+A branch is chosen by module, never by tensor rank (``docs/methods.md``): the user names, for
 every modality, the module(s) of its encoder, as names in ``model.named_modules()`` (our networks
 use ``encoders.<modality>`` and list them with ``model.branch_names()``) or as module objects::
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, FeatureTap
 from cggm_seg.balancing.distributed import mean_over_ranks
-from cggm_seg.balancing.heads import HeadStep, HeadTrainer
+from cggm_seg.balancing.head_trainer import HeadStep, HeadTrainer
 
 __all__ = ["Observation", "HeadObserver", "Cadence", "check_observe_every"]
 

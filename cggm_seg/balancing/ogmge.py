@@ -1,44 +1,41 @@
 """OGM-GE: On-the-fly Gradient Modulation with Generalisation Enhancement (Peng et al., CVPR 2022).
 
-METHOD.md 2.3. Each iteration the unimodal heads score their modality (mean true-class
+``docs/methods.md``. Each iteration the unimodal heads score their modality (mean true-class
 probability); a modality that scores above the others is dominant and its encoder's gradient is
 scaled down by ``k_m < 1``; Gaussian noise with the spread of the gradient itself (GE) restores the
 stochastic-gradient noise the scaling removed. Both act only for epochs in ``[start_epoch, end_epoch)``.
 
 Generalised to any M >= 2 (documented choice): ``rho_m = s_m / mean_{k != m} s_k``, which is the
 paper's ``rho^a = sum s^a / sum s^v`` when M = 2. Branches are chosen by module, so parameters of
-any tensor rank are modulated (the official code only touched 4-D gradients, METHOD.md 2.2).
+any tensor rank are modulated (the official code only touched 4-D gradients).
 
 A hand-written loop::
 
-    ogm = OGMGE(model, heads, branches={"audio": "encoders.audio", "visual": "encoders.visual"})
+    branches = {"audio": "encoders.audio", "visual": "encoders.visual"}
+    ogm = OGMGE(alpha=0.8).bind(model, heads, branches=branches, loss_fn=loss_fn)
     for epoch in range(epochs):
         for x, y in loader:
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)   # forward: hooks keep the branch features
-            ogm.observe(y)                # heads step -> scores s -> k
             loss.backward()
+            ogm.observe(y)                # heads step -> scores s -> k
             ogm.step(optimizer, epoch)    # grads of branch m: k_m * g + N(0, std(g)^2), then step
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from cggm_seg.balancing.branches import BranchSpec, branch_parameters
-from cggm_seg.balancing.cggm import (
-    check_branch_groups,
-    optimizer_step,
-    restore_learning_rates,
-    scale_learning_rates,
-)
-from cggm_seg.balancing.heads import HeadTrainer
-from cggm_seg.balancing.observer import Cadence, HeadObserver
+from cggm_seg.balancing.branches import BranchSpec
+from cggm_seg.balancing.distributed import world_size
+from cggm_seg.balancing.head_trainer import HeadOptions, HeadTrainer
+from cggm_seg.balancing.method import BalancingMethod, register_method
+from cggm_seg.balancing.observer import Cadence
 
 __all__ = ["discrepancy_ratios", "ogm_coefficients", "OGMGE"]
 
@@ -86,20 +83,17 @@ def ogm_coefficients(ratios: torch.Tensor, alpha: float, continuous: bool = Fals
     return torch.where(ratios > 1.0, 1.0 - torch.tanh(alpha * excess), torch.ones_like(ratios))
 
 
-class OGMGE:
-    """OGM-GE for a hand-written training loop, any number of modalities (see the module docstring).
+@register_method
+class OGMGE(BalancingMethod):
+    """OGM-GE for any number of modalities (see the module docstring for a hand-written loop).
 
-    Per iteration: ``model(x)`` (hooks keep the branch features) -> :meth:`observe` (the heads train
-    one step on the detached features; their scores give k) -> ``loss.backward()`` ->
-    :meth:`step` (inside the epoch window: branch gradients ``g <- k_m * g + h``,
-    ``h ~ N(0, std(g)^2)`` per parameter tensor, then ``optimizer.step()``).
+    Per iteration, once bound (:meth:`bind`): ``model(x)`` (hooks keep the branch features) ->
+    :meth:`observe` (the heads train one step on the detached features; their scores give k) ->
+    :meth:`apply_magnitude` (inside the epoch window: branch gradients ``g <- k_m * g + h``,
+    ``h ~ N(0, std(g)^2)`` per parameter tensor) -> ``optimizer.step()`` ->
+    :meth:`restore_magnitude`.
 
     Args:
-        model: the multimodal network.
-        heads: the :class:`HeadTrainer` of the unimodal heads; its score should be a true-class
-            probability (``"region_true_class_probability"`` for segmentation,
-            ``"true_class_probability"`` for classification) or another bounded score.
-        branches: modality -> encoder module name(s) / module(s) (``None``: ``model.branch_names()``).
         alpha: modulation strength alpha. Defaults to 0.8 (the paper's CREMA-D value).
         continuous: use ``1 - tanh(alpha * (rho - 1))`` (continuous at rho = 1) instead of the paper's
             ``1 - tanh(alpha * rho)``. Defaults to False.
@@ -107,17 +101,21 @@ class OGMGE:
         start_epoch: first epoch of the modulation window. Defaults to 0.
         end_epoch: first epoch after the window; ``None`` for no end. Defaults to 50 (the official
             0-50 of 100 epochs).
+        seed: seed of the noise generator (one per device); ``None`` uses torch's global generator.
+            Under DDP give a seed, so that every rank adds the same noise to its (identical) gradients.
         magnitude: ``"grad"`` (default, the paper's form: branch gradients ``k_m * g + h``; right for
             SGD) or ``"lr"`` (the branch's learning rate times ``k_m`` for the step, the GE noise
             added to the gradient: ``theta <- theta - lr * k_m * (g + h)``; survives Adam/AdamW,
             which are nearly invariant to a gradient's scale; needs an optimizer built with
-            :func:`~cggm_seg.balancing.cggm.branch_param_groups`).
-        seed: seed of the noise generator (one per device); ``None`` uses torch's global generator.
-            Under DDP give a seed, so that every rank adds the same noise to its (identical) gradients.
+            :func:`~cggm_seg.balancing.branch_param_groups`).
         observe_every: the heads train and k is recomputed at every ``observe_every``-th call of
             :meth:`observe` (the first included); the calls in between drop the captured features
             and keep the last k, which still modulates every step. Defaults to 1 (every iteration).
-            A cost knob: the heads' step is most of what OGM-GE costs.
+        head_options: the heads' :class:`~cggm_seg.balancing.HeadOptions`; the score should be a
+            true-class probability (default ``"region_true_class_probability"``, segmentation;
+            ``"true_class_probability"`` for classification) or another bounded score. For
+            segmentation, full-resolution heads (``level=0``) rank the modalities more faithfully
+            than coarser ones; ``sublattice=True`` trains them on one voxel in 8 per step.
 
     Attributes:
         scores: shape ``M``, the last scores s_m (averaged over ranks).
@@ -126,15 +124,19 @@ class OGMGE:
         stats: ``s_<m>``, ``rho_<m>``, ``k_<m>``, ``head_loss_<m>`` of the last iteration as floats.
 
     Raises:
-        ValueError: heads and branches of different modalities, alpha < 0, an empty window, or
-            ``observe_every < 1``.
+        ValueError: alpha < 0, an empty window, magnitude ``"off"``, or ``observe_every < 1``
+            (here); when bound, heads and branches of different modalities, or noise without a
+            seed under DDP.
     """
+
+    name = "ogmge"
+    default_score = "region_true_class_probability"
+    stat_kinds = ("s", "rho", "k", "head_loss")
+    plot_panels = (("s", "head score s_i"), ("k", "OGM coefficient k_i"))
+    magnitudes = ("grad", "lr")
 
     def __init__(
         self,
-        model: nn.Module,
-        heads: HeadTrainer,
-        branches: BranchSpec | None = None,
         alpha: float = 0.8,
         continuous: bool = False,
         noise: bool = True,
@@ -143,61 +145,68 @@ class OGMGE:
         seed: int | None = None,
         magnitude: str = "grad",
         observe_every: int = 1,
+        head_options: HeadOptions | None = None,
     ) -> None:
+        super().__init__(magnitude, head_options)
         self.cadence = Cadence(observe_every)  # which observe() calls train the heads
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}.")
         if end_epoch is not None and end_epoch <= start_epoch:
             raise ValueError(f"the epoch window [{start_epoch}, {end_epoch}) is empty.")
-        self.params_by_modality = branch_parameters(model, branches)
-        if set(heads.modalities) != set(self.params_by_modality):
-            raise ValueError(
-                f"the heads cover {sorted(heads.modalities)}, the branches {sorted(self.params_by_modality)}."
-            )
-        self.modalities = tuple(self.params_by_modality)
-        self.heads = heads
         self.alpha = float(alpha)
         self.continuous = continuous
         self.noise = noise
         self.start_epoch = int(start_epoch)
         self.end_epoch = None if end_epoch is None else int(end_epoch)
-        if magnitude not in ("grad", "lr"):
-            raise ValueError(f"magnitude must be 'grad' or 'lr', got {magnitude!r}.")
-        self.magnitude = magnitude
-        self._saved_lrs: list | None = None
-        self._checked_optimizer: int | None = None
         self.seed = seed
-        self.observer = HeadObserver(model, heads, branches)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def _bind(
+        self,
+        model: nn.Module,
+        heads: HeadTrainer,
+        branches: BranchSpec | None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    ) -> None:
+        if self.noise and self.seed is None and world_size() > 1:
+            raise ValueError(
+                "OGM-GE's noise under DistributedDataParallel needs a seed: with seed=None each of the "
+                f"{world_size()} ranks adds different noise to its copy of the weights, and the copies "
+                "drift apart. Give OGMGE(seed=...) (the bundles pass @seed)."
+            )
         m = len(self.modalities)
         self.scores = torch.full((m,), math.nan, dtype=torch.float64)
         self.ratios = torch.full((m,), math.nan, dtype=torch.float64)
         self.k = torch.ones(m, dtype=torch.float64)
-        self.stats: dict[str, float] = {}
-        self._generators: dict[str, torch.Generator] = {}
 
     @property
     def observe_every(self) -> int:
         """Calls from one observation to the next."""
         return self.cadence.every
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "magnitude": self.magnitude.mode,
+            "alpha": self.alpha,
+            "continuous": self.continuous,
+            "noise": self.noise,
+            "start_epoch": self.start_epoch,
+            "end_epoch": self.end_epoch,
+            "seed": self.seed,
+            "observe_every": self.observe_every,
+        }
+
     def in_window(self, epoch: int) -> bool:
         """True when ``epoch`` is in ``[start_epoch, end_epoch)``."""
         return epoch >= self.start_epoch and (self.end_epoch is None or epoch < self.end_epoch)
 
-    def observe(self, target: torch.Tensor) -> torch.Tensor:
-        """Train the heads one step on the captured features and compute k from their scores.
-
-        Call after the model's forward (before or after ``loss.backward()``).
-
-        Args:
-            target: this batch's target as the heads' loss takes it.
-
-        Returns:
-            k, shape ``M``, float64 on the CPU (also kept as :attr:`k`).
-        """
-        if not self.cadence.tick():  # between two observations: the last k stands (see observe_every)
+    def _observe(self, target: torch.Tensor) -> None:
+        """Train the heads one step on the captured features and compute k from their scores
+        (between two observations, see ``observe_every``, only drop the features: the last k stands)."""
+        if not self.cadence.tick():
             self.observer.clear()
-            return self.k
+            return
         seen = self.observer.observe(target)
         self.scores = seen.scores
         self.ratios = discrepancy_ratios(self.scores)
@@ -206,7 +215,6 @@ class OGMGE:
         for name, values in (("s", self.scores), ("rho", self.ratios), ("k", self.k)):
             self.stats.update({f"{name}_{m}": float(v) for m, v in zip(self.modalities, values)})
         self.stats.update(seen.stats)
-        return self.k
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
@@ -216,7 +224,7 @@ class OGMGE:
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
 
-    def apply_magnitude(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def apply_magnitude(self, optimizer: torch.optim.Optimizer | None = None, epoch: int = 0) -> None:
         """Inside the epoch window, ``g <- k_m * g + h`` for every gradient of branch m (``grad``), or
         ``g <- g + h`` and the branch's learning rate times ``k_m`` (``lr``; call
         :meth:`restore_magnitude` after the step, :meth:`step` does both).
@@ -226,27 +234,21 @@ class OGMGE:
         ``N(0, Sigma_sgd)`` (0 for one-element tensors). Outside the window nothing changes.
 
         Args:
+            optimizer: the optimizer (required in ``lr`` mode; checked once).
             epoch: the current epoch (0-based, as the window).
-            optimizer: the optimizer (``lr`` mode only).
 
         Raises:
             ValueError: ``lr`` mode without an optimizer, or one not built by ``branch_param_groups``.
         """
         if not self.in_window(epoch):
             return
-        if self.magnitude == "lr":
-            if optimizer is None:
-                raise ValueError("magnitude='lr' scales the optimizer's learning rates: pass the optimizer.")
-            if self._saved_lrs is not None:
-                raise RuntimeError(
-                    "learning rates are already scaled: call restore_magnitude() after each step."
-                )
-            if self._checked_optimizer != id(optimizer):
-                check_branch_groups(optimizer, self.params_by_modality)
-                self._checked_optimizer = id(optimizer)
-            self._saved_lrs = scale_learning_rates(optimizer, dict(zip(self.modalities, self.k.tolist())))
+        grad_mode = self.magnitude.mode == "grad"
+        if grad_mode:
+            self.magnitude.check(optimizer)
+        else:
+            self.magnitude.scale_learning_rates(optimizer, dict(zip(self.modalities, self.k.tolist())))
         for modality, params in self.params_by_modality.items():
-            factor = float(self.k[self.modalities.index(modality)]) if self.magnitude == "grad" else 1.0
+            factor = float(self.k[self.modalities.index(modality)]) if grad_mode else 1.0
             self._modulate_branch(params, factor)
 
     def _modulate_branch(
@@ -270,24 +272,6 @@ class OGMGE:
                     torch.randn(grad.shape, generator=draw_from, device=grad.device, dtype=grad.dtype),
                     alpha=std,
                 )
-
-    def step(
-        self, optimizer: torch.optim.Optimizer, epoch: int, scaler: torch.amp.GradScaler | None = None
-    ) -> None:
-        """:meth:`apply_magnitude`, ``optimizer.step()`` (or ``scaler.step(optimizer)``), then
-        :meth:`restore_magnitude`."""
-        self.apply_magnitude(epoch, optimizer)
-        optimizer_step(optimizer, scaler, then=self.restore_magnitude)
-
-    def restore_magnitude(self) -> None:
-        """``lr`` mode: put back the learning rates :meth:`apply_magnitude` scaled."""
-        if self._saved_lrs is not None:
-            restore_learning_rates(self._saved_lrs)
-            self._saved_lrs = None
-
-    def remove(self) -> None:
-        """Take the forward hooks off the model."""
-        self.observer.remove()
 
     def state_dict(self) -> dict[str, Any]:
         """The last scores / coefficients and the noise generators' states (plain tensors)."""

@@ -1,7 +1,7 @@
 """Per-modality task scores eps: how well one unimodal head does on the current batch.
 
-CGGM (METHOD.md 1.3) measures each head's performance eps_i every iteration and balances the
-modalities on its change; OGM-GE (METHOD.md 2.3) compares the heads' true-class probabilities.
+CGGM (``docs/methods.md``) measures each head's performance eps_i every iteration and balances the
+modalities on its change; OGM-GE compares the heads' true-class probabilities.
 The sigmoid scores take region channels (BraTS TC, WT, ET) and same-shaped binary masks; the
 ``softmax_*`` scores take the other common form, class logits with a background channel and a
 label of class indices (``B x 1 x *spatial``) or one-hot (``B x C x *spatial``).
@@ -58,9 +58,15 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def _check_same_shape(logits: torch.Tensor, target: torch.Tensor, what: str) -> None:
     if logits.shape != target.shape:
+        hint = ""
+        if target.ndim == logits.ndim and target.shape[1] == 1 and logits.shape[1] > 1:
+            hint = (
+                " The target has one channel of class indices: for a softmax network give the heads "
+                "score='softmax_dice' (or 'softmax_true_class_probability'), which take class indices."
+            )
         raise ValueError(
             f"{what} expects logits and target of the same shape (B, C, *spatial), "
-            f"got {tuple(logits.shape)} and {tuple(target.shape)}."
+            f"got {tuple(logits.shape)} and {tuple(target.shape)}.{hint}"
         )
     if logits.ndim < 2:
         raise ValueError(f"{what} expects (B, C, *spatial) tensors, got shape {tuple(logits.shape)}.")

@@ -2,7 +2,7 @@
 
 CGGM (Guo, Jin, Chen, Zhao; NeurIPS 2024) measures each modality's unimodal head every iteration,
 ``eps_i^t``, takes its change ``d_i^t = eps_i^t - eps_i^(t-1)`` and turns the changes into one
-coefficient per modality (METHOD.md 1.1.3)::
+coefficient per modality (``docs/methods.md``)::
 
     B_i = rho * sum_{k != i} d_k / sum_k d_k
 
@@ -10,7 +10,7 @@ A modality whose head improves slowly relative to the others gets a large B_i (b
 dominant one a small B_i (held back). The formula lives in :func:`balance_coefficients`; the
 bookkeeping (smoothing, guards, warm-up, ranks, checkpoints) in :class:`BalanceTracker`.
 
-Taken raw, the formula misbehaves (METHOD.md 1.2): with ``sum d ~ 0`` the B_i explode, and with
+Taken raw, the formula misbehaves : with ``sum d ~ 0`` the B_i explode, and with
 changes of mixed sign some B_i turn negative, which would *reverse* an encoder's gradient. And a
 per-iteration change is noise: at batch size 1 a head's Dice moves by about 0.1 from one batch to
 the next while its trend is about 1e-3 per iteration, so even an EMA-smoothed change is a ratio of
@@ -37,7 +37,6 @@ from typing import Any
 import torch
 
 from cggm_seg.balancing.distributed import mean_over_ranks
-from cggm_seg.balancing.observer import check_observe_every
 
 __all__ = [
     "PRESETS",
@@ -174,13 +173,6 @@ class BalanceTracker:
         window: ``trend`` only: iterations in the slope window (>= 3). Default 100.
         z: ``trend`` only: significance of the summed slope, in standard errors, below which B is
             neutral (>= 0). Default 2.0.
-        observe_every: iterations between two updates (the heads are scored every
-            ``observe_every``-th iteration). The horizon stays in iterations: the ``trend`` window
-            holds ``round(window / observe_every)`` updates (at least 3), ``warmup`` counts
-            ``ceil(warmup / observe_every)`` updates, the ``guarded`` moving average weighs the
-            past ``ema ** observe_every`` per update, and ``delta`` is a change per iteration (the
-            change per update divided by ``observe_every``), so tau and B, a ratio of changes, mean
-            what they mean at 1. Defaults to 1.
 
     Attributes:
         eps: shape ``M``, the (smoothed) scores after the last update; NaN before the first.
@@ -209,10 +201,8 @@ class BalanceTracker:
         history_size: int = 10_000,
         window: int | None = None,
         z: float | None = None,
-        observe_every: int = 1,
     ) -> None:
         modalities = tuple(modalities)
-        check_observe_every(observe_every)
         if len(modalities) < 2 or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities must be at least two distinct names, got {modalities}.")
         if preset not in PRESETS:
@@ -251,7 +241,6 @@ class BalanceTracker:
         self.renormalize = bool(preset == "trend" if renormalize is None else renormalize)
         self.warmup = int(0 if warmup is None else warmup)
         self.history_size = int(history_size)
-        self.observe_every = int(observe_every)
         if preset != "paper":
             if not 0.0 <= self.ema < 1.0:
                 raise ValueError(f"ema must be in [0, 1), got {self.ema}.")
@@ -273,18 +262,6 @@ class BalanceTracker:
         self._reset()
 
     @property
-    def window_updates(self) -> int | None:
-        """``trend``: updates in the slope window, ``window`` iterations apart of ``observe_every``."""
-        if self.window is None:
-            return None
-        return max(3, round(self.window / self.observe_every))
-
-    @property
-    def warmup_updates(self) -> int:
-        """Updates of the warm-up: ``warmup`` iterations at one update every ``observe_every``."""
-        return math.ceil(self.warmup / self.observe_every)
-
-    @property
     def guarded(self) -> bool:
         """True for the presets with bounds (``trend`` and ``guarded``)."""
         return self.preset != "paper"
@@ -295,9 +272,9 @@ class BalanceTracker:
         self.eps = torch.full((m,), math.nan, dtype=torch.float64)
         self.raw = torch.full((m,), math.nan, dtype=torch.float64)
         self.delta = torch.zeros(m, dtype=torch.float64)
-        self.scores: deque[torch.Tensor] = deque(maxlen=self.window_updates or 1)
+        self.scores: deque[torch.Tensor] = deque(maxlen=self.window or 1)
         self.B = self.neutral()
-        self.history: deque[dict[str, float]] = deque(maxlen=self.history_size)
+        self.history: list[dict[str, float]] = []
 
     def neutral(self) -> torch.Tensor:
         """The coefficients without a signal: ``ones`` (``trend``), else ``rho * ones`` (bounded)."""
@@ -351,8 +328,8 @@ class BalanceTracker:
         b = self._trend(raw) if self.preset == "trend" else self._change(raw)
         self.B = self._bound(b)
         if self.history_size:
-            iteration = (self.step - 1) * self.observe_every + 1  # of the run, when this update came
-            self.history.append({"iteration": float(iteration), **self.stats()})
+            self.history.append({"iteration": float(self.step), **self.stats()})
+            del self.history[: -self.history_size]
         return self.B
 
     def _trend(self, raw: torch.Tensor) -> torch.Tensor:
@@ -365,33 +342,30 @@ class BalanceTracker:
             return self.neutral()
         window = torch.stack(list(self.scores))
         self.eps = window.mean(0)
-        slopes, _ = score_slopes(window)  # per update
-        self.delta = slopes / self.observe_every  # the rate of improvement d_i, per iteration
+        self.delta, _ = score_slopes(window)  # the rate of improvement d_i, per iteration
         # The heads are scored on the same batches, so their noise is correlated: the standard
         # error of the summed slope is that of the summed scores' slope, not a sum in quadrature.
-        # (Both per update: their ratio does not depend on the spacing.)
         total_slope, total_se = score_slopes(window.sum(1, keepdim=True))
         total, total_se = total_slope[0], total_se[0]
-        full = len(self.scores) >= self.window_updates
-        if self.step <= self.warmup_updates or not full or not total > self.z * total_se:
+        full = len(self.scores) >= self.window
+        if self.step <= self.warmup or not full or not total > self.z * total_se:
             return self.neutral()
         return balance_coefficients(self.delta, self.rho)
 
     def _change(self, raw: torch.Tensor) -> torch.Tensor:
         has_previous = bool(torch.isfinite(self.eps).all())
-        ema = self.ema**self.observe_every  # the past's weight over the iterations since the last update
-        if ema > 0.0 and has_previous:
-            eps = ema * self.eps + (1.0 - ema) * raw  # METHOD.md 1.3: smoothed eps
+        if self.ema > 0.0 and has_previous:
+            eps = self.ema * self.eps + (1.0 - self.ema) * raw  # smoothed eps
         else:
             eps = raw
         if self.guarded and not torch.isfinite(eps).all():
             # A broken batch must not poison the running average: keep eps, measure no change.
             self.delta = torch.zeros_like(raw)
             return self.neutral()
-        # CGGM: Delta eps^t = eps^t - eps^(t-1), per iteration when updates are spaced out
-        self.delta = (eps - self.eps) / self.observe_every if has_previous else torch.zeros_like(raw)
+        # CGGM: Delta eps^t = eps^t - eps^(t-1)
+        self.delta = eps - self.eps if has_previous else torch.zeros_like(raw)
         self.eps = eps
-        if not has_previous or self.step <= self.warmup_updates:
+        if not has_previous or self.step <= self.warmup:
             return self.neutral()
         b = balance_coefficients(self.delta, self.rho)
         if self.guarded and not (
@@ -421,7 +395,6 @@ class BalanceTracker:
             "warmup": self.warmup,
             "window": self.window,
             "z": self.z,
-            "observe_every": self.observe_every,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -467,13 +440,13 @@ class BalanceTracker:
             setattr(self, key, torch.as_tensor(state[key], dtype=torch.float64).clone())
         saved = torch.as_tensor(state.get("scores", torch.zeros(0)), dtype=torch.float64)
         self.scores = deque(
-            (row.clone() for row in saved.reshape(-1, len(self.modalities))), maxlen=self.window_updates or 1
+            (row.clone() for row in saved.reshape(-1, len(self.modalities))), maxlen=self.window or 1
         )
-        self.history = deque((dict(h) for h in state["history"]), maxlen=self.history_size)
+        self.history = [dict(h) for h in state["history"]][-self.history_size :] if self.history_size else []
 
 
 #: settings added after the first checkpoints were saved, with the value those checkpoints had
-_ADDED_SETTINGS: dict[str, Any] = {"observe_every": 1}
+_ADDED_SETTINGS: dict[str, Any] = {}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -1,76 +1,60 @@
-"""cggm_seg.data: BraTS case discovery, datalists, label/region transforms and dataset checks; the
-multi-view vector and aligned-sequence datasets of the classification and regression bundles."""
+"""Former home of the BraTS and multi-view data modules, kept so that ``cggm_seg.data`` paths keep
+working for one release: ``cggm_seg.data.<module>`` is :mod:`cggm_seg.apps.brats` ``.<module>``
+(or :mod:`cggm_seg.apps.multiview` for ``views`` and ``aligned``), and every name of those packages
+is importable from here. New code imports from the applications."""
 
-from cggm_seg.data.check import CheckReport, Problem, check_dataset
-from cggm_seg.data.datalist import DEFAULT_FRACTIONS, SPLITS, load_datalist, make_datalist, write_datalist
-from cggm_seg.data.discovery import (
-    Case,
-    case_id_of,
-    describe_layout,
-    detect_layout,
-    discover_cases,
-    require_complete,
-)
-from cggm_seg.data.layouts import LAYOUTS, MODALITIES, REGIONS, Layout, get_layout
+from __future__ import annotations
 
-# The transforms need torch and MONAI (seconds to import): load them on first use, so that the
-# `cggm-seg check` and `datalist` commands, which import this package, start at once.
-_TRANSFORMS = (
-    "label_to_regions",
-    "regions_to_label",
-    "order_modalities",
-    "ConvertToRegionsd",
-    "RegionsToLabeld",
-    "OrderModalitiesd",
-    "load_transforms",
-)
-_SEQUENCES = ("check_sequences", "zero_sequences", "SelectSequencesd", "RandSequenceDropoutd")
-_VIEWS = ("VIEW_DATASETS", "SKLEARN_DATASETS", "ViewData", "load_views", "load_sklearn_views")
-_ALIGNED = ("load_aligned_features", "write_aligned_features", "synthetic_aligned_features")
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+_MOVED = {
+    **{
+        name: f"cggm_seg.apps.brats.{name}"
+        for name in (
+            "check",
+            "datalist",
+            "discovery",
+            "layouts",
+            "phantom",
+            "prepare",
+            "preview",
+            "sequences",
+            "transforms",
+        )
+    },
+    "views": "cggm_seg.apps.multiview.views",
+    "aligned": "cggm_seg.apps.multiview.aligned",
+}
+
+
+class _Alias(importlib.abc.Loader):
+    """Loads ``cggm_seg.data.<module>`` as the module it moved to."""
+
+    def create_module(self, spec):  # noqa: D102
+        return importlib.import_module(_MOVED[spec.name.rsplit(".", 1)[1]])
+
+    def exec_module(self, module):  # noqa: D102
+        pass
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):  # noqa: D102
+        prefix, _, name = fullname.rpartition(".")
+        if prefix == __name__ and name in _MOVED:
+            return importlib.util.spec_from_loader(fullname, _Alias())
+        return None
+
+
+if not any(isinstance(f, _Finder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _Finder())
 
 
 def __getattr__(name: str) -> object:
-    if name in _TRANSFORMS:
-        from cggm_seg.data import transforms
-
-        return getattr(transforms, name)
-    if name in _SEQUENCES:
-        from cggm_seg.data import sequences
-
-        return getattr(sequences, name)
-    if name in _VIEWS:
-        from cggm_seg.data import views
-
-        return getattr(views, name)
-    if name in _ALIGNED:
-        from cggm_seg.data import aligned
-
-        return getattr(aligned, name)
+    for package in ("cggm_seg.apps.brats", "cggm_seg.apps.multiview"):
+        module = importlib.import_module(package)
+        if name in getattr(module, "__all__", ()):
+            return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "MODALITIES",
-    "REGIONS",
-    "LAYOUTS",
-    "Layout",
-    "get_layout",
-    "Case",
-    "discover_cases",
-    "detect_layout",
-    "describe_layout",
-    "case_id_of",
-    "require_complete",
-    "SPLITS",
-    "DEFAULT_FRACTIONS",
-    "make_datalist",
-    "write_datalist",
-    "load_datalist",
-    *_TRANSFORMS,
-    *_SEQUENCES,
-    *_VIEWS,
-    *_ALIGNED,
-    "Problem",
-    "CheckReport",
-    "check_dataset",
-]

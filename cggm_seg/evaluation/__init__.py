@@ -1,48 +1,21 @@
-"""cggm_seg.evaluation: BraTS region metrics, classification / regression metrics, test-set reports
-with the missing-modality audit, and plots."""
+"""cggm_seg.evaluation: the missing-modality audit (subsets, exact Shapley values), the network with
+its heads at test time, what every test report shares, and plots. The applications' reports are
+:class:`cggm_seg.apps.brats.SegmentationTestReport` and :class:`cggm_seg.apps.multiview.VectorTestReport`."""
 
 from cggm_seg.evaluation.audit import sequence_subsets, shapley_values, subset_name
-from cggm_seg.evaluation.inference import NetworkWithHeads, prediction_name_formatter
-from cggm_seg.evaluation.metrics import region_metrics, summarise_cases
+from cggm_seg.evaluation.inference import NetworkWithHeads
 from cggm_seg.evaluation.plots import plot_balance_history, plot_shapley, plot_subset_dice, plot_subset_metric
-from cggm_seg.evaluation.report import (
-    SegmentationTestReport,
-    format_subset_table,
-    format_table,
-    missing_sequence_summary,
-)
-from cggm_seg.evaluation.vector_metrics import (
-    MAIN_METRIC,
-    METRIC_FAMILIES,
-    classification_metrics,
-    mosi_metrics,
-    regression_metrics,
-    task_metrics,
-)
-from cggm_seg.evaluation.vector_report import VectorTestReport, zero_views
+from cggm_seg.evaluation.reporting import load_best_checkpoint, plot_balance
 
 __all__ = [
     "sequence_subsets",
     "shapley_values",
     "subset_name",
+    "NetworkWithHeads",
+    "plot_balance_history",
     "plot_shapley",
     "plot_subset_dice",
-    "format_subset_table",
-    "missing_sequence_summary",
-    "NetworkWithHeads",
-    "prediction_name_formatter",
-    "region_metrics",
-    "summarise_cases",
-    "plot_balance_history",
-    "SegmentationTestReport",
-    "format_table",
     "plot_subset_metric",
-    "MAIN_METRIC",
-    "METRIC_FAMILIES",
-    "classification_metrics",
-    "regression_metrics",
-    "mosi_metrics",
-    "task_metrics",
-    "VectorTestReport",
-    "zero_views",
+    "load_best_checkpoint",
+    "plot_balance",
 ]

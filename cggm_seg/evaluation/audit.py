@@ -2,7 +2,7 @@
 
 A model is evaluated on every non-empty subset of its sequences (2^M - 1 subsets; 15 for
 BraTS), a missing sequence being a channel of zeros after intensity normalisation
-(:func:`cggm_seg.data.sequences.zero_sequences`; the RFNet / mmFormer protocol). Two summaries:
+(:func:`cggm_seg.apps.brats.sequences.zero_sequences`; the RFNet / mmFormer protocol). Two summaries:
 
 - the **15-subset mean**: the mean Dice over all non-empty subsets, the headline figure of the
   missing-modality literature;

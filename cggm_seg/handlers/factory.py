@@ -7,42 +7,42 @@ from typing import Any
 
 from torch import nn
 
-from cggm_seg.handlers.base import HeadBalancingHandler
-from cggm_seg.handlers.cggm_handler import CGGMHandler
-from cggm_seg.handlers.monitor_handler import HeadMonitorHandler
-from cggm_seg.handlers.ogmge_handler import OGMGEHandler
+from cggm_seg.balancing.head_trainer import HeadOptions
+from cggm_seg.balancing.method import METHODS, BalancingMethod, get_method_class
+from cggm_seg.handlers.balancing_handler import BalancingHandler
 
-__all__ = ["METHODS", "make_balancing_handler", "handler_list", "present"]
+__all__ = ["METHODS", "balancing_handler", "make_balancing_handler", "handler_list", "present"]
 
-#: method name -> its handler class; ``"none"`` trains with no heads and no handler.
-METHODS: dict[str, type[HeadBalancingHandler] | None] = {
-    "joint": HeadMonitorHandler,
-    "cggm": CGGMHandler,
-    "ogmge": OGMGEHandler,
-    "none": None,
-}
+
+def balancing_handler(
+    method: BalancingMethod | None, heads: Mapping[str, nn.Module] | None, **kwargs: Any
+) -> BalancingHandler | None:
+    """``BalancingHandler(method, heads, **kwargs)``, or ``None`` when ``method`` is ``None`` (a
+    network without per-sequence branches: early fusion, one sequence)."""
+    if method is None:
+        return None
+    return BalancingHandler(method, heads, **kwargs)
 
 
 def make_balancing_handler(
-    method: str, heads: Mapping[str, nn.Module] | None, **settings: Any
-) -> HeadBalancingHandler | None:
-    """The balancing handler of ``method`` with ``settings`` (its constructor's keyword arguments).
+    method: str,
+    heads: Mapping[str, nn.Module] | None,
+    head_options: HeadOptions | None = None,
+    **settings: Any,
+) -> BalancingHandler | None:
+    """The handler of the method registered as ``method`` (:data:`METHODS`), built with ``settings``.
 
-    ``"joint"``: :class:`HeadMonitorHandler` (the heads only observe); ``"cggm"``:
-    :class:`CGGMHandler`; ``"ogmge"``: :class:`OGMGEHandler`; ``"none"``: no handler (``None``),
-    for networks without per-sequence branches (early fusion, one sequence).
+    ``"none"`` gives ``None``. The bundles build their methods with ``_target_`` instead (see
+    ``methods`` in ``bundles/brats_cggm.json``) and pick one with
+    :func:`~cggm_seg.balancing.pick_method`.
 
     Raises:
-        ValueError: an unknown method, or heads missing for a method that needs them.
+        ValueError: an unknown method, or a setting the method does not take.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}.")
-    handler_cls = METHODS[method]
-    if handler_cls is None:
+    cls = get_method_class(method)
+    if cls is None:
         return None
-    if heads is None:
-        raise ValueError(f"method {method!r} observes the sequences through light heads: give `heads`.")
-    return handler_cls(heads, **settings)
+    return BalancingHandler(cls(**settings, head_options=head_options), heads)
 
 
 def present(objects: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from cggm_seg.balancing.heads import check_offset
+from cggm_seg.balancing.head_trainer import check_offset
 from cggm_seg.networks.pointwise import PointwiseConv3d
 
 __all__ = [
@@ -36,8 +36,7 @@ __all__ = [
 TASKS: tuple[str, ...] = ("segmentation", "classification", "regression")
 
 #: The level segmentation heads predict at by default, where the branch returns more than one map:
-#: half resolution (``docs/benchmarks.md``: a quarter of the full-resolution heads' step, and the
-#: balancing benchmark's measurement of the signal).
+#: half resolution (nothing of the heads' step is computed at full resolution; ``docs/results.md``).
 DEFAULT_LEVEL = 1
 
 
@@ -50,15 +49,14 @@ class SegmentationHead(nn.Module):
     3x3 convolutions; nearest-neighbour upsampling as there). The sum of the finest scale is
     upsampled to the output size if it is smaller, activated, and mapped to the output by
     ``final``. However many scales there are, only one ``hidden``-channel map is upsampled to full
-    resolution, the costly step of a light head on a CPU (``docs/benchmarks.md``).
+    resolution, the costly step of a light head on a CPU.
 
     With ``level = L > 0`` the head predicts at the resolution of the ``L``-th map instead (the
     finer maps are not used): nothing is computed at full resolution, and the heads' trainer pools
-    the label to that resolution (:func:`cggm_seg.balancing.heads.pool_target`) for the loss and
+    the label to that resolution (:func:`cggm_seg.balancing.head_trainer.pool_target`) for the loss and
     the score. ``final`` keeps the fused model's shape, so the direction term still compares like
     with like. Given an explicit ``spatial_size`` (test-time prediction), such a head upsamples its
-    3-channel logits to it (trilinear). ``docs/benchmarks.md`` measures what this saves and what it
-    does to the balancing signal.
+    3-channel logits to it (trilinear).
 
     Args:
         in_channels: channels of each feature map, fine to coarse (e.g. the network's

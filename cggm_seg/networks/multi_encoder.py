@@ -30,7 +30,6 @@ from monai.networks.layers.factories import Dropout
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-from cggm_seg.data.layouts import MODALITIES
 from cggm_seg.networks.depth_split import use_depth_split_convs
 from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
 from cggm_seg.networks.pointwise import use_pointwise_convs
@@ -150,7 +149,7 @@ class MultiEncoderSegNet(MultiBranchNet):
 
     def __init__(
         self,
-        modalities: Sequence[str] = MODALITIES,
+        modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"),
         out_channels: int = 3,
         channels: Sequence[int] = (8, 16, 32, 64),
         blocks_down: Sequence[int] = (0, 1, 1, 1),

@@ -12,7 +12,7 @@ Layout (V views of widths ``view_dims``)::
     output B x out_features
 
 The sequence encoders are for word-aligned multimodal features such as CMU-MOSI and IEMOCAP
-(:mod:`cggm_seg.data.aligned`), whose modalities share one length T.
+(:mod:`cggm_seg.apps.multiview.aligned`), whose modalities share one length T.
 """
 
 from __future__ import annotations

@@ -71,12 +71,13 @@ def test_heads_run_in_float32_inside_a_bfloat16_autocast():
 def test_direction_term_runs_in_float32_inside_autocast():
     net, heads, x, y = _setup()
     loss_fn = DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    cggm = CGGM(net, _trainer(heads), loss_fn)
+    cggm = CGGM().bind(net, _trainer(heads), loss_fn=loss_fn)
     with torch.autocast(**BF16):
         out = net(x)
-        loss = cggm.training_loss(loss_fn(out.float(), y), y)
+        loss = loss_fn(out.float(), y)
         loss.backward()
-        assert cggm.direction_backward()  # still inside autocast: the term leaves it
+        cggm.observe(y)
+        assert cggm.after_backward()  # still inside autocast: the term leaves it
     final_input = cggm.observer.tap.final_input
     assert final_input is None or final_input.dtype == torch.bfloat16  # the tap was cleared, or bf16
     assert loss.dtype == torch.float32
@@ -85,7 +86,7 @@ def test_direction_term_runs_in_float32_inside_autocast():
     assert all(-1.0 <= c <= 1.0 for c in cosines)
     # the same step's cosines recomputed by hand in float32 from a bf16 forward's final input
     net2, heads2, _, _ = _setup()
-    cggm2 = CGGM(net2, _trainer(heads2), loss_fn)
+    cggm2 = CGGM().bind(net2, _trainer(heads2), loss_fn=loss_fn)
     with torch.autocast(**BF16):
         net2(x)
     step = cggm2.observer.observe(y)

@@ -25,14 +25,14 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         model = nn.parallel.DistributedDataParallel(ToySegNet())
         heads = nn.ModuleDict({m: SegHead() for m in MODALITIES})
         trainer = HeadTrainer(heads, seg_loss, torch.optim.SGD(heads.parameters(), lr=0.1))
-        cggm = CGGM(model, trainer, seg_loss, lam=1.0)
+        cggm = CGGM(lam=1.0).bind(model, trainer, loss_fn=seg_loss)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         added = []
         for step in range(STEPS):
             x, y = seg_batch(seed=100 * rank + step)  # a different local batch on each rank
             optimizer.zero_grad()
-            loss = cggm.training_loss(seg_loss(model(x), y), y)
-            loss.backward()
+            seg_loss(model(x), y).backward()
+            cggm.observe(y)
             cggm.step(optimizer)
             added.append([g.clone() for g in cggm.direction_grads])
         torch.save(

@@ -1,10 +1,10 @@
-"""Runs the training loop of docs/balancing.md, so that the documented example cannot rot."""
+"""Runs the training loop of docs/reuse.md, so that the documented example cannot rot."""
 
 import math
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "balancing.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reuse.md"
 MARKER = "<!-- example: executed by tests/balancing/test_example.py -->"
 
 

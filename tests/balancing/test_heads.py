@@ -6,7 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cggm_seg.balancing.branches import FeatureTap
-from cggm_seg.balancing.heads import HeadTrainer, flat_gradients
+from cggm_seg.balancing.head_trainer import (
+    HeadOptions,
+    HeadTrainer,
+    as_head_trainer,
+    check_sublattice_heads,
+    flat_gradients,
+)
+from cggm_seg.balancing.scores import get_score
 
 from .toy_nets import MODALITIES, SegHead, ToySegNet, seg_batch
 
@@ -55,7 +62,7 @@ def test_head_trainer_checks_heads():
 
 
 def test_pool_target_by_hand():
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
 
     target = torch.zeros(1, 1, 2, 2, 4)
     target[0, 0, :, :, 0] = 1.0  # the first 2x2x2 block (w = 0, 1): its w = 0 half, 4 of 8 voxels
@@ -72,7 +79,7 @@ def test_pool_target_by_hand():
 
 
 def test_coarse_heads_learn_from_the_pooled_target():
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
     from cggm_seg.networks import SegmentationHead
 
     torch.manual_seed(0)
@@ -94,45 +101,6 @@ def test_coarse_heads_learn_from_the_pooled_target():
         torch.testing.assert_close(step.final_grads[m], flat_gradients(before[m].final))
 
 
-def test_upsample_logits_by_hand():
-    from cggm_seg.balancing.heads import upsample_logits
-
-    # linear, align_corners=False: output centres at (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 of the
-    # input grid, clamped at the borders: 0, 0.5, 1.5, 2
-    up = upsample_logits(torch.tensor([[[0.0, 2.0]]]), (4,))
-    torch.testing.assert_close(up, torch.tensor([[[0.0, 0.5, 1.5, 2.0]]]))
-    assert upsample_logits(torch.zeros(1, 3, 2, 2, 2), (4, 4, 4)).shape == (1, 3, 4, 4, 4)
-    with pytest.raises(ValueError, match="1-3 spatial dimensions"):
-        upsample_logits(torch.zeros(1, 1, 2, 2, 2, 2), (4, 4, 4, 4))
-
-
-def test_coarse_heads_scored_at_full_resolution():
-    """score_at="full": the loss (and so the step) stays at the head's resolution; the score is
-    taken on the logits upsampled to the target, against the full-resolution target."""
-    from cggm_seg.balancing.heads import pool_target, upsample_logits
-    from cggm_seg.networks import SegmentationHead
-
-    torch.manual_seed(0)
-    heads = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=1) for m in ("a", "b")})
-    same = copy.deepcopy(heads)
-    before = copy.deepcopy(heads)
-    features = {m: [torch.randn(2, 2, 8, 8, 8), torch.randn(2, 4, 4, 4, 4)] for m in heads}
-    target = (torch.rand(2, 3, 8, 8, 8) > 0.5).float()
-    full = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), score_at="full")
-    at_head = HeadTrainer(same, BCE, torch.optim.SGD(same.parameters(), lr=0.1))
-    step, reference = full.step(features, target), at_head.step(features, target)
-    for m in heads:
-        pred = before[m](features[m]).detach()
-        expected = full.score_fn(upsample_logits(pred, (8, 8, 8)), target)
-        torch.testing.assert_close(step.scores[m], expected)
-        torch.testing.assert_close(reference.scores[m], full.score_fn(pred, pool_target(target, (4, 4, 4))))
-        assert step.scores[m].item() != pytest.approx(reference.scores[m].item(), abs=1e-6)
-        assert step.losses[m].item() == pytest.approx(reference.losses[m].item())  # same loss ...
-        torch.testing.assert_close(step.final_grads[m], reference.final_grads[m])  # ... same step
-    with pytest.raises(ValueError, match="score_at must be one of"):
-        HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1), score_at="input")
-
-
 def test_a_full_resolution_head_of_the_wrong_size_still_fails():
     from cggm_seg.networks import SegmentationHead
 
@@ -150,7 +118,7 @@ def test_a_full_resolution_head_of_the_wrong_size_still_fails():
 
 
 def test_sublattice_offset_and_slice_by_hand():
-    from cggm_seg.balancing.heads import sublattice_of, sublattice_offset
+    from cggm_seg.balancing.head_trainer import sublattice_of, sublattice_offset
 
     assert [sublattice_offset(t, 3) for t in (0, 1, 2, 5, 7, 8, 13)] == [
         (0, 0, 0),
@@ -178,7 +146,7 @@ def test_sublattice_heads_train_and_score_on_one_voxel_in_eight(level):
     """sublattice=True: step t's loss, score and step are the head's on the voxels o + 2u of its
     output grid (full resolution at level 0, half at level 1), o the binary digits of t, against the
     target there (pooled to the head's grid at level 1)."""
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
     from cggm_seg.networks import SegmentationHead
 
     torch.manual_seed(0)
@@ -216,7 +184,7 @@ def test_sublattice_heads_train_and_score_on_one_voxel_in_eight(level):
 def test_sublattice_heads_of_several_levels_in_one_trainer():
     """Heads at levels 0, 1 and 2 in one trainer: each trains on the sub-lattice of its own grid
     (the label pooled by 1, 2 and 4), against the whole head sliced afterwards."""
-    from cggm_seg.balancing.heads import pool_target
+    from cggm_seg.balancing.head_trainer import pool_target
     from cggm_seg.networks import SegmentationHead
 
     torch.manual_seed(0)
@@ -258,7 +226,7 @@ def test_sublattice_heads_of_several_levels_in_one_trainer():
 def test_pool_sublattice_by_hand():
     """The pooled target's voxels offset + 2u, from their blocks only: block means (masks), first
     voxels (class indices); the full-resolution case is sublattice_of."""
-    from cggm_seg.balancing.heads import pool_sublattice, pool_target, sublattice_of
+    from cggm_seg.balancing.head_trainer import pool_sublattice, pool_target, sublattice_of
 
     # 1D, 8 voxels pooled by 2 to 4 (block means 0.5, 2.5, 4.5, 6.5); offset 1 keeps coarse voxels 1 and 3
     line = torch.arange(8.0).view(1, 1, 8)
@@ -319,10 +287,9 @@ def test_sublattice_needs_heads_that_compute_it_exactly():
     with pytest.raises(ValueError, match="head 't1' \\(SegHead\\) cannot be"):
         HeadTrainer(_heads(), BCE, torch.optim.SGD(_heads().parameters(), lr=0.1), sublattice=True)
     coarse = nn.ModuleDict({m: SegmentationHead((2, 4), hidden=3, level=1) for m in ("a", "b")})
-    with pytest.raises(ValueError, match="score_at='full' is not possible with it"):
-        HeadTrainer(
-            coarse, BCE, torch.optim.SGD(coarse.parameters(), lr=0.1), sublattice=True, score_at="full"
-        )
+    check_sublattice_heads(coarse)  # nearest-neighbour heads at any level compute it exactly
+    with pytest.raises(ValueError, match="sublattice=True trains segmentation heads on a sub-lattice"):
+        check_sublattice_heads(smooth)
 
 
 def test_sublattice_refuses_odd_sizes_before_any_step():
@@ -345,3 +312,47 @@ def test_sublattice_refuses_odd_sizes_before_any_step():
     ):
         trainer.step(odd, torch.zeros(1, 3, 10, 10, 10))  # the label is even, the heads' grid (5^3) is not
     assert trainer.steps == 0
+
+
+def test_head_options_build_a_trainer_with_adam_and_the_methods_default_score():
+    heads = _heads()
+    trainer = HeadOptions(lr=0.01).trainer(heads, BCE, default_score="region_true_class_probability")
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.01]
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in heads.parameters()}
+    assert trainer.score_fn is get_score("region_true_class_probability")  # score None: the method's
+    assert trainer.loss_fn is BCE and trainer.modalities == MODALITIES and not trainer.sublattice
+    plain = {m: SegHead() for m in ("a", "b")}  # a plain dict of heads works too
+    own = torch.optim.SGD([p for h in plain.values() for p in h.parameters()], lr=0.1)
+    trainer = HeadOptions(score="accuracy").trainer(plain, BCE, "soft_dice", optimizer=own)
+    assert trainer.optimizer is own and trainer.score_fn is get_score("accuracy")
+
+
+def test_head_options_check_their_values():
+    with pytest.raises(ValueError, match="unknown score 'dice'"):
+        HeadOptions(score="dice")
+    with pytest.raises(ValueError, match="the heads' lr must be > 0, got 0.0"):
+        HeadOptions(lr=0.0)
+    for level in (-1, 0.5):
+        with pytest.raises(ValueError, match="the heads' level must be None or an integer >= 0"):
+            HeadOptions(level=level)
+    with pytest.raises(ValueError, match="sublattice must be True or False, got 'yes'"):
+        HeadOptions(sublattice="yes")
+    with pytest.raises(ValueError, match="head 't1' \\(SegHead\\) cannot be"):
+        HeadOptions(sublattice=True).trainer(_heads(), BCE, "soft_dice")  # reaches the trainer
+
+
+def test_as_head_trainer_takes_a_trainer_as_is_and_wraps_head_modules():
+    heads = _heads()
+    trainer = HeadTrainer(heads, BCE, torch.optim.SGD(heads.parameters(), lr=0.1))
+    assert as_head_trainer(trainer, None, HeadOptions(), "soft_dice") is trainer
+    wrapped = as_head_trainer(heads, BCE, HeadOptions(lr=0.5), "soft_dice")
+    assert isinstance(wrapped, HeadTrainer) and wrapped.heads == dict(heads.items())
+    assert wrapped.optimizer.param_groups[0]["lr"] == 0.5
+    with pytest.raises(ValueError, match="pass loss_fn="):
+        as_head_trainer(heads, None, HeadOptions(), "soft_dice")
+    with pytest.raises(ValueError, match="heads must be a HeadTrainer or modality -> head modules"):
+        as_head_trainer({"a": "not a module", "b": SegHead()}, BCE, HeadOptions(), "soft_dice")
+    with pytest.raises(ValueError, match="got list"):
+        as_head_trainer([SegHead(), SegHead()], BCE, HeadOptions(), "soft_dice")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cggm_seg.balancing.heads import HeadTrainer, flat_gradients
+from cggm_seg.balancing.head_trainer import HeadTrainer, flat_gradients
 
 from .gloo import gloo_group, run_two_ranks
 from .toy_nets import MODALITIES, SegHead

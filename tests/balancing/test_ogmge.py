@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cggm_seg.balancing.heads import HeadTrainer
+from cggm_seg.balancing.head_trainer import HeadTrainer
 from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients
 
 from .toy_nets import MODALITIES, SegHead, ToySegNet, seg_batch
@@ -60,7 +60,7 @@ def _setup(**kwargs):
     trainer = HeadTrainer(
         heads, seg_loss, torch.optim.SGD(heads.parameters(), lr=0.1), "region_true_class_probability"
     )
-    return model, OGMGE(model, trainer, **kwargs)
+    return model, OGMGE(**kwargs).bind(model, trainer)
 
 
 def _grads_after(model, ogm, epoch, k=None):
@@ -72,7 +72,7 @@ def _grads_after(model, ogm, epoch, k=None):
         ogm.k = torch.tensor(k, dtype=F64)
     loss.backward()
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
-    ogm.apply_magnitude(epoch)
+    ogm.apply_magnitude(epoch=epoch)
     return before, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -121,10 +121,10 @@ def test_ge_noise_std_on_a_large_tensor():
     trainer = HeadTrainer(
         heads, seg_loss, torch.optim.SGD([p for h in heads.values() for p in h.parameters()])
     )
-    ogm = OGMGE(model, trainer, branches={"a": "a", "b": "b"}, seed=0)
+    ogm = OGMGE(seed=0).bind(model, trainer, branches={"a": "a", "b": "b"})
     ogm.k = torch.tensor([0.25, 1.0], dtype=F64)
     g = big.weight.grad.clone()
-    ogm.apply_magnitude(0)
+    ogm.apply_magnitude(epoch=0)
     assert (big.weight.grad - 0.25 * g).std().item() == pytest.approx(g.std().item(), rel=0.03)
     assert torch.equal(big.bias.grad, torch.zeros(100))  # std 0: no noise
 
@@ -147,7 +147,9 @@ def test_observe_every_trains_the_heads_at_every_kth_call_and_keeps_k_between():
         x, y = seg_batch(seed=step)
         before = {m: [p.clone() for p in h.parameters()] for m, h in heads.items()}
         model(x)
-        ks.append(ogm.observe(y).clone())
+        stats = ogm.observe(y)
+        assert stats is ogm.stats and stats["k_t1"] == float(ogm.k[0])  # the last observation's
+        ks.append(ogm.k.clone())
         after = {m: list(h.parameters()) for m, h in heads.items()}
         snapshots.append(any(not torch.equal(a, b) for m in heads for a, b in zip(before[m], after[m])))
         with pytest.raises(RuntimeError, match="no features captured"):  # dropped, observed or not
@@ -162,3 +164,23 @@ def test_observe_every_trains_the_heads_at_every_kth_call_and_keeps_k_between():
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="observe_every must be an integer >= 1"):
             _setup(observe_every=bad)
+
+
+def test_ogmge_checks_its_settings():
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        OGMGE(alpha=-0.1)
+    with pytest.raises(ValueError, match=r"magnitude must be one of \('grad', 'lr'\), got 'off'"):
+        OGMGE(magnitude="off")  # OGM-GE always modulates
+    model, ogm = _setup(alpha=0.5, continuous=True, end_epoch=None, seed=4, observe_every=2)
+    assert ogm.settings == {
+        "magnitude": "grad",
+        "alpha": 0.5,
+        "continuous": True,
+        "noise": True,
+        "start_epoch": 0,
+        "end_epoch": None,
+        "seed": 4,
+        "observe_every": 2,
+    }
+    assert ogm.in_window(10_000)
+    assert ogm.stat_names == [f"{s}_{m}" for s in ("s", "rho", "k", "head_loss") for m in MODALITIES]

@@ -94,3 +94,12 @@ def test_get_score_registry():
         get_score("dise")
     with pytest.raises(TypeError, match="does not take"):
         get_score("accuracy", smooth=1.0)
+
+
+def test_a_softmax_networks_class_index_target_names_the_softmax_scores():
+    # a softmax network: 4 class logits, a 1-channel class-index label; the default score is sigmoid Dice
+    with pytest.raises(ValueError, match=r"same shape.*score='softmax_dice'"):
+        dice_score(torch.zeros(1, 4, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="same shape") as raised:  # a plain mismatch: no softmax hint
+        dice_score(torch.zeros(1, 3, 4, 4), torch.zeros(1, 2, 4, 4))
+    assert "softmax" not in str(raised.value)

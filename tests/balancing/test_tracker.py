@@ -273,63 +273,50 @@ def test_trend_guard_holds_under_noise_shared_by_the_heads():
     assert moved / 1000 < 0.06
 
 
-# -- updates spaced out (observe_every) ------------------------------------------------------------
+# -- history ------------------------------------------------------------------------------------
 
 
-def test_trend_spaced_updates_keep_the_horizon_in_iterations_by_hand():
-    # window 6 iterations, an update every 2nd: 3 scores in the window. Scores 0.1, 0.2, 0.4 (a) and
-    # 0.1, 0.15, 0.2 (b) at updates -1, 0, 1: slopes 0.15 and 0.05 per update, 0.075 and 0.025 per
-    # iteration; B = (0.025, 0.075) / 0.1 = (0.25, 0.75), mean 0.5 -> (0.5, 1.5), as at one update a step.
-    tracker = BalanceTracker(["a", "b"], window=6, z=0.0, observe_every=2)
-    rows = [[0.1, 0.1], [0.2, 0.15], [0.4, 0.2]]
-    for row in rows:
-        b = tracker.update(torch.tensor(row, dtype=F64))
-    assert tracker.window_updates == 3
-    assert tracker.delta.tolist() == pytest.approx([0.075, 0.025])
-    assert b.tolist() == pytest.approx([0.5, 1.5])
-    dense = BalanceTracker(["a", "b"], window=3, z=0.0)
-    for row in rows:
-        dense.update(torch.tensor(row, dtype=F64))
-    assert dense.B.tolist() == pytest.approx(b.tolist())  # B is a ratio: the spacing cancels out
-    assert [h["iteration"] for h in tracker.history] == [1.0, 3.0, 5.0]  # the run's iterations
-    assert BalanceTracker(["a", "b"], window=100, observe_every=4).window_updates == 25
-    assert BalanceTracker(["a", "b"], window=5, observe_every=4).window_updates == 3  # at least 3
+def test_history_is_a_list_of_the_last_updates():
+    tracker = BalanceTracker(["a", "b"], preset="guarded", ema=0.0, tau=0.0, history_size=12)
+    for t in range(20):
+        tracker.update([0.1 + 0.02 * t, 0.1 + 0.01 * t])
+    history = tracker.history
+    assert isinstance(history, list) and len(history) == 12  # updates 9..20 kept
+    assert [h["iteration"] for h in history] == [float(t) for t in range(9, 21)]  # the update count
+    every_third = history[1::3]  # slicing works: updates 10, 13, 16, 19
+    assert [h["iteration"] for h in every_third] == [10.0, 13.0, 16.0, 19.0]
+    assert history[-1]["B_a"] == pytest.approx(1 / 3) and history[-1]["B_b"] == pytest.approx(2 / 3)
+    assert history[-1]["eps_a"] == pytest.approx(0.1 + 0.02 * 19)
+    assert history[-1]["d_b"] == pytest.approx(0.01)
+    long = BalanceTracker(["a", "b"], history_size=100)
+    for _ in range(20):
+        long.update([0.5, 0.5])
+    assert [h["iteration"] for h in long.history[9::3]] == [10.0, 13.0, 16.0, 19.0]
+    none = BalanceTracker(["a", "b"], history_size=0)
+    none.update([0.5, 0.5])
+    assert none.history == []
 
 
-def test_warmup_counts_iterations_when_updates_are_spaced_out():
-    # warm-up 5 iterations at one update every 2nd: the first ceil(5 / 2) = 3 updates are neutral
-    tracker = BalanceTracker(["a", "b"], window=6, z=0.0, warmup=5, observe_every=2)
-    assert tracker.warmup_updates == 3
-    neutral = [
-        tracker.update(torch.tensor([0.1 * t, 0.05 * t], dtype=F64)).tolist() == [1.0, 1.0] for t in range(5)
-    ]
-    assert neutral == [True, True, True, False, False]
+def test_a_loaded_history_is_trimmed_to_history_size():
+    tracker = BalanceTracker(["a", "b"])
+    for _ in range(10):
+        tracker.update([0.5, 0.5])
+    short = BalanceTracker(["a", "b"], history_size=4)
+    short.load_state_dict(tracker.state_dict())
+    assert isinstance(short.history, list)
+    assert [h["iteration"] for h in short.history] == [7.0, 8.0, 9.0, 10.0]
+    short.update([0.5, 0.5])
+    assert [h["iteration"] for h in short.history] == [8.0, 9.0, 10.0, 11.0]
+    none = BalanceTracker(["a", "b"], history_size=0)
+    none.load_state_dict(tracker.state_dict())
+    assert none.history == []
 
 
-def test_guarded_spaced_updates_weigh_the_past_per_iteration_by_hand():
-    # ema 0.9 per iteration, an update every 2nd: 0.81 per update. eps = 0.5 then
-    # 0.81 * 0.5 + 0.19 * 0.7 = 0.538 (a), 0.81 * 0.5 + 0.19 * 0.6 = 0.519 (b); delta per iteration
-    # (0.038 / 2, 0.019 / 2) = (0.019, 0.0095); B = rho (d_other / sum) = (1/3, 2/3) (bounds 0.1-2)
-    tracker = BalanceTracker(["a", "b"], preset="guarded", ema=0.9, tau=0.0, observe_every=2)
-    tracker.update(torch.tensor([0.5, 0.5], dtype=F64))
-    b = tracker.update(torch.tensor([0.7, 0.6], dtype=F64))
-    assert tracker.eps.tolist() == pytest.approx([0.538, 0.519])
-    assert tracker.delta.tolist() == pytest.approx([0.019, 0.0095])
-    assert b.tolist() == pytest.approx([1 / 3, 2 / 3])
-
-
-def test_spacing_is_a_setting_of_the_saved_state():
-    tracker = BalanceTracker(["a", "b"], observe_every=2)
-    tracker.update(torch.tensor([0.1, 0.2], dtype=F64))
-    with pytest.raises(ValueError, match="observe_every: saved 2, this tracker 1"):
-        BalanceTracker(["a", "b"]).load_state_dict(tracker.state_dict())
-    older = BalanceTracker(["a", "b"])
-    older.update(torch.tensor([0.1, 0.2], dtype=F64))
-    state = older.state_dict()
-    del state["settings"]["observe_every"]  # saved before the setting existed: it was 1
-    BalanceTracker(["a", "b"]).load_state_dict(state)
-    with pytest.raises(ValueError, match="observe_every: saved 1, this tracker 3"):
-        BalanceTracker(["a", "b"], observe_every=3).load_state_dict(state)
-    for bad in (0, -1, 1.5):
-        with pytest.raises(ValueError, match="observe_every must be an integer >= 1"):
-            BalanceTracker(["a", "b"], observe_every=bad)
+def test_a_state_saved_with_the_retired_observe_every_setting_still_loads():
+    tracker = BalanceTracker(["a", "b"])
+    tracker.update([0.1, 0.2])
+    state = tracker.state_dict()
+    state["settings"]["observe_every"] = 1  # checkpoints of before its retirement carry it
+    resumed = BalanceTracker(["a", "b"])
+    resumed.load_state_dict(state)
+    assert resumed.step == 1 and resumed.raw.tolist() == [0.1, 0.2]

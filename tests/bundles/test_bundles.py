@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ROOT / "bundles"
@@ -86,7 +86,7 @@ def test_unknown_method_fails_when_the_config_is_parsed(tmp_path, monkeypatch):
 
 
 def test_heads_as_the_balancing_benchmark_chose_them():
-    """docs/benchmarks.md: CGGM and the joint monitor on half-resolution heads; OGM-GE on
+    """docs/archive.md: CGGM and the joint monitor on half-resolution heads; OGM-GE on
     full-resolution heads trained every 4th iteration on one voxel in 8 (a sub-lattice)."""
     from monai.bundle import ConfigParser
 
@@ -98,8 +98,8 @@ def test_heads_as_the_balancing_benchmark_chose_them():
         heads = parser.get_parsed_content("heads")
         chosen[method] = {h.level for h in heads.values()}
         handler = parser.get_parsed_content("balancing")
-        chosen[method, "every"] = getattr(handler, "observe_every", 1)
-        chosen[method, "sublattice"] = handler.sublattice
+        chosen[method, "every"] = getattr(handler.method, "observe_every", 1)
+        chosen[method, "sublattice"] = handler.method.head_options.sublattice
     assert chosen == {
         "cggm": {1}, "joint": {1}, "ogmge": {0},
         ("cggm", "every"): 1, ("joint", "every"): 1, ("ogmge", "every"): 4,
@@ -246,16 +246,15 @@ def test_evaluate_bundle_audits_a_checkpoint_on_another_dataset(tmp_path):
     )
     evaluate = [CONFIG, str(BUNDLES / "evaluate.json")]
     extra = ["--dataset_dir", str(data), "--evaluate_split", "all"]
-    result = _run_bundle(evaluate, tmp_path, *extra, "--checkpoint", str(run_dir / "models" / "model.pt"))
+    result = _run_bundle(evaluate, tmp_path, *extra, "--run_name", "brats_cggm")  # the trained run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Epoch[1]" not in result.stdout + result.stderr  # nothing trained
-    evaluation = tmp_path / "runs" / "brats_other_cggm" / "evaluation"  # the run folder of --dataset_dir
-    metrics = json.loads((evaluation / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert metrics["num_cases"] == 3 and "best-on-validation checkpoint" in metrics["source"]
     audit = metrics["missing_sequences"]
     assert len(audit["subsets"]) == 15
     full = audit["subsets"][-1]["dice_mean"]
     assert sum(audit["shapley"].values()) == pytest.approx(full)
-    assert (evaluation / "shapley.png").is_file()
+    assert (run_dir / "evaluation" / "shapley.png").is_file()
     missing = _run_bundle(evaluate, tmp_path, *extra, "--checkpoint", str(tmp_path / "nope.pt"))
     assert missing.returncode != 0 and "nope.pt does not exist" in missing.stdout + missing.stderr

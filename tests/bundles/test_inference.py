@@ -1,7 +1,9 @@
-"""bundles/inference.json: after a tiny training run, one BraTS-label NIfTI per case in each input's space.
+"""bundles/inference.json on top of the experiment: one BraTS-label NIfTI per case in each input's space.
 
 The bundles run in-process, without their logging file, to spare a PyTorch import per run: one
-1-epoch training of ``brats_cggm.json`` on a 3-case phantom at 4 mm serves every test.
+1-epoch training of ``brats_cggm.json`` on a 3-case phantom at 4 mm serves the default network's
+tests; the other networks predict with their initial weights, saved as their training run saves
+its best model.
 """
 
 from __future__ import annotations
@@ -9,19 +11,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle import run as run_bundle
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-from cggm_seg.data.layouts import MODALITIES, get_layout
-from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
-from cggm_seg.data.prepare import default_phantom_dir, inference_datalist
+from cggm_seg.apps.brats.layouts import MODALITIES, get_layout
+from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
+from cggm_seg.apps.brats.prepare import default_phantom_dir, inference_datalist
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+EXPERIMENT = str(BUNDLES / "brats_cggm.json")
 INFERENCE = str(BUNDLES / "inference.json")
 #: The tiny phantom both bundles read by default with these overrides, and a crop the 4 mm images hold.
 TINY = {"phantom#cases": 3, "phantom#spacing": 4.0, "roi_size": [32, 32, 32]}
@@ -47,9 +51,13 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
 
 
-def infer(**override: object) -> None:
-    """Run the inference bundle with ``override`` after checking its model-zoo properties."""
-    workflow = ConfigWorkflow(config_file=INFERENCE, logging_file=False, workflow_type="infer", **override)
+def infer(*variant: str, **override: object) -> None:
+    """Run the inference bundle on the experiment and its ``variant`` override files, with ``override``.
+
+    The model-zoo properties of an inference workflow are checked first.
+    """
+    config_file = [EXPERIMENT, *(str(BUNDLES / name) for name in variant), INFERENCE]
+    workflow = ConfigWorkflow(config_file=config_file, logging_file=False, workflow_type="infer", **override)
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -98,8 +106,9 @@ def test_msd_4d_predictions_in_any_orientation_and_without_labels(bundle_root: P
 
     infer(
         bundle_root=str(bundle_root),
+        run_name="brats_cggm",  # the trained run: by default, the run a training on dataset_dir would name
         dataset_dir=str(dataset_dir),
-        output_dir=str(output_dir),
+        prediction_dir=str(output_dir),
         roi_size=TINY["roi_size"],
     )
 
@@ -119,7 +128,7 @@ def test_missing_checkpoint_fails_naming_it(bundle_root: Path, tmp_path: Path) -
         infer(
             bundle_root=str(bundle_root),
             checkpoint=str(checkpoint),
-            output_dir=str(output_dir),
+            prediction_dir=str(output_dir),
             **TINY,
         )
     chain, error = [], raised.value
@@ -128,6 +137,40 @@ def test_missing_checkpoint_fails_naming_it(bundle_root: Path, tmp_path: Path) -
         error = error.__cause__ or error.__context__
     assert any(isinstance(e, FileNotFoundError) and str(checkpoint) in str(e) for e in chain), chain
     assert not output_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def one_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-case brats2021 phantom at 4 mm."""
+    dataset_dir = tmp_path_factory.mktemp("one_case")
+    write_phantom_dataset(dataset_dir, 1, seed=2, config=PhantomConfig(spacing=4.0), progress=False)
+    return dataset_dir
+
+
+def save_initial_weights(*variant: str, **override: object) -> Path:
+    """Save the variant's untrained network as its training run saves the best one; return the run folder.
+
+    The experiment's own ``BestCheckpoint`` writes ``model.pt`` (network and heads) as after a
+    first validation.
+    """
+    parser = ConfigParser()
+    parser.read_config([EXPERIMENT, *(str(BUNDLES / name) for name in variant)])
+    parser.update(override)
+    best = parser.get_parsed_content("validate#handler_set#best_checkpoint")
+    validated = SimpleNamespace(key_metric_name="val_mean_dice", metrics={"val_mean_dice": 0.0}, epoch=1)
+    best(SimpleNamespace(state=validated))
+    return Path(parser.get_parsed_content("output_dir"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["gpu_paper.json", "early_fusion.json", "unimodal.json"])
+def test_a_trained_variant_predicts_with_its_own_overrides(
+    variant: str, one_case: Path, tmp_path: Path
+) -> None:
+    settings = {"bundle_root": str(tmp_path), "dataset_dir": str(one_case), "roi_size": TINY["roi_size"]}
+    run_dir = save_initial_weights(variant, **settings)
+    infer(variant, **settings)
+    check_predictions(run_dir / "predictions", one_case, "brats2021")
 
 
 def test_inference_datalist_takes_unlabelled_cases_and_names_missing_files(tmp_path: Path) -> None:

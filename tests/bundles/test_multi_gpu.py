@@ -2,7 +2,7 @@
 
 Two ranks train one epoch of the CGGM bundle on a tiny phantom; each rank's StatsHandler logs its
 balancing state, and the two ranks must log the same eps and B (the heads' scores are averaged
-over ranks, METHOD.md 1.3), a real, non-neutral B.
+over ranks), a real, non-neutral B.
 """
 
 import json
@@ -97,7 +97,7 @@ def test_two_cpu_ranks_train_and_log_identical_balancing(tmp_path):
         # (the first has no delta yet) with the per-iteration 'guarded' preset and tau 0, so that the
         # tiny deltas are not guarded to neutral (the default trend preset waits for its window).
         "--phantom#cases", "6", "--phantom#spacing", "4.0",
-        "--methods#cggm#preset", "guarded", "--methods#cggm#tau", "0.0",
+        "--methods#cggm#tracker#preset", "guarded", "--methods#cggm#tracker#tau", "0.0",
         "--bundle_root", str(tmp_path / "root"),
     ]  # fmt: skip
     env = {**os.environ, "CGGM_SEG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from cggm_seg.data.aligned import synthetic_aligned_features, write_aligned_features
+from cggm_seg.apps.multiview.aligned import synthetic_aligned_features, write_aligned_features
 from cggm_seg.handlers import CGGMHandler, HeadMonitorHandler, OGMGEHandler
 
 ROOT = Path(__file__).resolve().parents[2]

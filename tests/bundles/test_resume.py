@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
-from cggm_seg.data.phantom import PhantomConfig, write_phantom_dataset
+from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
 from cggm_seg.errors import root_cause
 from cggm_seg.handlers import (
     BestCheckpoint,

@@ -9,7 +9,8 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
-from cggm_seg.evaluation import SegmentationTestReport, sequence_subsets, shapley_values, subset_name
+from cggm_seg.apps.brats import SegmentationTestReport
+from cggm_seg.evaluation import sequence_subsets, shapley_values, subset_name
 from tests.evaluation.test_report import RegionsFromImage, _cases
 
 

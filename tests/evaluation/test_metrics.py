@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cggm_seg.evaluation.metrics import region_metrics, summarise_cases
+from cggm_seg.apps.brats.region_metrics import region_metrics, summarise_cases
 
 
 def _cube(shape, lo, hi):

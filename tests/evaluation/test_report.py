@@ -7,7 +7,7 @@ from monai.data import MetaTensor
 from monai.inferers import SimpleInferer
 from torch import nn
 
-from cggm_seg.evaluation import SegmentationTestReport, format_table
+from cggm_seg.apps.brats import SegmentationTestReport, format_table
 
 
 class RegionsFromImage(nn.Module):

@@ -1,4 +1,4 @@
-"""The README's example on a network cggm_seg did not write (four MONAI UNets fused late), run as it
+"""The example of docs/reuse.md on a network cggm_seg did not write (four MONAI UNets fused late), run as it
 is, and the same network with CGGM and OGM-GE under SGD and Adam."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from cggm_seg.balancing import branch_param_groups
 from cggm_seg.handlers import CGGMHandler, OGMGEHandler
 from cggm_seg.networks import SegmentationHead, build_heads
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "reuse.md"
 
 
 def _readme_example() -> str:
@@ -25,7 +25,7 @@ def _readme_example() -> str:
 
 def test_the_readme_example_runs_as_written(capsys):
     namespace: dict = {}
-    exec(compile(_readme_example(), "README.md", "exec"), namespace)
+    exec(compile(_readme_example(), "docs/reuse.md", "exec"), namespace)
     handler = namespace["handler"]
     assert len(handler.history) == 4
     assert all(f"B_{s}" in handler.history[-1] for s in ("t1", "t1ce", "t2", "flair"))
@@ -53,7 +53,7 @@ def test_cggm_seg_code_of_the_example_is_at_most_ten_lines():
 def test_both_methods_under_sgd_and_adam_on_the_foreign_network(method, optimizer_name):
     namespace: dict = {}
     code = _readme_example().split("net = LateFusionUNets()")[0]  # the class only
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/reuse.md", "exec"), namespace)
     torch.manual_seed(0)
     net = namespace["LateFusionUNets"]()
     branches = {s: f"unets.{s}" for s in net.sequences}

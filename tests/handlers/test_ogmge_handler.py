@@ -61,8 +61,6 @@ def test_sublattice_heads_count_their_steps_and_resume(seg_setup, make_trainer, 
     ):
         # refused when the config is parsed
         OGMGEHandler(make_heads("segmentation", net, interp_mode="trilinear"), sublattice=True)
-    with pytest.raises(ValueError, match="score_at='full' is not possible with it"):
-        OGMGEHandler(make_heads("segmentation", net), sublattice=True, score_at="full")
     handler = OGMGEHandler(heads, sublattice=True, observe_every=2, seed=0)
     trainer = make_trainer(net, optimizer, loss, batches(2), epochs=2)
     offsets = []

@@ -22,10 +22,10 @@ from cggm_seg.networks import SegmentationHead
         (CGGMHandler, {"rho": 0.0}, "rho must be a positive"),
         (CGGMHandler, {"preset": "papr"}, "preset must be one of"),
         (CGGMHandler, {"score": "dice"}, "unknown score"),
-        (OGMGEHandler, {"magnitude": "learning_rate"}, "magnitude must be 'grad' or 'lr'"),
+        (OGMGEHandler, {"magnitude": "learning_rate"}, r"magnitude must be one of \('grad', 'lr'\)"),
         (OGMGEHandler, {"alpha": -1.0}, "alpha must be >= 0"),
         (HeadMonitorHandler, {"score": "acc"}, "unknown score"),
-        (HeadMonitorHandler, {"head_lr": 0.0}, "head_lr must be > 0"),
+        (HeadMonitorHandler, {"head_lr": 0.0}, "the heads' lr must be > 0"),
     ],
 )
 def test_bad_settings_fail_when_the_handler_is_built(seg_setup, handler, kwargs, message):
@@ -98,7 +98,7 @@ def _two_branch_ogm(**kwargs) -> tuple[TwoBranch, dict[str, str], OGMGE]:
     params = [p for h in heads.values() for p in h.parameters()]
     trainer = HeadTrainer(heads, nn.functional.cross_entropy, torch.optim.SGD(params, lr=0.1), "accuracy")
     branches = {"a": "encoders.a", "b": "encoders.b"}
-    return model, branches, OGMGE(model, trainer, branches=branches, **kwargs)
+    return model, branches, OGMGE(**kwargs).bind(model, trainer, branches=branches)
 
 
 def _ogm_update(magnitude: str, k_a: float) -> dict[str, float]:
@@ -118,7 +118,11 @@ def _ogm_update(magnitude: str, k_a: float) -> dict[str, float]:
     ogm.observe(y)
     ogm.k = torch.tensor([k_a, 1.0], dtype=torch.float64)  # branch a dominant
     loss.backward()
-    ogm.step(optimizer, epoch=0)
+    if magnitude == "grad":  # Adam normalises the scaled gradient away, and says so
+        with pytest.warns(UserWarning, match="magnitude='lr'"):
+            ogm.step(optimizer, epoch=0)
+    else:
+        ogm.step(optimizer, epoch=0)
     assert all(g["lr"] == 0.01 for g in optimizer.param_groups)  # restored after the step
     return {m: float((flat[m]() - before[m]).norm()) for m in "ab"}
 
@@ -135,8 +139,19 @@ def test_ogmge_lr_mode_scales_the_update_by_k_under_adam():
 def test_ogmge_lr_mode_refuses_to_scale_twice():
     model, branches, ogm = _two_branch_ogm(magnitude="lr", end_epoch=None)
     optimizer = torch.optim.Adam(branch_param_groups(model, branches, lr=0.01))
-    ogm.apply_magnitude(0, optimizer)
+    ogm.apply_magnitude(optimizer, 0)
     with pytest.raises(RuntimeError, match="already scaled"):
-        ogm.apply_magnitude(0, optimizer)
+        ogm.apply_magnitude(optimizer, 0)
     ogm.restore_magnitude()
     assert all(g["lr"] == 0.01 for g in optimizer.param_groups)
+
+
+def test_lr_magnitude_without_branch_groups_is_refused_on_attach(seg_setup, make_trainer, batches):
+    """A trainer built before the handler is attached: its optimizer is checked there, before any
+    run; one built with branch_param_groups passes."""
+    net, heads, optimizer, loss = seg_setup  # optimizer: SGD over net.parameters(), one group
+    trainer = make_trainer(net, optimizer, loss, batches(1))
+    with pytest.raises(ValueError, match="branch_param_groups"):
+        CGGMHandler(heads, magnitude="lr").attach(trainer)
+    grouped = torch.optim.SGD(branch_param_groups(net, None, lr=0.01))
+    CGGMHandler(heads, magnitude="lr").attach(make_trainer(net, grouped, loss, batches(1)))

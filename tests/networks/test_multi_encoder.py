@@ -5,7 +5,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.networks.utils import convert_to_torchscript
 
-from cggm_seg.data.layouts import MODALITIES
+from cggm_seg.apps.brats.layouts import MODALITIES
 from cggm_seg.networks import PRESETS, MultiEncoderSegNet
 
 

@@ -1,0 +1,85 @@
+"""The structure every multi-view dataset is loaded into, and the training-split standardisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["SPLITS", "ViewData", "standardise"]
+
+#: the splits of a :class:`ViewData`, in order
+SPLITS: tuple[str, ...] = ("training", "validation", "test")
+_SPLITS = SPLITS
+
+
+@dataclass
+class ViewData:
+    """A multi-view dataset split three ways, ready for :class:`~cggm_seg.networks.MultiViewNet`.
+
+    Attributes:
+        name: the dataset.
+        task: ``"classification"`` or ``"regression"``.
+        metrics: the metric family of the test report: ``"classification"``, ``"regression"``,
+            ``"mosi"`` or ``"iemocap"`` (:mod:`cggm_seg.apps.multiview.vector_metrics`).
+        views: view name -> width, in input order (the input is the views concatenated on the last axis).
+        feature_names: view name -> the names of its columns (vector datasets; empty for sequences).
+        x: split (``"training"``, ``"validation"``, ``"test"``) -> float32 inputs ``N x sum(widths)``
+            (vectors) or ``N x T x sum(widths)`` (aligned sequences).
+        y: split -> targets: int64 ``N`` class indices, or float32 ``N x 1`` (standardised for the
+            scikit-learn regression; see ``target_mean``, ``target_std``).
+        num_classes: classes of a classification task (0 for regression).
+        target_mean, target_std: the regression target = ``y * target_std + target_mean``.
+        class_names: names of the classes, where the dataset has them.
+    """
+
+    name: str
+    task: str
+    metrics: str
+    views: dict[str, int]
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]
+    num_classes: int = 0
+    feature_names: dict[str, list[str]] = field(default_factory=dict)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def out_features(self) -> int:
+        """Outputs of the network: the number of classes, or 1 for regression."""
+        return self.num_classes if self.task == "classification" else 1
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the inputs are sequences ``N x T x D`` (aligned features)."""
+        return self.x["training"].dim() == 3
+
+    @property
+    def score(self) -> str:
+        """The heads' score for balancing: true-class probability (classification), 1 / (1 + MAE)."""
+        return "true_class_probability" if self.task == "classification" else "inverse_mae"
+
+    def records(self, split: str) -> list[dict[str, torch.Tensor]]:
+        """The split as MONAI-style dicts ``{"image": x_i, "label": y_i}`` for a ``Dataset``."""
+        return [{"image": x, "label": y} for x, y in zip(self.x[split], self.y[split])]
+
+    def sizes(self) -> dict[str, int]:
+        return {split: int(self.x[split].shape[0]) for split in _SPLITS}
+
+    def describe(self) -> str:
+        views = ", ".join(f"{v} ({w})" for v, w in self.views.items())
+        sizes = " / ".join(str(n) for n in self.sizes().values())
+        kind = f"{self.num_classes} classes" if self.task == "classification" else "regression"
+        return f"{self.name}: {kind}; views {views}; train / val / test {sizes}"
+
+
+def standardise(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Standardise every array per feature (the last axis) with the mean and standard deviation of
+    ``train`` over all its other axes (constant features: divided by 1); float32."""
+    axes = tuple(range(train.ndim - 1))
+    mean = train.mean(axis=axes, keepdims=True)
+    std = train.std(axis=axes, keepdims=True)
+    std = np.where(std > 1e-8, std, 1.0)
+    return tuple(((a - mean) / std).astype(np.float32) for a in (train, *others))
