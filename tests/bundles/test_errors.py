@@ -267,7 +267,7 @@ def test_an_inference_run_without_its_checkpoint_ends_naming_the_file(cache, tmp
     data = tmp_path / "data"
     write_phantom_dataset(data, 1, seed=0, config=PhantomConfig(spacing=4.0), progress=False)
     lines = _run(["--dataset_dir", str(data)], cache, tmp_path, config=INFERENCE)
-    checkpoint = tmp_path / "runs" / "brats_cggm" / "models" / "model.pt"
+    checkpoint = tmp_path / "runs" / "brats_data_cggm" / "models" / "model.pt"  # the run of --dataset_dir
     assert lines[-1].startswith("cggm_seg: the run stopped: FileNotFoundError: "), lines[-3:]
     assert str(checkpoint) in lines[-1]
 
