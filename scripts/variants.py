@@ -17,6 +17,7 @@ in ``docs/archive.md``.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,17 @@ VARIANTS: dict[str, Variant] = {
             f"the same network on {s} alone", {"sequences": [s]}, files=("unimodal.json",)
         )
         for s in SEQUENCES
+    },
+    **{
+        "dedicated_" + "_".join(subset): Variant(
+            f"a model of its own for the subset {'+'.join(subset)}: the same network on those sequences "
+            "only (the phantom's ceiling for that case of missing data)",
+            {"sequences": list(subset)},
+            files=("unimodal.json",),
+            default=False,
+        )
+        for size in (2, 3, 4)
+        for subset in itertools.combinations(SEQUENCES, size)
     },
     "plain": Variant(
         "the multi-encoder network, plain loss, no heads and no balancing handler",
