@@ -1,53 +1,29 @@
-"""Does balancing balance? Every method of the toolkit, the same data, split and budget, several seeds.
+"""Does balancing balance? The BraTS bundle's variants, the same data, split and budget, several seeds.
 
 Each run is the BraTS bundle itself (``python -m monai.bundle run --config_file
-bundles/brats_cggm.json ...``), trained and then evaluated on the held-out test split with the
-missing-sequence audit, so what is measured here is exactly what a user runs. Methods:
-
-- ``joint``: the multi-encoder network, plain loss (the light heads only observe);
-- ``cggm``: CGGM with the toolkit's default (trend) signal, magnitude ``grad`` + direction ``gradient``;
-- ``cggm_magnitude`` / ``cggm_direction``: CGGM with only one of its two parts;
-- ``cggm_paper``: CGGM with the paper's bare per-iteration formula (``preset="paper"``);
-- ``ogmge``: OGM-GE (alpha 0.8, GE noise, first half of the epochs; full-resolution heads trained,
-  and k recomputed, every 4th iteration, on one voxel in 8 of the label per step, as in the
-  bundle); ``ogmge_all_voxels`` (opt-in): the same with the heads trained and scored on every
-  voxel (the bundle's before the sub-lattice); ``ogmge_every1`` (opt-in): all voxels, the heads
-  trained every iteration (the bundle before issue 11);
-- ``moddrop``: joint training with modality dropout (each sequence zeroed with p = 0.5, one kept);
-- ``moddrop_p25``: the same with p = 0.25 (a third of the samples keep all four sequences, against
-  one in sixteen at p = 0.5): the trade-off between all-sequence and missing-sequence Dice;
-- ``cggm_moddrop``: CGGM and modality dropout (p = 0.5) together;
-- ``early_fusion``: one SegResNet on the four stacked sequences (no branches, no heads);
-- ``unimodal_<seq>``: the same network on one sequence: what each sequence can do alone;
-- ``cggm_level0`` (opt-in): CGGM with full-resolution heads (``--head_level 0``), the heads before
-  the default became half resolution; ``ogmge_level1`` (opt-in): OGM-GE with half-resolution heads
-  (the bundle keeps full-resolution ones for OGM-GE): with ``--section heads`` the comparison of
-  the two heads' signal (scores, B) and Dice; ``ogmge_level1_full`` (opt-in): OGM-GE with
-  half-resolution heads scored at full resolution (``score_at="full"``: their logits upsampled to
-  the label), the loss and the step staying at half resolution (both with the heads trained every
-  iteration). The OGM-GE variants other than ``ogmge`` train and score their heads on every voxel;
-  ``cggm_sublattice`` (opt-in): CGGM with its half-resolution heads trained and scored on one voxel
-  in 8 of their grid per step (``sublattice=True``; the same heads' logits there, the label pooled
-  to their grid at those voxels).
+bundles/brats_cggm.json ...``) in one of the variants of ``scripts/variants.py`` (its config files
+and overrides; ``--help`` lists them), trained and then evaluated on the held-out test split with
+the missing-sequence audit, so what is measured here is exactly what a user runs.
 
 Every run uses one fixed split (``--split-seed``) and the same epochs (``--method-epochs`` gives
-methods that make the task harder, such as modality dropout, the longer budget their validation
+variants that make the task harder, such as modality dropout, the longer budget their validation
 curves need to flatten); the seeds change the network's initialisation and the sampling. Model
 selection is on the validation split only (the bundle keeps the best-on-validation checkpoint);
 the test split is read once, by the final report.
-Runs go to ``--out/runs/<method>_seed<k>``; a run whose ``metrics.json`` exists is not run again,
+Runs go to ``--out/runs/<variant>_seed<k>``; a run whose ``metrics.json`` exists is not run again,
 so a stopped benchmark carries on where it stopped.
 
-Results (mean +- std over seeds, paired differences to joint of the same seed) are written to
-``docs/benchmarks.md`` between markers, with plots: the validation curves of every method (to show
-that the budget is enough for each), the Shapley values, and CGGM's B during training.
+Results: ``docs/results/balance.json`` (``balance_<section>.json`` for another ``--section``):
+per variant its seeds, each seed's figures, their mean and std, the paired differences to joint
+of the same seed, minutes and epochs; ``scripts/render_results.py`` puts them in
+``docs/results.md``. The full tables (with each seed's Dice, what the heads saw and when CGGM's B
+acted) go to ``--out/report.md``; the plots (the validation curves of every run, to show that the
+budget is enough for each; the Shapley values; CGGM's B during training) to ``docs/figures/``.
 
     python scripts/bench_balance.py                       # the default phantom benchmark
     python scripts/bench_balance.py --dataset_dir /data/BraTS2021 --cases 0 --spacing 0 --epochs 300
     python scripts/bench_balance.py --section heads --methods joint cggm cggm_level0 ogmge_every1 ogmge_level1
-    python scripts/bench_balance.py --section ogmge_every4 --methods ogmge_every1 ogmge
     python scripts/bench_balance.py --section ogmge_sublattice --methods joint ogmge_all_voxels ogmge
-    python scripts/bench_balance.py --section cggm_sublattice --methods joint cggm cggm_sublattice
 """
 
 from __future__ import annotations
@@ -65,57 +41,21 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render_results import balance_table, cell, shapley_table  # noqa: E402
+from results import RESULTS, paired_stat, stat, write_results  # noqa: E402
+from variants import SEQUENCES, VARIANTS, bundle_arguments, default_names  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "brats_cggm.json"
-SEQUENCES = ("t1", "t1ce", "t2", "flair")
+FIGURES = ROOT / "docs" / "figures"
 REGIONS = ("tc", "wt", "et")
 
-#: OGM-GE's heads trained at every iteration (the bundle trains them every 4th)
-EVERY1 = ["--methods#ogmge#observe_every", "1"]
-#: OGM-GE's heads trained and scored on every voxel (the bundle uses one voxel in 8 per step); the
-#: variants defined before the bundle's OGM-GE took the sub-lattice keep their meaning with it
-ALL_VOXELS = ["--methods#ogmge#sublattice", "False"]
-#: method -> (extra config files, bundle overrides)
-METHODS: dict[str, tuple[list[str], list[str]]] = {
-    "joint": ([], ["--method", "joint"]),
-    "cggm": ([], ["--method", "cggm"]),
-    "cggm_magnitude": ([], ["--method", "cggm", "--methods#cggm#direction", "off"]),
-    "cggm_direction": ([], ["--method", "cggm", "--methods#cggm#magnitude", "off"]),
-    "cggm_paper": ([], ["--method", "cggm", "--methods#cggm#preset", "paper"]),
-    "ogmge": ([], ["--method", "ogmge"]),
-    "moddrop": ([], ["--method", "joint", "--modality_dropout", "0.5"]),
-    "moddrop_p25": ([], ["--method", "joint", "--modality_dropout", "0.25"]),
-    "cggm_moddrop": ([], ["--method", "cggm", "--modality_dropout", "0.5"]),
-    "early_fusion": (["early_fusion.json"], []),
-    **{f"unimodal_{s}": (["unimodal.json"], ["--sequences", f"['{s}']"]) for s in SEQUENCES},
-    "cggm_level0": ([], ["--method", "cggm", "--head_level", "0"]),
-    "ogmge_every1": ([], ["--method", "ogmge", *EVERY1, *ALL_VOXELS]),
-    "ogmge_level1": ([], ["--method", "ogmge", "--head_level", "1", *EVERY1, *ALL_VOXELS]),
-    "ogmge_level1_full": (
-        [],
-        ["--method", "ogmge", "--head_level", "1", "--methods#ogmge#score_at", "full", *EVERY1, *ALL_VOXELS],
-    ),
-    "cggm_every4": ([], ["--method", "cggm", "--methods#cggm#observe_every", "4"]),
-    "ogmge_every8": ([], ["--method", "ogmge", "--methods#ogmge#observe_every", "8", *ALL_VOXELS]),
-    "ogmge_all_voxels": ([], ["--method", "ogmge", *ALL_VOXELS]),
-    "cggm_sublattice": ([], ["--method", "cggm", "--methods#cggm#sublattice", "True"]),
-}
-#: the methods of a default run (the others are opt-in: ``--methods ... moddrop_p25``)
-OPT_IN = (
-    "moddrop_p25",
-    "cggm_level0",
-    "ogmge_every1",
-    "ogmge_level1",
-    "ogmge_level1_full",
-    "cggm_every4",
-    "ogmge_every8",
-    "ogmge_all_voxels",
-    "cggm_sublattice",
-)
-DEFAULT_METHODS = [m for m in METHODS if m not in OPT_IN]
-#: the default budgets of the methods whose validation curves need more than ``--epochs`` to flatten
+#: the variants of a default run; the others are opt-in (``--methods ... moddrop_p25``)
+DEFAULT_METHODS = default_names(VARIANTS)
+OPT_IN = tuple(name for name in VARIANTS if name not in DEFAULT_METHODS)
+#: the default budgets of the variants whose validation curves need more than ``--epochs`` to flatten
 DEFAULT_METHOD_EPOCHS = [("moddrop", 150), ("moddrop_p25", 150), ("cggm_moddrop", 150)]
-#: methods run with the first seed only by default (baselines that say what the data allow)
+#: variants run with the first seed only by default (baselines that say what the data allow)
 SINGLE_SEED = ("early_fusion", *(f"unimodal_{s}" for s in SEQUENCES))
 
 
@@ -131,18 +71,16 @@ def epochs_of(method: str, args: argparse.Namespace) -> int:
 def method_epochs(text: str) -> tuple[str, int]:
     """``METHOD=EPOCHS`` of ``--method-epochs``, checked."""
     method, sep, epochs = text.partition("=")
-    if not sep or method not in METHODS or not epochs.isdigit() or int(epochs) < 1:
+    if not sep or method not in VARIANTS or not epochs.isdigit() or int(epochs) < 1:
         raise argparse.ArgumentTypeError(
-            f"expected METHOD=EPOCHS with METHOD one of {', '.join(METHODS)} and EPOCHS >= 1, got {text!r}"
+            f"expected METHOD=EPOCHS with METHOD one of {', '.join(VARIANTS)} and EPOCHS >= 1, got {text!r}"
         )
     return method, int(epochs)
 
 
 def bundle_command(method: str, seed: int, args: argparse.Namespace) -> list[str]:
-    files, overrides = METHODS[method]
-    configs = [str(BUNDLE), *(str(BUNDLE.parent / f) for f in files)]
-    config = configs[0] if len(configs) == 1 else str(configs)
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
+    """``python -m monai.bundle run`` with the variant's config files and overrides, then the run's own."""
+    command = [sys.executable, "-m", "monai.bundle", "run", *bundle_arguments(VARIANTS[method])]
     command += [
         "--run_name", run_name(method, seed),
         "--bundle_root", str(args.out),
@@ -270,85 +208,113 @@ def measures(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.pstdev(values):.3f}"
-
-
-def paired(records: list[dict], joint: dict[int, dict], key: str) -> str:
-    diffs = [
-        r["m"][key] - joint[r["seed"]]["m"][key] for r in records if r["seed"] in joint and key in r["m"]
-    ]
-    if not diffs:
-        return "-"
-    if len(diffs) == 1:
-        return f"{diffs[0]:+.3f}"
-    return f"{statistics.fmean(diffs):+.3f} ± {statistics.pstdev(diffs):.3f}"
-
-
-def tables(records: list[dict], methods: list[str]) -> list[str]:
+def summarize(records: list[dict], methods: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The results of ``records`` as data (``docs/results/balance.json``, see ``scripts/results.py``):
+    per variant its seeds, epochs and minutes per run, each figure of :func:`measures` and the
+    subset / all ratio over the seeds, the paired differences to joint of the mean and 15-subset
+    Dice, and the least-used sequence's Shapley value (joint's lowest) against joint's."""
     for r in records:
         r["m"] = measures(r["metrics"])
-    by_method = {m: [r for r in records if r["method"] == m] for m in methods}
-    joint = {r["seed"]: r for r in by_method.get("joint", [])}
-    lines = [
-        "| method | seeds | Dice TC | Dice WT | Dice ET | mean | Δ mean vs joint | 15-subset mean "
-        "| Δ subset vs joint | subset / all | weakest head | epochs | minutes per run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        if "subset_mean" in r["m"]:
+            r["m"]["subset_ratio"] = r["m"]["subset_mean"] / r["m"]["dice_mean"]
+    by_method = {
+        m: sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"]) for m in methods
+    }
+    joint = {r["seed"]: r["m"] for r in by_method.get("joint", [])}
+    joint_shapley = (
+        {s: statistics.fmean(m[f"shapley_{s}"] for m in joint.values()) for s in SEQUENCES} if joint else {}
+    )
+    least = min(joint_shapley, key=joint_shapley.get) if joint_shapley else None
+    variants = {}
     for method, rs in by_method.items():
         if not rs:
             continue
-        col = {k: mean_std([r["m"].get(k, math.nan) for r in rs]) for k in rs[0]["m"]}
-        ratio = mean_std([r["m"]["subset_mean"] / r["m"]["dice_mean"] for r in rs if "subset_mean" in r["m"]])
-        minutes = statistics.fmean(r["seconds"] for r in rs) / 60
-        delta_mean = paired(rs, joint, "dice_mean") if method != "joint" else ""
-        delta_subset = paired(rs, joint, "subset_mean") if method != "joint" else ""
-        lines.append(
-            f"| {method} | {len(rs)} | {col['dice_tc']} | {col['dice_wt']} | {col['dice_et']} "
-            f"| {col['dice_mean']} | {delta_mean} | {col.get('subset_mean', '-')} | {delta_subset} "
-            f"| {ratio} | {col.get('weakest_head', '-')} | {rs[0]['epochs']} | {minutes:.1f} |"
-        )
-    lines += [
+        seeds = [r["seed"] for r in rs]
+        keys = dict.fromkeys(k for r in rs for k in r["m"])
+        seconds = [r["seconds"] for r in rs if not math.isnan(r["seconds"])]
+        variant: dict[str, Any] = {
+            "description": VARIANTS[method].description,
+            "seeds": seeds,
+            "epochs": rs[0]["epochs"],
+            "minutes_per_run": statistics.fmean(seconds) / 60 if seconds else None,
+            "metrics": {k: stat([r["m"].get(k, math.nan) for r in rs]) for k in keys},
+        }
+        if method != "joint":
+            variant["vs_joint"] = {
+                k: paired_stat(
+                    {r["seed"]: r["m"].get(k, math.nan) for r in rs},
+                    {s: m.get(k, math.nan) for s, m in joint.items()},
+                    seeds,
+                )
+                for k in ("dice_mean", "subset_mean")
+            }
+        if (
+            least
+            and all(f"shapley_{s}" in r["m"] for r in rs for s in SEQUENCES)
+            and joint_shapley[least] > 0
+        ):
+            variant["least_used_vs_joint"] = (
+                statistics.fmean(r["m"][f"shapley_{least}"] for r in rs) / joint_shapley[least]
+            )
+        variants[method] = variant
+    return {
+        "benchmark": "bench_balance",
+        "source": f"scripts/bench_balance.py, runs read on {time.strftime('%Y-%m-%d')}",
+        "settings": {
+            "data": f"--dataset_dir {args.dataset_dir}"
+            if args.dataset_dir
+            else f"the phantom, {args.cases} cases at {args.spacing:g} mm",
+            "split_seed": args.split_seed,
+            "fractions": list(args.fractions),
+            "roi": args.roi,
+            "val_interval": args.val_interval,
+            "seeds": args.seeds,
+            "reproduce": reproduce_command(),
+        },
+        "sequences": list(SEQUENCES),
+        "least_used": least,
+        "best_member_subset_mean": best_member_subset_mean(variants),
+        "variants": variants,
+    }
+
+
+def best_member_subset_mean(variants: dict[str, dict]) -> float | None:
+    """The mean over the 15 subsets of the sequences when each subset is scored by its best member
+    alone (the unimodal variants' mean Dice); ``None`` without every unimodal variant."""
+    alone = {
+        s: variants[f"unimodal_{s}"]["metrics"]["dice_mean"]["mean"]
+        for s in SEQUENCES
+        if f"unimodal_{s}" in variants
+    }
+    if len(alone) != len(SEQUENCES):
+        return None
+    from cggm_seg.evaluation.audit import sequence_subsets
+
+    return statistics.fmean(max(alone[s] for s in subset) for subset in sequence_subsets(SEQUENCES))
+
+
+def tables(summary: dict[str, Any], records: list[dict], methods: list[str]) -> list[str]:
+    """The main and Shapley tables of ``summary`` (as ``docs/results.md`` shows them), each seed's
+    Dice, what the heads saw, when CGGM's B acted, and the best-member reference."""
+    by_method = {
+        m: sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"]) for m in methods
+    }
+    lines = [
+        *balance_table(summary),
         "",
         "Shapley value of each sequence for the mean Dice (exact, over the 16 coalitions; they sum to the "
         "all-sequence mean Dice):",
         "",
-        "| method | " + " | ".join(SEQUENCES) + " | least-used sequence | its value / joint's |",
-        "|---|" + "---|" * (len(SEQUENCES) + 2),
+        *shapley_table(summary),
     ]
-    joint_shapley = (
-        {s: statistics.fmean(r["m"][f"shapley_{s}"] for r in joint.values()) for s in SEQUENCES}
-        if joint
-        else {}
-    )
-    least = min(joint_shapley, key=joint_shapley.get) if joint_shapley else None
-    for method, rs in by_method.items():
-        if not rs or any(f"shapley_{q}" not in rs[0]["m"] for q in SEQUENCES):  # unimodal: one sequence
-            continue
-        means = {s: statistics.fmean(r["m"][f"shapley_{s}"] for r in rs) for s in SEQUENCES}
-        cells = [mean_std([r["m"][f"shapley_{s}"] for r in rs]) for s in SEQUENCES]
-        gain = f"{means[least] / joint_shapley[least]:.2f}x" if least and joint_shapley[least] > 0 else "-"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {least or '-'} | {gain} |")
     lines += seed_table(by_method)
     lines += signal_table(by_method)
     lines += acting_table(by_method)
-    alone = {}  # sequence -> its unimodal run's mean Dice
-    for s in SEQUENCES:
-        if by_method.get(f"unimodal_{s}"):
-            alone[s] = statistics.fmean(r["m"]["dice_mean"] for r in by_method[f"unimodal_{s}"])
-    if len(alone) == len(SEQUENCES):
-        from cggm_seg.evaluation.audit import sequence_subsets
-
-        best = [max(alone[s] for s in subset) for subset in sequence_subsets(SEQUENCES)]
+    if summary["best_member_subset_mean"] is not None:
         lines += [
             "",
             "Reference: each subset scored by its best member alone (the unimodal rows): mean over the "
-            f"{len(best)} subsets {statistics.fmean(best):.3f}.",
+            f"15 subsets {summary['best_member_subset_mean']:.3f}.",
         ]
     return lines
 
@@ -390,7 +356,7 @@ def acting_table(by_method: dict[str, list[dict]]) -> list[str]:
             "-" if math.isnan(r["signal"]["first_acting"]) else f"{r['signal']['first_acting']:.0f}"
             for r in rs
         )
-        means = [mean_std([r["signal"][f"acting_{s}"] for r in rs]) for s in SEQUENCES]
+        means = [cell(stat([r["signal"][f"acting_{s}"] for r in rs])) for s in SEQUENCES]
         rows.append(f"| {method} | {iterations} | {first} | " + " | ".join(means) + " |")
     if not rows:
         return []
@@ -418,9 +384,9 @@ def signal_table(by_method: dict[str, list[dict]]) -> list[str]:
             continue
         eps = {s: statistics.fmean(r["signal"][f"eps_{s}"] for r in rs) for s in SEQUENCES}
         orders = sorted({score_order({s: r["signal"][f"eps_{s}"] for s in SEQUENCES}) for r in rs})
-        b = [mean_std([r["signal"].get(f"B_{s}", math.nan) for r in rs]) for s in SEQUENCES]
+        b = [cell(stat([r["signal"].get(f"B_{s}", math.nan) for r in rs])) for s in SEQUENCES]
         summaries = [r["metrics"]["summary"] for r in rs]
-        heads = [mean_std([m[f"head_dice_{s}_mean"]["mean"] for m in summaries]) for s in SEQUENCES]
+        heads = [cell(stat([m[f"head_dice_{s}_mean"]["mean"] for m in summaries])) for s in SEQUENCES]
         rows.append(
             f"| {method} | {score_order(eps)} | {'; '.join(orders)} | "
             + " | ".join(f"{eps[s]:.3f}" for s in SEQUENCES)
@@ -507,7 +473,14 @@ def plot_shapley_groups(records: list[dict], methods: list[str], png: Path) -> N
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    listing = "\n".join(
+        f"  {name}{'' if v.default else ' (opt-in)'}: {v.description}" for name, v in VARIANTS.items()
+    )
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="variants (scripts/variants.py):\n" + listing,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--dataset_dir", type=Path, help="a BraTS folder (any layout the toolkit reads); default: phantom"
     )
@@ -520,7 +493,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method-epochs", type=method_epochs, nargs="+", default=DEFAULT_METHOD_EPOCHS,
         metavar="METHOD=EPOCHS",
-        help="a longer (or shorter) budget for some methods, e.g. moddrop=150 for methods that make "
+        help="a longer (or shorter) budget for some variants, e.g. moddrop=150 for variants that make "
         "the task harder and need more epochs to flatten (the curves plot shows whether they did); "
         "default: moddrop, moddrop_p25 and cggm_moddrop 150 (a list given here replaces the default)",
     )  # fmt: skip
@@ -534,8 +507,8 @@ def parser() -> argparse.ArgumentParser:
         help="split fractions (default 0.55 0.15 0.3: 20 / 7 / 13 of 40 phantom cases)",
     )  # fmt: skip
     p.add_argument(
-        "--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
-        help="methods to run (default: all but " + ", ".join(OPT_IN) + ")",
+        "--methods", nargs="+", default=DEFAULT_METHODS, choices=list(VARIANTS), metavar="VARIANT",
+        help="variants to run (default: all but " + ", ".join(OPT_IN) + ")",
     )  # fmt: skip
     p.add_argument(
         "--all-seeds", action="store_true", help="run the unimodal and early-fusion baselines on every seed"
@@ -543,12 +516,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2: one per core)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_balance", help="benchmark folder")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--no-doc", action="store_true", help="print the tables only")
+    p.add_argument(
+        "--results", type=Path, default=None,
+        help="the results file (default docs/results/balance.json; for another section "
+        "balance_<section>.json)",
+    )  # fmt: skip
+    p.add_argument("--doc", type=Path, default=None, help="the full tables' page (default --out/report.md)")
+    p.add_argument("--no-doc", action="store_true", help="print the tables only: write no file, no plot")
     p.add_argument(
         "--section",
         default="main",
-        help="the section of --doc to write (default: main); another name writes its own section and plots",
+        help="the section to write (default: main); another name writes its own results file, section "
+        "and plots",
     )
     return p
 
@@ -556,6 +535,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.out = args.out.resolve()
+    section = "" if args.section == "main" else f"_{args.section}"
+    args.results = args.results or RESULTS / f"balance{section}.json"
+    args.doc = args.doc or args.out / "report.md"
     jobs = [
         (method, seed)
         for seed in args.seeds
@@ -565,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     # The phantom is generated once, before the parallel runs (each would otherwise wait on it).
     if not args.dataset_dir:
         sys.path.insert(0, str(ROOT))
-        from cggm_seg.data.prepare import default_phantom_dir, prepare_dataset
+        from cggm_seg.apps.brats.prepare import default_phantom_dir, prepare_dataset
 
         os.environ["CGGM_SEG_CACHE"] = str(args.out / "cache")
         phantom = default_phantom_dir(args.cases, 0, "brats2021", args.spacing)
@@ -593,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     wall = time.monotonic() - started
     methods = [m for m in args.methods if any(r["method"] == m for r in records)]
-    body = tables(records, methods)
+    summary = summarize(records, methods, args)
+    body = tables(summary, records, methods)
     if failed:
         body += [
             "",
@@ -603,14 +586,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(body))
     if args.no_doc:
         return 0
-    docs = args.doc.parent
-    plot_curves(records, methods, docs / png_name(args, "curves"))
-    plot_shapley_groups(records, methods, docs / png_name(args, "shapley"))
+    write_results(args.results, summary)
+    print(f"wrote {args.results}")
+    plot_curves(records, methods, FIGURES / png_name(args, "curves"))
+    plot_shapley_groups(records, methods, FIGURES / png_name(args, "shapley"))
     plots = ["curves", "shapley"]
     for method in (m for m in methods if m.startswith("cggm")):  # every CGGM variant's B, seed 0
         balance_png = args.out / "runs" / run_name(method, args.seeds[0]) / "balance.png"
         if balance_png.is_file() and (method == "cggm" or args.section != "main"):
-            shutil.copy(balance_png, docs / png_name(args, f"{method}_B"))
+            shutil.copy(balance_png, FIGURES / png_name(args, f"{method}_B"))
             plots.append(f"{method}_B")
     run_minutes = sum(r["seconds"] for r in records if not math.isnan(r["seconds"])) / 60
     default = sum(
@@ -618,16 +602,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     body += [
         "",
-        f"A default run (every method but {', '.join(OPT_IN)}): {default / 60:.0f} run-minutes by these "
+        f"A default run (every variant but {', '.join(OPT_IN)}): {default / 60:.0f} run-minutes by these "
         "runs' times.",
     ]
-    section = render(args, body, wall, len(jobs), run_minutes, plots)
+    text = render(args, body, wall, len(jobs), run_minutes, plots)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_overhead import update_doc
 
-    update_doc(args.doc, section, *markers(args.section))
+    update_doc(args.doc, text, *markers(args.section))
     print(f"wrote {args.doc}")
     return 0
+
+
+def reproduce_command() -> str:
+    return "python scripts/bench_balance.py " + (" ".join(sys.argv[1:]) or "(defaults)")
 
 
 def markers(section: str = "main") -> tuple[str, str]:
@@ -648,14 +636,11 @@ def png_name(args: argparse.Namespace, what: str) -> str:
 #: the headings of the sections other than the main one (others: "bench_balance, section `name`")
 SECTION_TITLES = {
     "heads": "Half- against full-resolution heads",
-    "ogmge_heads": "OGM-GE's half-resolution heads, scored at their resolution or at full resolution",
     "ogmge_every4": "OGM-GE's full-resolution heads trained every 4th iteration",
-    "cggm_every4": "CGGM's heads, B and direction term every 4th iteration",
     "ogmge_every8": "OGM-GE's full-resolution heads trained every 8th iteration",
     "ogmge_sublattice": (
         "OGM-GE's full-resolution heads trained and scored on one voxel in 8 (the bundle's OGM-GE)"
     ),
-    "cggm_sublattice": "CGGM's half-resolution heads trained and scored on one voxel in 8 of their grid",
 }
 PLOT_TITLES = {
     "curves": "validation curves",
@@ -680,7 +665,7 @@ def render(
         if args.dataset_dir
         else f"the phantom, {args.cases} cases at {args.spacing:g} mm"
     )
-    flags = " ".join(a for a in sys.argv[1:]) or "(defaults)"
+    figures = Path(os.path.relpath(FIGURES, args.doc.resolve().parent))
     return "\n".join(
         [
             markers(args.section)[0],
@@ -701,12 +686,12 @@ def render(
             "include data loading, validation and the 16-pass test audit). Dice is case-level 3D Dice on "
             "full volumes (sliding window); the subset mean is over the 15 non-empty subsets of the "
             "sequences, missing ones zero-filled after intensity normalisation. Mean ± std over seeds; "
-            "Δ = paired difference to joint training of the same seed.",
+            "Δ = paired difference to joint training of the same seed. Variants: `scripts/variants.py`.",
             "",
             *body,
             "",
-            *[line for p in plots for line in (f"![{plot_title(p)}]({png_name(args, p)})", "")],
-            f"Reproduce: `python scripts/bench_balance.py {flags}`",
+            *[line for p in plots for line in (f"![{plot_title(p)}]({figures / png_name(args, p)})", "")],
+            f"Reproduce: `{reproduce_command()}`",
             markers(args.section)[1],
         ]
     )

@@ -2,10 +2,11 @@
 
 OGM-GE adds ``h ~ N(0, std(g)^2)`` to every gradient tensor of every branch, each iteration of its
 window: one Gaussian value per encoder parameter (1.45 M in 88 tensors for ``cpu_small``). This
-times that phase, and the alternatives tried for it, inside real training steps of
-:class:`~cggm_seg.networks.MultiEncoderSegNet` (zero_grad, forward, loss, backward, the variant,
-SGD step), round-robin, one step of each variant in turn on the same model and batches, so that
-a busy machine slows them alike and the gradients are real ones:
+times that phase, and the alternatives tried for it, inside real training steps of the BraTS
+bundle's network, loss and optimizer with its OGM-GE (variant ``ogmge``, built by
+``bench_overhead.build_variant``; zero_grad, forward, loss, backward, the variant, SGD step),
+round-robin, one step of each variant in turn on the same model and batches, so that a busy
+machine slows them alike and the gradients are real ones:
 
 - ``none``: no noise (the step a joint method takes);
 - ``toolkit``: :meth:`cggm_seg.balancing.OGMGE.apply_magnitude` with ``k = (0.5, 1, 1, 1)``, what
@@ -48,12 +49,11 @@ import monai
 import numpy as np
 import torch
 
-from cggm_seg.balancing import OGMGE, HeadTrainer
-from cggm_seg.balancing.branches import branch_parameters
-from cggm_seg.networks import MultiEncoderSegNet, make_heads
+from cggm_seg.balancing import OGMGE, branch_parameters
+from cggm_seg.networks import MultiEncoderSegNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import make_batches, make_loss, update_doc  # noqa: E402
+from bench_overhead import build_variant, make_batches, update_doc  # noqa: E402
 
 VARIANTS: dict[str, str] = {
     "none": "no noise (joint's step)",
@@ -68,7 +68,7 @@ VARIANTS: dict[str, str] = {
 }
 
 
-def build_variants(ogm: OGMGE, seed: int) -> dict[str, Callable[[], None]]:
+def build_variants(ogm: OGMGE, optimizer: torch.optim.Optimizer, seed: int) -> dict[str, Callable[[], None]]:
     """The noise phase of each variant, on the gradients of ``ogm``'s branches."""
     branches = ogm.params_by_modality
     generator = torch.Generator().manual_seed(seed)
@@ -80,7 +80,7 @@ def build_variants(ogm: OGMGE, seed: int) -> dict[str, Callable[[], None]]:
     pool = ThreadPoolExecutor(2)
 
     def toolkit() -> None:
-        ogm.apply_magnitude(0)
+        ogm.apply_magnitude(optimizer, epoch=0)
 
     def std() -> None:
         for params in branches.values():
@@ -150,18 +150,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 def time_variants(args: argparse.Namespace, group: str) -> dict[str, list[tuple[float, float]]]:
     """Per variant of ``group``, (phase seconds, step seconds) of each measured step."""
-    torch.manual_seed(args.seed)
     device = torch.device("cpu")
-    model = MultiEncoderSegNet.from_preset("cpu_small", cpu_fast_paths=True)
-    heads = make_heads("segmentation", model)
-    trainer = HeadTrainer(heads, make_loss(), torch.optim.SGD(heads.parameters(), lr=1e-2))
-    ogm = OGMGE(model, trainer, seed=args.seed)
+    built = build_variant("ogmge", "cpu_small", device, args.seed)  # the bundle's OGM-GE
+    model, loss_fn, optimizer, ogm = built.network, built.loss, built.optimizer, built.method
     ogm.remove()  # the heads are not trained here: only the modulation is timed
     ogm.k = torch.tensor([0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    loss_fn = make_loss()
     batches = make_batches(args.crop, 1, device, args.seed)
-    variants = build_variants(ogm, args.seed)
+    variants = build_variants(ogm, optimizer, args.seed)
     names = list(GROUPS[group])
     measured: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for i in range(args.warmup + args.steps):
@@ -203,8 +198,8 @@ def markdown(args: argparse.Namespace, measured: dict[str, dict[str, list[list[f
         "",
         f"Settings: `cpu_small` MultiEncoderSegNet (encoders: {n_values / 1e6:.2f} M parameters in "
         f"{n_tensors} tensors, one noise value each), crop "
-        f"{args.crop}^3, batch 1, SGD (momentum 0.9), {args.warmup} warm-up and {args.steps} measured "
-        "steps per variant, round-robin.",
+        f"{args.crop}^3, batch 1, the bundle's loss and optimizer (SGD, momentum 0.9), {args.warmup} "
+        f"warm-up and {args.steps} measured steps per variant, round-robin.",
         "",
         "| process | variant | noise phase, median (ms) | step, median (ms) | step ratio to no noise |",
         "|---|---|---|---|---|",
@@ -232,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="unmeasured steps per variant first (default 3)")
     p.add_argument("--crop", type=int, default=64, help="cubic crop edge (default 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+    p.add_argument(
+        "--doc",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "runs" / "bench_ge_noise" / "report.md",
+        help="the page of the table (default runs/bench_ge_noise/report.md)",
+    )
     p.add_argument("--no-doc", action="store_true", help="print the table only")
     p.add_argument("--child", choices=sorted(GROUPS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

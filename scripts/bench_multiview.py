@@ -1,22 +1,19 @@
-"""Does balancing help on classification and regression? joint vs OGM-GE vs CGGM on the shipped datasets.
+"""Does balancing help on classification and regression? The multi-view variants on the shipped datasets.
 
-Every run is the multi-view bundle itself (``bundles/multiview_cggm.json``), run in-process through
-``monai.bundle.ConfigWorkflow``: trained with the best-on-validation checkpoint kept, then
-evaluated once on the test split with the missing-view audit. Methods:
+Every run is the multi-view bundle itself (``bundles/multiview_cggm.json``) in one of the variants
+of ``scripts/variants.py`` (``MULTIVIEW_VARIANTS``: joint, OGM-GE, CGGM and its ablations; ``--help``
+lists them), run in-process through ``monai.bundle.ConfigWorkflow``: trained with the
+best-on-validation checkpoint kept, then evaluated once on the test split with the missing-view
+audit.
 
-- ``joint``: the multi-encoder network, plain loss (the light heads only observe);
-- ``ogmge``: OGM-GE (alpha 0.8, GE noise, first half of the epochs);
-- ``cggm``: CGGM with the toolkit's default (trend) signal, magnitude ``grad`` + direction ``gradient``
-  (rho 1.3, lambda 0.2, the paper's CMU-MOSI / IEMOCAP values);
-- ``cggm_magnitude`` / ``cggm_direction``: CGGM with only one of its two parts;
-- ``cggm_paper``: CGGM with the paper's bare per-iteration formula (``preset="paper"``).
-
-Each seed k draws its own stratified split (``split_seed = k``) and initialisation; every method
+Each seed k draws its own stratified split (``split_seed = k``) and initialisation; every variant
 sees the same split and initial weights for a seed, so the differences to joint are paired.
-Results (mean +- std over seeds, paired differences to joint) go to ``docs/benchmarks.md``
-between markers, with the validation curves of every run.
+Results: ``docs/results/multiview.json`` (per dataset and variant: seeds, each seed's figures,
+their mean and std, the paired differences to joint, seconds per run), which
+``scripts/render_results.py`` puts in ``docs/results.md``; the tables also go to
+``--out/report.md``, the validation curves of every run to ``docs/figures/``.
 
-    python scripts/bench_multiview.py                      # 3 datasets x 6 methods x 5 seeds
+    python scripts/bench_multiview.py                      # 3 datasets x 6 variants x 5 seeds
     python scripts/bench_multiview.py --datasets digits --seeds 0 1 --epochs 60
 """
 
@@ -37,20 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's cggm_seg, even where another one is installed
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_balance import mean_std, paired  # noqa: E402  (the same summaries as the BraTS benchmark)
+from render_results import cell, delta  # noqa: E402
+from results import RESULTS, paired_stat, stat, write_results  # noqa: E402
+from variants import MULTIVIEW_VARIANTS  # noqa: E402
 
-BUNDLE = ROOT / "bundles" / "multiview_cggm.json"
+FIGURES = ROOT / "docs" / "figures"
 DATASETS = ("digits", "breast_cancer", "diabetes")
-
-#: method -> bundle overrides
-METHODS: dict[str, dict[str, Any]] = {
-    "joint": {"method": "joint"},
-    "ogmge": {"method": "ogmge"},
-    "cggm": {"method": "cggm"},
-    "cggm_magnitude": {"method": "cggm", "methods#cggm#direction": "off"},
-    "cggm_direction": {"method": "cggm", "methods#cggm#magnitude": "off"},
-    "cggm_paper": {"method": "cggm", "methods#cggm#preset": "paper"},
-}
 #: the headline metric of each dataset's table, and a second one
 SECOND = {"accuracy": "f1_macro", "r2": "mae"}
 
@@ -70,8 +59,9 @@ def run_one(dataset: str, method: str, seed: int, out: str, epochs: int) -> dict
 
         torch.set_num_threads(1)
         folder.mkdir(parents=True, exist_ok=True)
+        variant = MULTIVIEW_VARIANTS[method]
         overrides = {
-            **METHODS[method],
+            **variant.overrides,
             "dataset": dataset,
             "seed": seed,
             "epochs": epochs,
@@ -87,7 +77,7 @@ def run_one(dataset: str, method: str, seed: int, out: str, epochs: int) -> dict
             contextlib.redirect_stderr(log),
         ):
             workflow = ConfigWorkflow(
-                config_file=str(BUNDLE), workflow_type="train", logging_file=False, **overrides
+                config_file=variant.config_file, workflow_type="train", logging_file=False, **overrides
             )
             workflow.initialize()
             workflow.run()
@@ -128,45 +118,87 @@ def measures(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def dataset_table(dataset: str, records: list[dict], methods: list[str]) -> list[str]:
-    rs_all = [r for r in records if r["dataset"] == dataset]
-    if not rs_all:
-        return []
-    for r in rs_all:
-        r["m"] = measures(r["metrics"])
-    first = rs_all[0]["metrics"]
-    main = first["missing_views"]["main_metric"]
-    second = SECOND[main]
-    views = list(first["views"])
-    by_method = {m: [r for r in rs_all if r["method"] == m] for m in methods}
-    joint = {r["seed"]: r for r in by_method.get("joint", [])}
-    lines = [
-        f"### {dataset} ({first['task']}; views {', '.join(views)}; "
-        f"{first['num_samples']} test samples per seed)",
-        "",
-        f"| method | seeds | {main} | Δ {main} vs joint | {second} | Δ {second} | subset mean ({main}) "
-        f"| Δ subset | weakest head ({main}) | Δ weakest head | "
-        + " | ".join(f"Shapley {v}" for v in views)
-        + " | seconds per run |",
-        "|---|" + "---|" * (10 + len(views)),
-    ]
-    for method, rs in by_method.items():
-        if not rs:
+def summarize(records: list[dict], datasets: list[str], methods: list[str]) -> dict[str, Any]:
+    """The results of ``records`` as data (``docs/results/multiview.json``, see ``scripts/results.py``):
+    per dataset its task, views and metrics, and per variant its seeds, seconds per run, each figure
+    of :func:`measures` over the seeds and the paired differences to joint."""
+    out: dict[str, Any] = {}
+    for dataset in datasets:
+        rs_all = [r for r in records if r["dataset"] == dataset]
+        if not rs_all:
             continue
-        cell = {k: mean_std([r["m"][k] for r in rs]) for k in rs[0]["m"]}
-        d = {
-            k: paired(rs, joint, k) if method != "joint" else ""
-            for k in (main, second, "subset_mean", "weakest_head")
+        first = rs_all[0]["metrics"]
+        main = first["missing_views"]["main_metric"]
+        variants = {}
+        by_method = {
+            m: sorted((r for r in rs_all if r["method"] == m), key=lambda r: r["seed"]) for m in methods
         }
-        seconds = [r["seconds"] for r in rs if not math.isnan(r["seconds"])]
-        timing = f"{statistics.fmean(seconds):.0f}" if seconds else "-"
-        lines.append(
-            f"| {method} | {len(rs)} | {cell[main]} | {d[main]} | {cell[second]} | {d[second]} "
-            f"| {cell['subset_mean']} | {d['subset_mean']} | {cell['weakest_head']} | {d['weakest_head']} | "
-            + " | ".join(cell[f"shapley_{v}"] for v in views)
-            + f" | {timing} |"
-        )
-    return lines + [""]
+        joint = {r["seed"]: measures(r["metrics"]) for r in by_method.get("joint", [])}
+        for method, rs in by_method.items():
+            if not rs:
+                continue
+            figures = {r["seed"]: measures(r["metrics"]) for r in rs}
+            seeds = [r["seed"] for r in rs]
+            seconds = [r["seconds"] for r in rs if not math.isnan(r["seconds"])]
+            variant: dict[str, Any] = {
+                "description": MULTIVIEW_VARIANTS[method].description,
+                "seeds": seeds,
+                "seconds_per_run": statistics.fmean(seconds) if seconds else None,
+                "metrics": {k: stat([figures[s].get(k, math.nan) for s in seeds]) for k in figures[seeds[0]]},
+            }
+            if method != "joint":
+                variant["vs_joint"] = {
+                    k: paired_stat(
+                        {s: f.get(k, math.nan) for s, f in figures.items()},
+                        {s: f.get(k, math.nan) for s, f in joint.items()},
+                        seeds,
+                    )
+                    for k in (main, SECOND[main], "subset_mean", "weakest_head")
+                }
+            variants[method] = variant
+        out[dataset] = {
+            "task": first["task"],
+            "views": list(first["views"]),
+            "main_metric": main,
+            "second_metric": SECOND[main],
+            "test_samples": first["num_samples"],
+            "variants": variants,
+        }
+    return out
+
+
+def dataset_tables(summary: dict[str, Any]) -> list[str]:
+    """One table per dataset: the main and second metric, the subset mean, the weakest head and the
+    Shapley value of each view, with the paired differences to joint (empty in joint's row)."""
+    lines: list[str] = []
+    for dataset, d in summary["datasets"].items():
+        main, second, views = d["main_metric"], d["second_metric"], d["views"]
+        lines += [
+            f"### {dataset} ({d['task']}; views {', '.join(views)}; "
+            f"{d['test_samples']} test samples per seed)",
+            "",
+            f"| method | seeds | {main} | Δ {main} vs joint | {second} | Δ {second} | subset mean ({main}) "
+            f"| Δ subset | weakest head ({main}) | Δ weakest head | "
+            + " | ".join(f"Shapley {view}" for view in views)
+            + " | seconds per run |",
+            "|---|" + "---|" * (10 + len(views)),
+        ]
+        for name, v in d["variants"].items():
+            m = v["metrics"]
+            d_of = {
+                k: delta(v["vs_joint"].get(k)) if "vs_joint" in v else ""
+                for k in (main, second, "subset_mean", "weakest_head")
+            }
+            seconds = "-" if v.get("seconds_per_run") is None else f"{v['seconds_per_run']:.0f}"
+            lines.append(
+                f"| {name} | {len(v['seeds'])} | {cell(m.get(main))} | {d_of[main]} | {cell(m.get(second))} "
+                f"| {d_of[second]} | {cell(m.get('subset_mean'))} | {d_of['subset_mean']} "
+                f"| {cell(m.get('weakest_head'))} | {d_of['weakest_head']} | "
+                + " | ".join(cell(m.get(f"shapley_{view}")) for view in views)
+                + f" | {seconds} |"
+            )
+        lines.append("")
+    return lines[:-1]
 
 
 def plot_curves(records: list[dict], datasets: list[str], methods: list[str], png: Path) -> None:
@@ -207,21 +239,47 @@ def markers() -> tuple[str, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    listing = "\n".join(f"  {name}: {v.description}" for name, v in MULTIVIEW_VARIANTS.items())
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="variants (scripts/variants.py, MULTIVIEW_VARIANTS):\n" + listing,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--methods", nargs="+", default=list(MULTIVIEW_VARIANTS), choices=list(MULTIVIEW_VARIANTS),
+        metavar="VARIANT", help="variants to run (default: all)",
+    )  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0-4)")
     p.add_argument("--epochs", type=int, default=40, help="epochs of every run (default 40)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each (default 2)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_multiview", help="benchmark folder")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--no-doc", action="store_true", help="print the tables only")
+    p.add_argument(
+        "--results", type=Path, default=RESULTS / "multiview.json",
+        help="the results file (default docs/results/multiview.json)",
+    )  # fmt: skip
+    p.add_argument("--doc", type=Path, default=None, help="the tables' page (default --out/report.md)")
+    p.add_argument("--no-doc", action="store_true", help="print the tables only: write no file, no plot")
     return p
+
+
+def reproduce_command() -> str:
+    """This invocation, without the flags that say where things are written."""
+    shown, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a in ("--out", "--doc", "--results", "--jobs"):
+            skip = True
+        else:
+            shown.append(a)
+    return "python scripts/bench_multiview.py " + (" ".join(shown) or "(defaults)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.out = args.out.resolve()
+    args.doc = args.doc or args.out / "report.md"
     jobs = [(d, m, s) for s in args.seeds for d in args.datasets for m in args.methods]
     started = time.monotonic()
     records: list[dict] = []
@@ -249,24 +307,22 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - started
     trained = sum(r["seconds"] for r in records if not math.isnan(r["seconds"]))
     methods = [m for m in args.methods if any(r["method"] == m for r in records)]
-    body: list[str] = []
-    for dataset in args.datasets:
-        body += dataset_table(dataset, records, methods)
+    summary = {
+        "benchmark": "bench_multiview",
+        "source": f"scripts/bench_multiview.py, runs read on {time.strftime('%Y-%m-%d')}",
+        "settings": {"epochs": args.epochs, "seeds": args.seeds, "reproduce": reproduce_command()},
+        "datasets": summarize(records, args.datasets, methods),
+    }
+    body = dataset_tables(summary)
     if failed:
-        body += ["Failed runs: " + "; ".join(failed), ""]
+        body += ["", "Failed runs: " + "; ".join(failed)]
     print("\n".join(body))
     if args.no_doc:
         return 0
-    plot_curves(records, args.datasets, methods, args.doc.parent / "bench_multiview_curves.png")
-    shown, skip = [], False
-    for a in sys.argv[1:]:  # the flags that change results, not where they are written
-        if skip:
-            skip = False
-        elif a in ("--out", "--doc", "--jobs"):
-            skip = True
-        else:
-            shown.append(a)
-    flags = " ".join(shown) or "(defaults)"
+    write_results(args.results, summary)
+    print(f"wrote {args.results}")
+    png = FIGURES / "bench_multiview_curves.png"
+    plot_curves(records, args.datasets, methods, png)
     section = "\n".join(
         [
             markers()[0],
@@ -275,18 +331,19 @@ def main(argv: list[str] | None = None) -> int:
             f"The multi-view bundle on the datasets that ship with scikit-learn; every run "
             f"{args.epochs} epochs (batch 32, SGD), best-on-validation checkpoint evaluated once on the "
             f"test split; seeds {args.seeds}, each with its own stratified 60 / 20 / 20 split, shared by "
-            "every method (Δ = paired difference to joint training of the same seed). Subset mean: the "
+            "every variant (Δ = paired difference to joint training of the same seed). Subset mean: the "
             "main metric averaged over every non-empty subset of the views, absent views zero-filled (the "
             "training mean). Shapley values share out the main metric between the views (they sum to its "
             f"value with every view minus its value with none). {len(jobs)} runs, one torch thread each, on "
             f"a {os.cpu_count()}-core machine: {trained / 60:.0f} min of run time in all (the last "
             f"invocation: {wall / 60:.0f} min wall, {args.jobs} at a time; runs already done are read, not "
-            "repeated).",
+            "repeated). Variants: `scripts/variants.py`.",
             "",
             *body,
-            "![validation curves](bench_multiview_curves.png)",
             "",
-            f"Reproduce: `python scripts/bench_multiview.py {flags}`",
+            f"![validation curves]({os.path.relpath(png, args.doc.resolve().parent)})",
+            "",
+            f"Reproduce: `{reproduce_command()}`",
             markers()[1],
         ]
     )

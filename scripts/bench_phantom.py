@@ -1,4 +1,4 @@
-"""Time the phantom generator and record the result in docs/phantom.md.
+"""Time the phantom generator and record the result in docs/data.md.
 
 Generates one warm-up case (it loads the nilearn templates), then ``--cases`` cases, timing the
 generation alone and generation plus writing the NIfTI files, and replaces the section between
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cggm_seg.data.phantom import PhantomConfig, make_phantom_case, phantom_case_ids, write_phantom_case
+from cggm_seg.apps.brats.phantom import PhantomConfig, make_phantom_case, phantom_case_ids, write_phantom_case
 
 BEGIN = "<!-- bench_phantom:begin (written by scripts/bench_phantom.py) -->"
 END = "<!-- bench_phantom:end -->"
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2.0)")
     parser.add_argument("--layout", default="brats2021", choices=["brats2021", "brats2023", "msd"])
-    parser.add_argument(
-        "--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "phantom.md"
-    )
+    parser.add_argument("--doc", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "data.md")
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     if args.cases < 1:

@@ -4,9 +4,7 @@ A 1x1x1 convolution is a matrix product per sample: ``C_out x C_in`` weights tim
 ``C_in x (D * H * W)`` voxels. PyTorch (checked on 2.13) does not run it that way on a CPU: with
 more than one thread it sends it to oneDNN above a small size (``use_mkldnn`` in
 ``aten/src/ATen/native/Convolution.cpp``), and with one thread to its reference im2col kernel. For
-the few channels of the networks here oneDNN is far slower than the matrix product: forward +
-backward of an 8 -> 3 channel 1x1x1 convolution at 64^3, batch 1, took 40 ms on two cores against
-2 ms as a batched matrix product (measured with torch 2.13 on an idle 2-core machine).
+the few channels of the networks here oneDNN is far slower than the matrix product.
 
 :class:`PointwiseConv3d` computes the same convolution with :func:`torch.baddbmm` on a CPU;
 :func:`use_pointwise_convs` swaps it into a built network. On a GPU nothing changes. The result is

@@ -1,0 +1,273 @@
+"""Fill the tables of ``docs/results.md`` from the benchmark results in ``docs/results/*.json``.
+
+Each table sits between two markers of the page, ``<!-- results:NAME:begin -->`` and
+``<!-- results:NAME:end -->``; only what is between them is replaced, the prose around them is
+written by hand. The tables (NAME: the file it reads):
+
+- ``balance``: the BraTS balancing benchmark, one row per variant (``balance.json``);
+- ``shapley``: each sequence's Shapley value for the mean Dice, per variant (``balance.json``);
+- ``overhead``: the step time of each variant against plain training, per configuration, and the
+  worst peak memory (``overhead.json``);
+- ``multiview``: the classification and regression benchmark, each dataset's main metric and the
+  subset means against joint (``multiview.json``).
+
+    python scripts/render_results.py            # fill docs/results.md
+    python scripts/render_results.py --check    # fail if docs/results.md is not up to date; writes nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import RESULTS, read_results  # noqa: E402
+
+__all__ = [
+    "cell",
+    "delta",
+    "balance_table",
+    "shapley_table",
+    "multiview_table",
+    "overhead_table",
+    "TABLES",
+    "fill",
+    "render",
+]
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+#: how a metric is written in a table heading
+METRIC_NAMES = {"r2": "R²"}
+
+
+def cell(value: dict[str, Any] | None) -> str:
+    """A statistic as ``mean ± std`` (three decimals; the mean alone for one seed; ``-`` for none)."""
+    if value is None:
+        return "-"
+    if value["std"] is None:
+        return f"{value['mean']:.3f}"
+    return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def delta(value: dict[str, Any] | None) -> str:
+    """A paired difference as ``+mean ± std`` (``-`` where there is none)."""
+    if value is None:
+        return "-"
+    if value["std"] is None:
+        return f"{value['mean']:+.3f}"
+    return f"{value['mean']:+.3f} ± {value['std']:.3f}"
+
+
+def _delta_of(variant: dict[str, Any], key: str) -> str:
+    """The variant's paired difference to joint on ``key`` (empty for joint itself)."""
+    if "vs_joint" not in variant:
+        return ""
+    return delta(variant["vs_joint"].get(key))
+
+
+def balance_table(data: dict[str, Any]) -> list[str]:
+    """The BraTS benchmark's main table: Dice per region, the 15-subset mean, the weakest head."""
+    lines = [
+        "| method | seeds | Dice TC | Dice WT | Dice ET | mean | Δ mean vs joint | 15-subset mean "
+        "| Δ subset vs joint | subset / all | weakest head | epochs | minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in data["variants"].items():
+        m = v["metrics"]
+        minutes = "-" if v.get("minutes_per_run") is None else f"{v['minutes_per_run']:.1f}"
+        lines.append(
+            f"| {name} | {len(v['seeds'])} | {cell(m.get('dice_tc'))} | {cell(m.get('dice_wt'))} "
+            f"| {cell(m.get('dice_et'))} | {cell(m.get('dice_mean'))} | {_delta_of(v, 'dice_mean')} "
+            f"| {cell(m.get('subset_mean'))} | {_delta_of(v, 'subset_mean')} | {cell(m.get('subset_ratio'))} "
+            f"| {cell(m.get('weakest_head'))} | {v['epochs']} | {minutes} |"
+        )
+    return lines
+
+
+def shapley_table(data: dict[str, Any]) -> list[str]:
+    """Each sequence's Shapley value for the mean Dice, per variant with every sequence, and the
+    least-used sequence's (joint's lowest) value against joint's."""
+    sequences = data["sequences"]
+    least = data.get("least_used") or "-"
+    lines = [
+        "| method | " + " | ".join(sequences) + " | least-used sequence | its value / joint's |",
+        "|---|" + "---|" * (len(sequences) + 2),
+    ]
+    for name, v in data["variants"].items():
+        values = [v["metrics"].get(f"shapley_{s}") for s in sequences]
+        if any(value is None for value in values):  # a unimodal run: one sequence
+            continue
+        ratio = v.get("least_used_vs_joint")
+        gain = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"| {name} | " + " | ".join(cell(value) for value in values) + f" | {least} | {gain} |")
+    return lines
+
+
+def multiview_table(data: dict[str, Any]) -> list[str]:
+    """The classification and regression benchmark in one table: each dataset's main metric and its
+    paired difference to joint, and the differences of the subset means."""
+    datasets = data["datasets"]
+    names = list(dict.fromkeys(name for d in datasets.values() for name in d["variants"]))
+    header = "| variant | "
+    for dataset, d in datasets.items():
+        header += f"{dataset} {METRIC_NAMES.get(d['main_metric'], d['main_metric'])} | Δ vs joint | "
+    lines = [
+        header + f"Δ subset mean ({' / '.join(datasets)}) |",
+        "|---|" + "---|" * (2 * len(datasets) + 1),
+    ]
+    for name in names:
+        cells, subsets = [], []
+        for d in datasets.values():
+            v = d["variants"].get(name)
+            if v is None:
+                cells += ["-", "-"]
+                subsets.append("-")
+                continue
+            cells += [cell(v["metrics"].get(d["main_metric"])), _delta_of(v, d["main_metric"])]
+            subset = v.get("vs_joint", {}).get("subset_mean")
+            subsets.append("-" if subset is None else f"{subset['mean']:+.3f}")
+        subset_cell = "" if name == "joint" else " / ".join(subsets)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {subset_cell} |")
+    return lines
+
+
+def _ratio_cell(row: dict[str, Any] | None) -> str:
+    """A row's judged step ratio: the median step's, or for a variant whose heads skip steps by
+    design the mean step's (its median step is one without the heads), and whether it missed."""
+    if row is None:
+        return "-"
+    if row["judged_on"] == "mean":
+        text = f"{row['mean_ratio']:.3f}x (mean; median {row['ratio']:.3f}x)"
+        judged = row["mean_ratio"]
+    else:
+        text, judged = f"{row['ratio']:.3f}x", row["ratio"]
+    return text + (", **missed**" if row.get("target") is not None and judged > row["target"] else "")
+
+
+def overhead_table(data: dict[str, Any]) -> list[str]:
+    """Each variant's step time against the baseline's, one column per configuration, and the
+    worst row's peak memory above an idle process against the baseline's."""
+    configurations = data["configurations"]
+    names = list(dict.fromkeys(name for c in configurations for name in c["rows"]))
+    targets = {
+        name: next((c["rows"][name]["target"] for c in configurations if name in c["rows"]), None)
+        for name in names
+    }
+    baseline = configurations[0]["baseline"]
+    lines = [
+        "| variant | " + " | ".join(c["title"] for c in configurations) + " | target |",
+        "|---|" + "---|" * (len(configurations) + 1),
+        f"| {baseline}: median step | "
+        + " | ".join(f"{c['rows'][c['baseline']]['median_ms']:.0f} ms" for c in configurations)
+        + " |  |",
+    ]
+    for name in (n for n in names if n != baseline):
+        target = "" if targets[name] is None else f"≤ {targets[name]:.2f}x"
+        cells = [_ratio_cell(c["rows"].get(name)) for c in configurations]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {target} |")
+    memory = [
+        f"{c['memory_worst']['ratio']:.3f}x"
+        + (", **missed**" if c["memory_worst"]["ratio"] > c["memory_target"] else "")
+        for c in configurations
+    ]
+    lines.append(
+        "| peak memory above idle, worst row | "
+        + " | ".join(memory)
+        + f" | ≤ {configurations[0]['memory_target']:.2f}x |"
+    )
+    return lines
+
+
+#: table name -> (results file, the function that renders it)
+TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
+    "balance": ("balance.json", balance_table),
+    "shapley": ("balance.json", shapley_table),
+    "overhead": ("overhead.json", overhead_table),
+    "multiview": ("multiview.json", multiview_table),
+}
+
+
+def render(name: str, results: Path) -> str:
+    """The text between table ``name``'s markers: the table and where its numbers come from."""
+    file, table = TABLES[name]
+    data = read_results(results / file)
+    # where each number came from (runs, dates) stays in the JSON file; the page names the file
+    return "\n".join(["", *table(data), "", f"Data: `docs/results/{file}`.", ""])
+
+
+def _markers(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    return (
+        re.compile(rf"<!--\s*results:{name}:begin\b[^>]*-->"),
+        re.compile(rf"<!--\s*results:{name}:end\b[^>]*-->"),
+    )
+
+
+def fill(text: str, name: str, body: str, doc: Path | str = "the page") -> str:
+    """``text`` with what is between table ``name``'s markers replaced by ``body``.
+
+    Raises:
+        ValueError: a marker missing or repeated, or the end before the begin (the message names
+            the page, the table and the markers expected).
+    """
+    begin, end = _markers(name)
+    begins, ends = list(begin.finditer(text)), list(end.finditer(text))
+    expected = f"<!-- results:{name}:begin --> ... <!-- results:{name}:end -->"
+    if len(begins) != 1 or len(ends) != 1:
+        raise ValueError(
+            f"{doc}: table {name!r} needs one begin and one end marker, {expected}; found "
+            f"{len(begins)} begin and {len(ends)} end marker(s)."
+        )
+    if ends[0].start() < begins[0].end():
+        raise ValueError(f"{doc}: table {name!r}: its end marker comes before its begin marker ({expected}).")
+    return text[: begins[0].end()] + body + text[ends[0].start() :]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--doc", type=Path, default=DOC, help="the page to fill (default docs/results.md)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default docs/results)")
+    p.add_argument(
+        "--only", nargs="+", choices=list(TABLES), default=list(TABLES), metavar="NAME",
+        help="the tables to fill, of " + ", ".join(TABLES) + " (default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a table is not what the results give"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.doc.is_file():
+        raise SystemExit(f"render_results: {args.doc}: no such page.")
+    before = args.doc.read_text()
+    text = before
+    stale = []
+    try:
+        for name in args.only:
+            filled = fill(text, name, render(name, args.results), args.doc)
+            if filled != text:
+                stale.append(name)
+            text = filled
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"render_results: {err}") from None
+    if args.check:
+        if stale:
+            print(
+                f"{args.doc}: tables not up to date with {args.results}: {', '.join(stale)}", file=sys.stderr
+            )
+            return 1
+        print(f"{args.doc}: {', '.join(args.only)} up to date")
+        return 0
+    if text != before:
+        args.doc.write_text(text)
+    print(f"{args.doc}: filled {', '.join(args.only)}" + (f" ({', '.join(stale)} changed)" if stale else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The variants the benchmarks run: one table per bundle, name -> config files and overrides.
+
+A variant is a bundle as a user runs it: ``bundles/brats_cggm.json`` (or
+``bundles/multiview_cggm.json``), the extra config files laid over it, and a few ``{key: value}``
+overrides, exactly what ``python -m monai.bundle run --config_file ... --key value`` takes.
+``bench_balance.py`` runs the BraTS variants through that command line, ``bench_multiview.py``
+the multi-view ones through ``ConfigWorkflow``, and ``bench_overhead.py`` builds a BraTS variant's
+network, heads and balancing handler with ``ConfigParser``; none of them knows a method by its
+name. A new variant is one entry here.
+
+Retired: ``ogmge_level1_full`` (OGM-GE's half-resolution heads scored at full resolution,
+``score_at="full"``), ``cggm_every4`` (CGGM's heads, B and direction term every 4th iteration,
+CGGM's ``observe_every``) and ``cggm_sublattice`` (CGGM's heads on one voxel in 8,
+CGGM's ``sublattice``) were measured, not adopted, and their options deleted; their results are
+in ``docs/archive.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BUNDLES",
+    "BRATS_BUNDLE",
+    "MULTIVIEW_BUNDLE",
+    "SEQUENCES",
+    "Variant",
+    "VARIANTS",
+    "MULTIVIEW_VARIANTS",
+    "default_names",
+    "bundle_arguments",
+]
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+BRATS_BUNDLE = BUNDLES / "brats_cggm.json"
+MULTIVIEW_BUNDLE = BUNDLES / "multiview_cggm.json"
+SEQUENCES = ("t1", "t1ce", "t2", "flair")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a bundle.
+
+    Args:
+        description: one line, what is run.
+        overrides: bundle key (``#``-separated, as on the command line) -> value.
+        files: config files laid over the bundle, in order, relative to ``bundles/``.
+        default: whether a benchmark runs it without being asked (the others are opt-in).
+        bundle: the bundle the variant is a configuration of.
+    """
+
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+    default: bool = True
+    bundle: Path = BRATS_BUNDLE
+
+    @property
+    def config_files(self) -> list[str]:
+        """The bundle and the variant's files, as paths (what ``ConfigParser.read_config`` takes)."""
+        return [str(self.bundle), *(str(self.bundle.parent / f) for f in self.files)]
+
+    @property
+    def config_file(self) -> str | list[str]:
+        """The bundle alone, or the list of files (what ``ConfigWorkflow(config_file=...)`` takes)."""
+        files = self.config_files
+        return files[0] if len(files) == 1 else files
+
+
+def bundle_arguments(variant: Variant) -> list[str]:
+    """``--config_file`` and one ``--key value`` per override, for ``python -m monai.bundle run``.
+
+    Values other than strings are written as Python literals (``False``, ``0.5``, ``['t1']``),
+    which the bundle runner's command line reads back as such.
+    """
+    files = variant.config_files
+    arguments = ["--config_file", files[0] if len(files) == 1 else str(files)]
+    for key, value in variant.overrides.items():
+        arguments += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return arguments
+
+
+def default_names(table: dict[str, Variant]) -> list[str]:
+    """The names of the variants a benchmark runs by default, in the table's order."""
+    return [name for name, variant in table.items() if variant.default]
+
+
+#: OGM-GE's heads trained and scored on every voxel, every iteration (the bundle's OGM-GE trains
+#: them every 4th iteration on one voxel in 8)
+_OGMGE_DENSE = {"methods#ogmge#observe_every": 1, "methods#ogmge#head_options#sublattice": False}
+
+#: The BraTS bundle's variants (``bench_balance.py``, ``bench_overhead.py``).
+VARIANTS: dict[str, Variant] = {
+    "joint": Variant(
+        "the multi-encoder network, plain loss; the light heads only observe", {"method": "joint"}
+    ),
+    "cggm": Variant(
+        "CGGM, the trend signal, magnitude grad + direction gradient (the bundle's)", {"method": "cggm"}
+    ),
+    "cggm_magnitude": Variant(
+        "CGGM, magnitude only (direction off)", {"method": "cggm", "methods#cggm#direction": "off"}
+    ),
+    "cggm_direction": Variant(
+        "CGGM, direction only (magnitude off)", {"method": "cggm", "methods#cggm#magnitude": "off"}
+    ),
+    "cggm_paper": Variant(
+        "CGGM with the paper's bare per-iteration formula (tracker preset paper)",
+        {"method": "cggm", "methods#cggm#tracker#preset": "paper"},
+    ),
+    "ogmge": Variant(
+        "OGM-GE (alpha 0.8, GE noise, first half of the epochs), full-resolution heads trained every 4th "
+        "iteration on one voxel in 8 (the bundle's)",
+        {"method": "ogmge"},
+    ),
+    "moddrop": Variant(
+        "joint training with modality dropout, each sequence zeroed with p 0.5 (one kept)",
+        {"method": "joint", "modality_dropout": 0.5},
+    ),
+    "moddrop_p25": Variant(
+        "modality dropout with p 0.25", {"method": "joint", "modality_dropout": 0.25}, default=False
+    ),
+    "cggm_moddrop": Variant(
+        "CGGM and modality dropout (p 0.5) together", {"method": "cggm", "modality_dropout": 0.5}
+    ),
+    "early_fusion": Variant(
+        "one SegResNet on the four stacked sequences (no branches, no heads)", files=("early_fusion.json",)
+    ),
+    **{
+        f"unimodal_{s}": Variant(
+            f"the same network on {s} alone", {"sequences": [s]}, files=("unimodal.json",)
+        )
+        for s in SEQUENCES
+    },
+    **{
+        "dedicated_" + "_".join(subset): Variant(
+            f"a model of its own for the subset {'+'.join(subset)}: the same network on those sequences "
+            "only (the phantom's ceiling for that case of missing data)",
+            {"sequences": list(subset)},
+            files=("unimodal.json",),
+            default=False,
+        )
+        for size in (2, 3, 4)
+        for subset in itertools.combinations(SEQUENCES, size)
+    },
+    "plain": Variant(
+        "the multi-encoder network, plain loss, no heads and no balancing handler",
+        {"method": "none"},
+        default=False,
+    ),
+    "cggm_level0": Variant(
+        "CGGM with full-resolution heads (level 0; the bundle's are half resolution)",
+        {"method": "cggm", "methods#cggm#head_options#level": 0},
+        default=False,
+    ),
+    "ogmge_all_voxels": Variant(
+        "OGM-GE, full-resolution heads trained every 4th iteration on every voxel",
+        {"method": "ogmge", "methods#ogmge#head_options#sublattice": False},
+        default=False,
+    ),
+    "ogmge_every1": Variant(
+        "OGM-GE, full-resolution heads trained every iteration on every voxel",
+        {"method": "ogmge", **_OGMGE_DENSE},
+        default=False,
+    ),
+    "ogmge_every8": Variant(
+        "OGM-GE, full-resolution heads trained every 8th iteration on every voxel",
+        {"method": "ogmge", "methods#ogmge#observe_every": 8, "methods#ogmge#head_options#sublattice": False},
+        default=False,
+    ),
+    "ogmge_level1": Variant(
+        "OGM-GE, half-resolution heads (level 1) trained every iteration on every voxel",
+        {"method": "ogmge", "methods#ogmge#head_options#level": 1, **_OGMGE_DENSE},
+        default=False,
+    ),
+}
+
+
+def _multiview(description: str, overrides: dict[str, Any]) -> Variant:
+    return Variant(description, overrides, bundle=MULTIVIEW_BUNDLE)
+
+
+#: The multi-view bundle's variants (``bench_multiview.py``).
+MULTIVIEW_VARIANTS: dict[str, Variant] = {
+    "joint": _multiview(
+        "the multi-view network, plain loss; the light heads only observe", {"method": "joint"}
+    ),
+    "ogmge": _multiview("OGM-GE (alpha 0.8, GE noise, first half of the epochs)", {"method": "ogmge"}),
+    "cggm": _multiview(
+        "CGGM, the trend signal, magnitude grad + direction gradient (rho 1.3, lambda 0.2)",
+        {"method": "cggm"},
+    ),
+    "cggm_magnitude": _multiview(
+        "CGGM, magnitude only (direction off)", {"method": "cggm", "methods#cggm#direction": "off"}
+    ),
+    "cggm_direction": _multiview(
+        "CGGM, direction only (magnitude off)", {"method": "cggm", "methods#cggm#magnitude": "off"}
+    ),
+    "cggm_paper": _multiview(
+        "CGGM with the paper's bare per-iteration formula (tracker preset paper)",
+        {"method": "cggm", "methods#cggm#tracker#preset": "paper"},
+    ),
+}

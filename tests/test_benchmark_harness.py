@@ -1,0 +1,58 @@
+"""The benchmark harness: every variant is a configuration the bundle parses, and the results page
+is what the committed results render to."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import render_results  # noqa: E402
+from variants import MULTIVIEW_VARIANTS, VARIANTS  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_brats_variant_picks_its_method_through_the_bundle(name):
+    variant = VARIANTS[name]
+    parser = ConfigParser()
+    parser.read_config([str(variant.bundle), *(str(ROOT / "bundles" / f) for f in variant.files)])
+    for key, value in variant.overrides.items():
+        parser[key] = value
+    method = parser.get_parsed_content("balancing_method")
+    expected = parser["method"]
+    assert (method is None) == (expected == "none")
+    if method is not None:
+        assert method.name == expected
+
+
+@pytest.mark.parametrize("name", sorted(MULTIVIEW_VARIANTS))
+def test_every_multiview_variant_names_a_method_of_its_bundle(name):
+    variant = MULTIVIEW_VARIANTS[name]
+    parser = ConfigParser()
+    parser.read_config(str(variant.bundle))
+    for key, value in variant.overrides.items():
+        parser[key] = value
+    assert parser["method"] in parser["methods"]
+
+
+def test_the_results_page_is_what_the_results_render_to():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_missing_marker_is_refused_and_nothing_else_changes():
+    page = "intro\n<!-- results:balance:begin -->\nold\n"
+    with pytest.raises(ValueError, match="balance"):
+        render_results.fill(page, "balance", "new table")
+    filled = render_results.fill(page + "<!-- results:balance:end -->\nprose\n", "balance", "new table")
+    assert filled.startswith("intro\n") and filled.endswith("<!-- results:balance:end -->\nprose\n")
+    assert "new table" in filled and "old" not in filled
