@@ -10,12 +10,13 @@ import pytest
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from cggm_seg.apps.multiview.aligned import synthetic_aligned_features, write_aligned_features
-from cggm_seg.handlers import CGGMHandler, HeadMonitorHandler, OGMGEHandler
+from cggm_seg.balancing import CGGM, OGMGE, HeadMonitor
+from cggm_seg.handlers import BalancingHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "bundles" / "multiview_cggm.json")
 META = str(ROOT / "bundles" / "multiview_metadata.json")
-HANDLERS = {"cggm": CGGMHandler, "ogmge": OGMGEHandler, "joint": HeadMonitorHandler}
+METHODS = {"cggm": CGGM, "ogmge": OGMGE, "joint": HeadMonitor}
 
 
 def _workflow(tmp_path, **overrides):
@@ -46,7 +47,8 @@ def test_model_zoo_properties(tmp_path, dataset):
 def test_shipped_datasets_train_and_report(tmp_path, dataset, method, views, main):
     workflow = _workflow(tmp_path, dataset=dataset, method=method, epochs=2)
     workflow.initialize()
-    assert isinstance(workflow.parser.get_parsed_content("balancing"), HANDLERS[method])
+    handler = workflow.parser.get_parsed_content("balancing")
+    assert isinstance(handler, BalancingHandler) and isinstance(handler.method, METHODS[method])
     workflow.run()
     run = tmp_path / "runs" / f"multiview_{dataset}_{method}"
     metrics = json.loads((run / "metrics.json").read_text())
