@@ -137,7 +137,8 @@ def _copy(quick_start: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 def _files(run: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in (run / "models" / "checkpoint_epoch=1.pt", run / "metrics.json")}
+    kept = (run / "models" / "checkpoint_epoch=1.pt", run / "metrics.json", run / "datalist.json")
+    return {p.name: p.read_bytes() for p in kept}
 
 
 @pytest.mark.slow

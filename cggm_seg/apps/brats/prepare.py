@@ -120,6 +120,7 @@ def prepare_dataset(
     phantom_spacing: float = 2.0,
     check: bool = True,
     required_splits: Sequence[str] = SPLITS,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Check ``dataset_dir``, split it, write ``output_dir/datalist.json`` and return the splits.
 
@@ -135,6 +136,10 @@ def prepare_dataset(
         check: run ``check_dataset`` first (turn off only for data checked already).
         required_splits: the splits the run uses, each of which must hold a case (default: all
             three; an evaluation of every case needs none).
+        resume: the run will resume from the epoch checkpoints in ``output_dir/models`` if there
+            are any. A datalist that differs from that run's ``datalist.json`` then goes to
+            ``datalist.new.json`` instead, so that a resume refused as another run's (its
+            definition differs) leaves the run being resumed as it was.
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "layout": name,
@@ -171,7 +176,17 @@ def prepare_dataset(
         raise ValueError(f"{dataset_dir}: {err}; nothing was trained") from None
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    path = write_datalist(datalist, output_dir / "datalist.json")
+    path = output_dir / "datalist.json"
+    from cggm_seg.handlers.checkpoint import latest_checkpoint  # torch and Ignite: only when needed
+
+    if resume and path.is_file() and latest_checkpoint(output_dir / "models") is not None:
+        kept = write_datalist(datalist, output_dir / "datalist.new.json")
+        if kept.read_text() != path.read_text():
+            logger.warning(f"{path} (the run to resume) kept; this run's datalist differs: {kept}")
+            path = kept
+        else:
+            kept.unlink()
+    path = write_datalist(datalist, path) if path.name == "datalist.json" else path
     splits: dict[str, Any] = {s: load_datalist(path, s) for s in ("training", "validation", "test")}
     splits["layout"] = datalist["layout"]
     splits["datalist"] = str(path)
