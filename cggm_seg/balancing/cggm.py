@@ -80,14 +80,13 @@ def direction_loss(coefficients: torch.Tensor, cosines: torch.Tensor) -> torch.T
     return (coefficients.abs().sum() - (coefficients * cosines).sum()) / coefficients.numel()
 
 
-def check_settings(magnitude: str, direction: str, lam: float) -> None:
-    """Check CGGM's modes and lambda.
+def check_settings(direction: str, lam: float) -> None:
+    """Check CGGM's direction mode and lambda (the magnitude mode is checked by
+    :class:`~cggm_seg.balancing.BalancingMethod`, as for every method).
 
     Raises:
-        ValueError: an unknown magnitude or direction mode, or ``lam < 0``.
+        ValueError: an unknown direction mode, or ``lam < 0``.
     """
-    if magnitude not in MAGNITUDES:
-        raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}.")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
     if not lam >= 0:
@@ -154,8 +153,8 @@ class CGGM(BalancingMethod):
         final: str | nn.Module = "final",
         head_options: HeadOptions | None = None,
     ) -> None:
-        check_settings(magnitude, direction, lam)
         super().__init__(magnitude, head_options)
+        check_settings(direction, lam)
         if tracker is not None and not isinstance(tracker, BalanceTracker):
             raise ValueError(f"tracker must be a BalanceTracker, got {type(tracker).__name__}.")
         self.tracker = tracker

@@ -10,7 +10,6 @@ from cggm_seg.handlers.factory import (
     METHODS,
     balancing_handler,
     handler_list,
-    make_balancing_handler,
     present,
 )
 from cggm_seg.handlers.guard import NonFiniteGuard, NonFiniteTrainingError
@@ -29,7 +28,6 @@ __all__ = [
     "NonFiniteTrainingError",
     "METHODS",
     "handler_list",
-    "make_balancing_handler",
     "present",
     "HeadMonitorHandler",
     "OGMGEHandler",

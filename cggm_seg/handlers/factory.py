@@ -7,11 +7,10 @@ from typing import Any
 
 from torch import nn
 
-from cggm_seg.balancing.head_trainer import HeadOptions
-from cggm_seg.balancing.method import METHODS, BalancingMethod, get_method_class
+from cggm_seg.balancing.method import METHODS, BalancingMethod
 from cggm_seg.handlers.balancing_handler import BalancingHandler
 
-__all__ = ["METHODS", "balancing_handler", "make_balancing_handler", "handler_list", "present"]
+__all__ = ["METHODS", "balancing_handler", "handler_list", "present"]
 
 
 def balancing_handler(
@@ -22,27 +21,6 @@ def balancing_handler(
     if method is None:
         return None
     return BalancingHandler(method, heads, **kwargs)
-
-
-def make_balancing_handler(
-    method: str,
-    heads: Mapping[str, nn.Module] | None,
-    head_options: HeadOptions | None = None,
-    **settings: Any,
-) -> BalancingHandler | None:
-    """The handler of the method registered as ``method`` (:data:`METHODS`), built with ``settings``.
-
-    ``"none"`` gives ``None``. The bundles build their methods with ``_target_`` instead (see
-    ``methods`` in ``bundles/brats_cggm.json``) and pick one with
-    :func:`~cggm_seg.balancing.pick_method`.
-
-    Raises:
-        ValueError: an unknown method, or a setting the method does not take.
-    """
-    cls = get_method_class(method)
-    if cls is None:
-        return None
-    return BalancingHandler(cls(**settings, head_options=head_options), heads)
 
 
 def present(objects: Mapping[str, Any]) -> dict[str, Any]:
