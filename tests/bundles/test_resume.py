@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
 from cggm_seg.apps.brats.phantom import PhantomConfig, write_phantom_dataset
@@ -279,32 +278,16 @@ def test_a_failed_write_removes_its_part_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _engine(epochs_done: list[int]) -> Engine:
-    weight = torch.nn.Parameter(torch.zeros(2))
-    optimizer = torch.optim.SGD([weight], lr=0.1)
-
-    def step(engine, batch):
-        optimizer.zero_grad()
-        (weight * batch).sum().backward()
-        optimizer.step()
-
-    engine = Engine(step)
-    engine.weight = weight
-    engine.optimizer = optimizer
-    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_done.append(e.state.epoch))
-    return engine
-
-
-def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_older_one_used(tmp_path, caplog):
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_older_one_used(make_engine, tmp_path, caplog):
     done: list[int] = []
-    engine = _engine(done)
+    engine = make_engine(done)
     ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}, n_saved=2).attach(engine)
     engine.run([torch.ones(2)] * 3, max_epochs=2)
     newest = tmp_path / "checkpoint_epoch=2.pt"
     newest.write_bytes(newest.read_bytes()[:100])  # cut off, as an older version's crash could leave it
 
     done.clear()
-    engine = _engine(done)
+    engine = make_engine(done)
     resume = ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}, n_saved=2)
     with caplog.at_level("WARNING"):
         resume.attach(engine)
@@ -315,32 +298,32 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_older_one_used(tmp_p
     assert done == [2]  # epoch 1 came from the checkpoint
 
 
-def test_a_run_started_over_replaces_the_older_runs_checkpoints(tmp_path):
+def test_a_run_started_over_replaces_the_older_runs_checkpoints(make_engine, tmp_path):
     """resume=False: the older run's further-on checkpoint goes, so that a later resume takes this run's."""
-    engine = _engine([])
+    engine = make_engine([])
     ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
     engine.run([torch.ones(2)] * 3, max_epochs=3)
-    engine = _engine([])
+    engine = make_engine([])
     ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}, resume=False).attach(engine)
     engine.run([torch.ones(2)] * 3, max_epochs=1)
     assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*")) == ["checkpoint_epoch=1.pt"]
 
     done: list[int] = []
-    engine = _engine(done)
+    engine = make_engine(done)
     ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
     engine.run([torch.ones(2)] * 3, max_epochs=2)
     assert done == [2]
 
 
-def test_the_scaler_is_saved_and_restored(tmp_path):
-    engine = _engine([])
+def test_the_scaler_is_saved_and_restored(make_engine, tmp_path):
+    engine = make_engine([])
     engine.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
     engine.run([torch.ones(2)], max_epochs=1)
     saved = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)
     assert saved["scaler"]["scale"] == 256.0
 
-    engine = _engine([])
+    engine = make_engine([])
     engine.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
     ResumableCheckpoint(tmp_path, {"optimizer": engine.optimizer}).attach(engine)
     engine.run([torch.ones(2)], max_epochs=2)

@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-from ignite.engine import Engine, Events
 from monai.data import DataLoader, Dataset
 from monai.losses import DiceLoss
 from monai.transforms import Compose, RandFlipd, RandSpatialCropd
@@ -151,37 +150,32 @@ def test_in_memory_data_is_digested():
 # -- the checkpoint handler ------------------------------------------------------------------------
 
 
-def _engine(epochs_done: list[int]) -> Engine:
-    weight = torch.nn.Parameter(torch.zeros(2))
-    optimizer = torch.optim.SGD([weight], lr=0.1)
+@pytest.fixture(name="train")
+def train_fixture(make_engine):
+    """``train(folder, definition, epochs, resume=True)``: a tiny run checkpointed into ``folder``;
+    returns the epochs it trained."""
 
-    def step(engine, batch):
-        optimizer.zero_grad()
-        (weight * batch).sum().backward()
-        optimizer.step()
+    def train(folder, definition, epochs: int, resume: bool = True) -> list[int]:
+        done: list[int] = []
+        engine = make_engine(done)
+        checkpoint = ResumableCheckpoint(
+            folder, {"optimizer": engine.optimizer}, resume=resume, definition=definition
+        )
+        checkpoint.attach(engine)
+        engine.run([torch.ones(2)] * 2, max_epochs=epochs)
+        return done
 
-    engine = Engine(step)
-    engine.optimizer = optimizer
-    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_done.append(e.state.epoch))
-    return engine
-
-
-def _train(folder, definition, epochs: int, resume: bool = True) -> list[int]:
-    done: list[int] = []
-    engine = _engine(done)
-    ResumableCheckpoint(folder, {"optimizer": engine.optimizer}, resume=resume, definition=definition).attach(
-        engine
-    )
-    engine.run([torch.ones(2)] * 2, max_epochs=epochs)
-    return done
+    return train
 
 
-def test_a_resume_of_another_definition_refuses_before_training_and_lists_the_differences(tmp_path):
-    assert _train(tmp_path, {"seed": 0, "lr": 0.01, "epochs_independent": True}, epochs=1) == [1]
+def test_a_resume_of_another_definition_refuses_before_training_and_lists_the_differences(
+    train, make_engine, tmp_path
+):
+    assert train(tmp_path, {"seed": 0, "lr": 0.01, "epochs_independent": True}, epochs=1) == [1]
     saved = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)
     assert json.loads(saved["definition"])["lr"] == 0.01
 
-    engine = _engine([])
+    engine = make_engine([])
     handler = ResumableCheckpoint(
         tmp_path, {"optimizer": engine.optimizer}, definition={"seed": 1, "lr": 0.02}
     )
@@ -198,15 +192,15 @@ def test_a_resume_of_another_definition_refuses_before_training_and_lists_the_di
     assert not (tmp_path / "run.lock").exists()  # released: the folder is free for the two ways out
 
 
-def test_the_same_definition_resumes_and_more_epochs_are_not_part_of_it(tmp_path):
-    _train(tmp_path, {"seed": 0}, epochs=1)
-    assert _train(tmp_path, {"seed": 0}, epochs=3) == [2, 3]
+def test_the_same_definition_resumes_and_more_epochs_are_not_part_of_it(train, tmp_path):
+    train(tmp_path, {"seed": 0}, epochs=1)
+    assert train(tmp_path, {"seed": 0}, epochs=3) == [2, 3]
 
 
-def test_a_checkpoint_without_a_definition_resumes_with_a_warning(tmp_path, caplog):
-    _train(tmp_path, None, epochs=1)
+def test_a_checkpoint_without_a_definition_resumes_with_a_warning(train, tmp_path, caplog):
+    train(tmp_path, None, epochs=1)
     with caplog.at_level("WARNING"):
-        assert _train(tmp_path, {"seed": 0}, epochs=2) == [2]
+        assert train(tmp_path, {"seed": 0}, epochs=2) == [2]
     assert "records no run definition" in caplog.text
 
 
