@@ -24,6 +24,7 @@ budget is enough for each; the Shapley values; CGGM's B during training) to ``do
     python scripts/bench_balance.py --dataset_dir /data/BraTS2021 --cases 0 --spacing 0 --epochs 300
     python scripts/bench_balance.py --section heads --methods joint cggm cggm_level0 ogmge_every1 ogmge_level1
     python scripts/bench_balance.py --section ogmge_sublattice --methods joint ogmge_all_voxels ogmge
+    python scripts/bench_balance.py --section robust --seeds 0 --methods joint moddrop two_view ...
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render_results import balance_table, cell, shapley_table  # noqa: E402
 from results import RESULTS, paired_stat, stat, write_results  # noqa: E402
-from variants import SEQUENCES, VARIANTS, bundle_arguments, default_names  # noqa: E402
+from variants import ROBUST_VARIANTS, SEQUENCES, VARIANTS, bundle_arguments, default_names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
@@ -54,7 +55,12 @@ REGIONS = ("tc", "wt", "et")
 DEFAULT_METHODS = default_names(VARIANTS)
 OPT_IN = tuple(name for name in VARIANTS if name not in DEFAULT_METHODS)
 #: the default budgets of the variants whose validation curves need more than ``--epochs`` to flatten
-DEFAULT_METHOD_EPOCHS = [("moddrop", 150), ("moddrop_p25", 150), ("cggm_moddrop", 150)]
+DEFAULT_METHOD_EPOCHS = [
+    ("moddrop", 150),
+    ("moddrop_p25", 150),
+    ("cggm_moddrop", 150),
+    *((name, 150) for name in ROBUST_VARIANTS),
+]
 #: variants run with the first seed only by default (baselines that say what the data allow)
 SINGLE_SEED = ("early_fusion", *(f"unimodal_{s}" for s in SEQUENCES))
 

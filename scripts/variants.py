@@ -30,6 +30,7 @@ __all__ = [
     "Variant",
     "VARIANTS",
     "MULTIVIEW_VARIANTS",
+    "ROBUST_VARIANTS",
     "default_names",
     "bundle_arguments",
 ]
@@ -176,6 +177,60 @@ VARIANTS: dict[str, Variant] = {
         default=False,
     ),
 }
+
+
+#: the robust-training recipe (``recipes#robust`` of the bundle) with some settings changed
+def _robust(description: str, method: str = "joint", default: bool = False, **settings: Any) -> Variant:
+    overrides: dict[str, Any] = {"method": method, "recipe": "robust"}
+    overrides.update({f"recipes#robust#{k}": v for k, v in settings.items()})
+    return Variant(description, overrides, default=default)
+
+
+#: CGGM as a signal only: its heads and B, no magnitude, no direction term (what a guided recipe reads)
+_CGGM_SIGNAL = {"methods#cggm#magnitude": "off", "methods#cggm#direction": "off"}
+
+#: The robust-training variants (``bench_balance.py --section robust``): the bundle's recipe
+#: (``recipes#robust``: uniform-15 subsets, feature masking, the full view beside the subset view
+#: with a BCE consistency 0.5, per-sequence heads 0.5) and its ablations.
+ROBUST_VARIANTS: dict[str, Variant] = {
+    "subset_input": _robust(
+        "one view: a uniform-15 subset per sample, missing sequences zero-filled at the input only",
+        full_view=False,
+        distill_weight=0.0,
+        sep_weight=0.0,
+        feature_masking=False,
+    ),
+    "subset_masked": _robust(
+        "one view: a uniform-15 subset per sample, missing sequences also masked at the features",
+        full_view=False,
+        distill_weight=0.0,
+        sep_weight=0.0,
+    ),
+    "subset_masked_sep": _robust(
+        "subset_masked + per-sequence heads (weight 0.5) whose loss trains the encoders",
+        full_view=False,
+        distill_weight=0.0,
+    ),
+    "two_view": _robust(
+        "the recipe: full input + a uniform-15 subset view, feature masking, consistency BCE 0.5, "
+        "per-sequence heads 0.5"
+    ),
+    "two_view_nodistill": _robust("two_view without the consistency term", distill_weight=0.0),
+    "two_view_size": _robust("two_view with k ~ U{1..4} sequences kept", sampler="size"),
+    "two_view_warmup": _robust("two_view after 20 epochs on the full input only", warmup_epochs=20),
+    "two_view_cggm": _robust("two_view under CGGM (magnitude grad + direction, the bundle's)", method="cggm"),
+    "two_view_guided_drop": Variant(
+        "two_view, CGGM's B sets each sequence's drop probability (0.5 / r_i, r_i = B_i / mean B)",
+        {**_robust("", method="cggm", guide="drop").overrides, **_CGGM_SIGNAL},
+        default=False,
+    ),
+    "two_view_guided_sep": Variant(
+        "two_view, CGGM's B sets each per-sequence head's weight (0.5 r_i)",
+        {**_robust("", method="cggm", guide="sep").overrides, **_CGGM_SIGNAL},
+        default=False,
+    ),
+}
+VARIANTS.update(ROBUST_VARIANTS)
 
 
 def _multiview(description: str, overrides: dict[str, Any]) -> Variant:

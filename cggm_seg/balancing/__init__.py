@@ -40,6 +40,18 @@ from cggm_seg.balancing.method import METHODS, BalancingMethod, get_method_class
 from cggm_seg.balancing.monitor import HeadMonitor  # isort: skip
 from cggm_seg.balancing.cggm import CGGM, DIRECTIONS, direction_loss  # isort: skip
 from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients  # isort: skip
+from cggm_seg.balancing.robust import (
+    CONSISTENCIES,
+    GUIDES,
+    SAMPLERS,
+    RobustIteration,
+    RobustTraining,
+    consistency,
+    guided_weights,
+    pick_recipe,
+    sample_subsets,
+    trainable_parameters,
+)
 from cggm_seg.balancing.scores import (
     SCORES,
     ScoreFn,
@@ -90,6 +102,16 @@ __all__ = [
     "OGMGE",
     "discrepancy_ratios",
     "ogm_coefficients",
+    "CONSISTENCIES",
+    "GUIDES",
+    "SAMPLERS",
+    "RobustIteration",
+    "RobustTraining",
+    "consistency",
+    "guided_weights",
+    "pick_recipe",
+    "sample_subsets",
+    "trainable_parameters",
     "SCORES",
     "ScoreFn",
     "accuracy",

@@ -144,6 +144,9 @@ class FeatureTap:
         branches: as for :func:`resolve_branches` (``None``: ``model.branch_names()``).
         final: name or module of the fused model's final layer whose input to keep; ``None`` for none.
         keep_without_grad: also keep the outputs of forwards run without gradients. Defaults to False.
+        detach: keep the branch outputs detached (the default); ``False`` keeps them attached to
+            the forward's graph, for a loss on them that trains the branches (robust training's
+            per-sequence supervision).
 
     Attributes:
         features: modality -> the branch output (tensor or list/tuple of tensors, as the module
@@ -159,9 +162,11 @@ class FeatureTap:
         branches: BranchSpec | None = None,
         final: str | nn.Module | None = None,
         keep_without_grad: bool = False,
+        detach: bool = True,
     ):
         self.branches = resolve_branches(model, branches)
         self.keep_without_grad = keep_without_grad
+        self.detach = bool(detach)
         self.final = None if final is None else resolve_module(model, final, what="final layer")
         self._outputs: dict[str, dict[int, Any]] = {m: {} for m in self.branches}
         self.final_input: torch.Tensor | None = None
@@ -175,7 +180,7 @@ class FeatureTap:
     def _branch_hook(self, modality: str, index: int) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self.keep_without_grad or torch.is_grad_enabled():
-                self._outputs[modality][index] = detach_features(output)
+                self._outputs[modality][index] = detach_features(output) if self.detach else output
 
         return hook
 

@@ -34,7 +34,19 @@ from cggm_seg.networks.depth_split import use_depth_split_convs
 from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
 from cggm_seg.networks.pointwise import use_pointwise_convs
 
-__all__ = ["PRESETS", "ModalityEncoder", "MultiEncoderSegNet"]
+__all__ = ["PRESETS", "ModalityEncoder", "MultiEncoderSegNet", "present_channels"]
+
+
+def present_channels(x: torch.Tensor) -> torch.Tensor:
+    """Which input channels carry a sequence, per sample: ``B x C`` booleans.
+
+    The toolkit's contract for a missing sequence: its channel is zero-filled. A channel is present
+    when any of its voxels is non-zero; in a sample (or a sliding window) where every channel is
+    zero, nothing is known to be missing and all are reported present.
+    """
+    present = x.detach().flatten(2).ne(0).any(dim=-1)
+    return present | ~present.any(dim=1, keepdim=True)
+
 
 #: Named settings of :class:`MultiEncoderSegNet` (use :meth:`MultiEncoderSegNet.from_preset`).
 #:
@@ -123,6 +135,11 @@ class MultiEncoderSegNet(MultiBranchNet):
         dropout: dropout probability after each encoder's stem convolution. Defaults to ``None``.
         cpu_fast_paths: swap in the CPU fast paths described in the module docstring. Defaults to
             False (plain ``nn.Conv3d``; the GPU preset and exported models stay plain PyTorch).
+        mask_missing: treat a sequence whose input channel is zero everywhere in a sample as
+            missing and set its features to zero at every level before fusion (feature-level
+            masking, :func:`present_channels`), so that the fusion and decoder see exactly "absent"
+            rather than what an encoder makes of an empty volume. A sample whose channels are all
+            zero masks nothing. Defaults to False.
 
     Input ``B x M x D x H x W`` with ``D, H, W`` divisible by ``2 ** (len(channels) - 1)``; output
     ``B x out_channels x D x H x W``.
@@ -159,10 +176,12 @@ class MultiEncoderSegNet(MultiBranchNet):
         act: tuple | str = ("RELU", {"inplace": True}),
         dropout: float | None = None,
         cpu_fast_paths: bool = False,
+        mask_missing: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = check_branch_names(modalities, "modalities")
         self.cpu_fast_paths = bool(cpu_fast_paths)
+        self.mask_missing = bool(mask_missing)
         channels = tuple(int(c) for c in channels)
         if not channels:
             raise ValueError("channels must have at least one level.")
@@ -243,6 +262,13 @@ class MultiEncoderSegNet(MultiBranchNet):
         for encoder in self.encoders.values():
             per_modality.append(encoder(x[:, index : index + 1]))
             index += 1
+        if self.mask_missing:
+            present = present_channels(x)
+            if not bool(present.all()):
+                per_modality = [
+                    [f * present[:, m].to(f.dtype).view(-1, *([1] * (f.dim() - 1))) for f in features]
+                    for m, features in enumerate(per_modality)
+                ]
         fused: list[torch.Tensor] = []
         for level, fusion in enumerate(self.fusions):
             fused.append(fusion([features[level] for features in per_modality]))

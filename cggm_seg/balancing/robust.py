@@ -1,0 +1,501 @@
+"""Robust training: a network that keeps working when any sequence is missing.
+
+A recipe (:class:`RobustTraining`) is built from its settings and composes with any balancing
+method. Each training step it may
+
+- draw, per sample, the sequences the network sees (:func:`sample_subsets`): each dropped with
+  probability ``drop`` (``"bernoulli"``; the empty subset is redrawn, so that ``drop=0.5`` is
+  uniform over the ``2^M - 1`` non-empty subsets, ``"uniform"``), or ``k ~ U{1..M}`` sequences
+  kept (``"size"``); the others are zero-filled, the toolkit's contract for a missing sequence
+  (a network built with ``mask_missing=True`` also zeroes their features before fusion);
+- train the full input beside that subset view (``full_view``), the subset view also pulled
+  toward the full view's detached prediction (``distill_weight``, :func:`consistency`);
+- train one light segmentation head per sequence on its encoder's features, with the task loss,
+  *not* detached, so that every encoder learns its sequence (``sep_weight``);
+- keep the first ``warmup_epochs`` epochs on the full input only;
+- let the balancing method's per-sequence signal steer the recipe (``guide``): CGGM's B_i
+  (:attr:`BalancingMethod.balance`) sets the probability that each sequence is dropped (the
+  dominant sequence, B_i < 1, dropped more) and/or the weight of each sequence's supervision
+  (the lagging sequence, B_i > 1, supervised more) (:func:`guided_weights`).
+
+The total loss of a step is ``L(full) + L(subset) + distill_weight * C(subset, full)
++ sum_i w_i L(head_i)`` with the terms the recipe turns on (``docs/methods.md``).
+:class:`RobustIteration` is that step as a ``SupervisedTrainer``'s ``iteration_update``; it fires
+the trainer's iteration events, so a :class:`~cggm_seg.handlers.BalancingHandler` runs unchanged
+(its heads observe the features of the step's last forward: the full view when there is one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cggm_seg.balancing.branches import BranchSpec, FeatureTap
+from cggm_seg.balancing.head_trainer import pool_target
+
+__all__ = [
+    "SAMPLERS",
+    "GUIDES",
+    "CONSISTENCIES",
+    "RobustTraining",
+    "RobustIteration",
+    "sample_subsets",
+    "guided_weights",
+    "consistency",
+    "pick_recipe",
+    "trainable_parameters",
+]
+
+#: subset samplers: ``"bernoulli"`` (each sequence dropped with its probability), ``"uniform"``
+#: (bernoulli at 0.5: uniform over the non-empty subsets), ``"size"`` (k ~ U{1..M} kept)
+SAMPLERS = ("bernoulli", "uniform", "size")
+#: what the method's signal steers: nothing, the drop probabilities, the heads' weights, both
+GUIDES = ("none", "drop", "sep", "both")
+#: the consistency term's forms (:func:`consistency`)
+CONSISTENCIES = ("bce", "mse", "kl")
+
+
+def sample_subsets(
+    batch: int,
+    drop: torch.Tensor,
+    kind: str = "bernoulli",
+    keep_weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The sequences each sample keeps: ``batch x M`` booleans, at least one True per row.
+
+    Args:
+        batch: samples.
+        drop: shape ``M``, each sequence's probability of being dropped (``"bernoulli"``); rows
+            that keep nothing are drawn again, so each row follows the product distribution
+            conditioned on a non-empty subset (uniform over the ``2^M - 1`` subsets at 0.5).
+        kind: ``"bernoulli"`` or ``"size"``: ``k ~ U{1..M}``, then ``k`` sequences drawn without
+            replacement with probabilities proportional to ``keep_weights`` (equal by default).
+            (``"uniform"`` is ``"bernoulli"`` at 0.5: the caller passes that ``drop``.)
+        keep_weights: shape ``M``, positive (``"size"`` only).
+        generator: the random generator (``None``: torch's global one, which a bundle seeds and
+            checkpoints).
+
+    Raises:
+        ValueError: an unknown kind, or drop probabilities outside [0, 1).
+    """
+    drop = torch.as_tensor(drop, dtype=torch.float64)
+    m = drop.numel()
+    if kind == "size":
+        weights = torch.ones(m, dtype=torch.float64) if keep_weights is None else keep_weights.double()
+        keep = torch.zeros(batch, m, dtype=torch.bool)
+        sizes = torch.randint(1, m + 1, (batch,), generator=generator)
+        for b in range(batch):
+            keep[b, torch.multinomial(weights, int(sizes[b]), replacement=False, generator=generator)] = True
+        return keep
+    if kind != "bernoulli":
+        raise ValueError(f"kind must be 'bernoulli' or 'size', got {kind!r}.")
+    if bool(((drop < 0) | (drop >= 1)).any()):
+        raise ValueError(f"drop probabilities must lie in [0, 1), got {drop.tolist()}.")
+    keep = torch.rand(batch, m, generator=generator, dtype=torch.float64) >= drop
+    empty = ~keep.any(dim=1)
+    while bool(empty.any()):  # rejection: the conditional distribution exactly
+        keep[empty] = torch.rand(int(empty.sum()), m, generator=generator, dtype=torch.float64) >= drop
+        empty = ~keep.any(dim=1)
+    return keep
+
+
+def guided_weights(balance: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """Relative weights ``r_i = (B_i / mean_j B_j) ** power``, normalised to mean 1.
+
+    ``r_i > 1`` for a sequence the balancing method finds lagging (B_i above the others'), ``< 1``
+    for a dominant one; all ones when every B_i is equal.
+
+    Raises:
+        ValueError: a B_i that is not positive and finite.
+    """
+    balance = torch.as_tensor(balance, dtype=torch.float64)
+    if not bool(torch.isfinite(balance).all()) or bool((balance <= 0).any()):
+        raise ValueError(f"the balance coefficients must be positive and finite, got {balance.tolist()}.")
+    r = (balance / balance.mean()) ** float(power)
+    return r / r.mean()
+
+
+def consistency(
+    student: torch.Tensor, teacher: torch.Tensor, form: str = "bce", temperature: float = 1.0
+) -> torch.Tensor:
+    """The subset view's distance to the full view's prediction (logits in, the teacher detached).
+
+    - ``"bce"``: binary cross-entropy of ``sigmoid(student / T)`` against ``sigmoid(teacher / T)``
+      (region outputs, each voxel and channel a Bernoulli);
+    - ``"mse"``: mean squared difference of the two probabilities;
+    - ``"kl"``: ``T^2 * KL(p_teacher || p_student)`` of the Bernoulli probabilities at temperature
+      ``T`` (PASSION's form), averaged over voxels and channels.
+
+    Raises:
+        ValueError: an unknown form or ``temperature <= 0``.
+    """
+    if form not in CONSISTENCIES:
+        raise ValueError(f"form must be one of {CONSISTENCIES}, got {form!r}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    student = student.float() / temperature
+    target = torch.sigmoid(teacher.detach().float() / temperature)
+    if form == "bce":
+        return F.binary_cross_entropy_with_logits(student, target)
+    if form == "mse":
+        return F.mse_loss(torch.sigmoid(student), target)
+    log_p, log_1p = F.logsigmoid(student), F.logsigmoid(-student)
+    eps = 1e-7
+    t = target.clamp(eps, 1 - eps)
+    kl = t * (t.log() - log_p) + (1 - t) * ((1 - t).log() - log_1p)
+    return temperature**2 * kl.mean()
+
+
+class RobustTraining:
+    """A robust-training recipe: its settings, checked when a bundle builds it.
+
+    Args:
+        sampler: ``"uniform"``, ``"bernoulli"`` or ``"size"`` (:func:`sample_subsets`).
+        drop: each sequence's probability of being dropped (``"bernoulli"``; ``"uniform"`` is 0.5).
+        warmup_epochs: epochs on the full input only before subsets are drawn.
+        feature_masking: the network zeroes a missing sequence's features before fusion (it must
+            be built so, e.g. ``MultiEncoderSegNet(mask_missing=True)``); ``False``: zero-filled
+            input only, which any network takes.
+        full_view: train the full input beside the subset view each step (two forwards).
+        distill_weight: weight of :func:`consistency` from the subset view to the full view
+            (needs ``full_view``).
+        distill: the consistency's form (:data:`CONSISTENCIES`).
+        temperature: the consistency's temperature.
+        sep_weight: weight of each sequence head's task loss into its encoder (0: no heads).
+        sep_level: the level the per-sequence heads predict at (``make_heads(level=...)``).
+        guide: what the method's balance coefficients steer (:data:`GUIDES`).
+        guide_power: exponent of :func:`guided_weights`.
+        drop_range: the drop probabilities guidance may set, ``(low, high)``.
+
+    Raises:
+        ValueError: any setting out of range, or ``distill_weight > 0`` without ``full_view``.
+    """
+
+    def __init__(
+        self,
+        sampler: str = "uniform",
+        drop: float = 0.5,
+        warmup_epochs: int = 0,
+        feature_masking: bool = True,
+        full_view: bool = False,
+        distill_weight: float = 0.0,
+        distill: str = "bce",
+        temperature: float = 1.0,
+        sep_weight: float = 0.0,
+        sep_level: int = 1,
+        guide: str = "none",
+        guide_power: float = 1.0,
+        drop_range: tuple[float, float] = (0.05, 0.9),
+    ) -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+        if not 0 <= drop < 1:
+            raise ValueError(f"drop must lie in [0, 1), got {drop}.")
+        if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}.")
+        if distill not in CONSISTENCIES:
+            raise ValueError(f"distill must be one of {CONSISTENCIES}, got {distill!r}.")
+        for name, value in (("distill_weight", distill_weight), ("sep_weight", sep_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
+        if distill_weight > 0 and not full_view:
+            raise ValueError(
+                "distill_weight > 0 distils the subset view toward the full view: set full_view=True."
+            )
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if guide not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
+        if guide in ("sep", "both") and sep_weight == 0:
+            raise ValueError(f"guide={guide!r} steers the per-sequence heads' weights: set sep_weight > 0.")
+        low, high = (float(v) for v in drop_range)
+        if not 0 <= low <= high < 1:
+            raise ValueError(f"drop_range must be 0 <= low <= high < 1, got {tuple(drop_range)}.")
+        self.sampler = sampler
+        self.drop = 0.5 if sampler == "uniform" else float(drop)
+        self.warmup_epochs = int(warmup_epochs)
+        self.feature_masking = bool(feature_masking)
+        self.full_view = bool(full_view)
+        self.distill_weight = float(distill_weight)
+        self.distill = distill
+        self.temperature = float(temperature)
+        self.sep_weight = float(sep_weight)
+        self.sep_level = int(sep_level)
+        self.guide = guide
+        self.guide_power = float(guide_power)
+        self.drop_range = (low, high)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings (the run's definition and the log)."""
+        return {
+            "sampler": self.sampler,
+            "drop": self.drop,
+            "warmup_epochs": self.warmup_epochs,
+            "feature_masking": self.feature_masking,
+            "full_view": self.full_view,
+            "distill_weight": self.distill_weight,
+            "distill": self.distill,
+            "temperature": self.temperature,
+            "sep_weight": self.sep_weight,
+            "sep_level": self.sep_level,
+            "guide": self.guide,
+            "guide_power": self.guide_power,
+            "drop_range": list(self.drop_range),
+        }
+
+    def __repr__(self) -> str:
+        return f"RobustTraining({', '.join(f'{k}={v!r}' for k, v in self.settings.items())})"
+
+    def drop_probabilities(self, sequences: int, balance: torch.Tensor | None = None) -> torch.Tensor:
+        """Each of ``sequences`` sequences' drop probability this step: :attr:`drop`, or under guide
+        ``"drop"`` / ``"both"`` (with ``balance`` known) ``drop / r_i`` (:func:`guided_weights`),
+        clipped to :attr:`drop_range`."""
+        if balance is None or self.guide not in ("drop", "both"):
+            return torch.full((sequences,), self.drop, dtype=torch.float64)
+        r = guided_weights(balance, self.guide_power)
+        return (self.drop / r).clamp(*self.drop_range)
+
+    def keep_weights(self, balance: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The ``"size"`` sampler's weights of keeping each sequence: ``r_i`` under guide
+        ``"drop"`` / ``"both"`` (the dominant sequence kept less), else ``None`` (equal)."""
+        if balance is None or self.guide not in ("drop", "both"):
+            return None
+        return guided_weights(balance, self.guide_power)
+
+    def head_weights(self, modalities: tuple[str, ...], balance: torch.Tensor | None) -> dict[str, float]:
+        """Each sequence head's loss weight: :attr:`sep_weight`, times ``r_i`` under guide sep/both."""
+        if balance is None or self.guide not in ("sep", "both"):
+            return {m: self.sep_weight for m in modalities}
+        r = guided_weights(balance, self.guide_power)
+        return {m: self.sep_weight * float(w) for m, w in zip(modalities, r)}
+
+    def iteration(
+        self,
+        sep_heads: Mapping[str, nn.Module] | None = None,
+        method: Any = None,
+        branches: BranchSpec | None = None,
+    ) -> RobustIteration:
+        """The training step of this recipe, for ``SupervisedTrainer(iteration_update=...)``."""
+        return RobustIteration(self, sep_heads, method, branches)
+
+
+def pick_recipe(recipes: Mapping[str, RobustTraining | None], name: str) -> RobustTraining | None:
+    """``recipes[name]``: a bundle's ``recipes`` block and its ``recipe`` key.
+
+    Raises:
+        ValueError: ``name`` is not in ``recipes`` or its entry is not a :class:`RobustTraining`.
+    """
+    if name not in recipes:
+        raise ValueError(f"recipe must be one of {sorted(recipes)}, got {name!r}.")
+    chosen = recipes[name]
+    if chosen is not None and not isinstance(chosen, RobustTraining):
+        raise ValueError(
+            f"recipes#{name} must build a RobustTraining (give it a _target_), got {type(chosen).__name__}."
+        )
+    return chosen
+
+
+def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
+    """The parameters of ``modules`` (``None`` skipped), each once: the network and its
+    per-sequence heads for one optimizer."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        if module is not None:
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+class RobustIteration:
+    """One training step of a :class:`RobustTraining` recipe, as a ``SupervisedTrainer``'s
+    ``iteration_update`` (``engine``, ``batchdata``) -> ``engine.state.output``.
+
+    It fires ``FORWARD_COMPLETED`` after the last forward, ``LOSS_COMPLETED`` once the total loss
+    is formed, ``BACKWARD_COMPLETED`` and ``MODEL_COMPLETED`` as MONAI's step does, and leaves the
+    full view's prediction (or the subset view's, without one) in ``output["pred"]``. The terms of
+    the loss go to ``engine.state`` as ``robust_<term>`` and, with guidance, the drop probabilities
+    as ``p_drop_<m>``.
+
+    Raises:
+        ValueError: on the first step, feature masking with a network that does not mask
+            (``mask_missing``), per-sequence heads that do not match the network's branches,
+            guidance with a method that has no balance coefficients, or gradient accumulation.
+    """
+
+    def __init__(
+        self,
+        recipe: RobustTraining,
+        sep_heads: Mapping[str, nn.Module] | None = None,
+        method: Any = None,
+        branches: BranchSpec | None = None,
+    ) -> None:
+        if not isinstance(recipe, RobustTraining):
+            raise ValueError(f"recipe must be a RobustTraining, got {type(recipe).__name__}.")
+        if recipe.sep_weight > 0 and not sep_heads:
+            raise ValueError(
+                "sep_weight > 0 needs the per-sequence heads: "
+                "make_heads('segmentation', network, level=recipe.sep_level)."
+            )
+        if recipe.guide != "none" and method is None:
+            raise ValueError(
+                f"guide={recipe.guide!r} follows a balancing method's coefficients: train with a method "
+                "that has them (CGGM)."
+            )
+        self.recipe = recipe
+        self.sep_heads = None if recipe.sep_weight == 0 else dict(sep_heads.items())
+        self.method = method
+        self.branches = branches
+        self.tap: FeatureTap | None = None
+        self.modalities: tuple[str, ...] = ()
+        self._checked = False
+        self.last: dict[str, float] = {}
+
+    def _check(self, engine: Any) -> None:
+        network = engine.network
+        inner = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+        if int(getattr(engine, "accumulation_steps", 1) or 1) > 1:
+            raise ValueError(
+                "robust training does not support gradient accumulation (accumulation_steps > 1)."
+            )
+        if self.recipe.feature_masking and not getattr(inner, "mask_missing", False):
+            raise ValueError(
+                f"feature_masking=True needs a network that zeroes a missing sequence's features; "
+                f"{type(inner).__name__} does not (MultiEncoderSegNet(mask_missing=True) does). For a "
+                "network of your own set feature_masking=False: missing sequences are then zero-filled "
+                "at the input only."
+            )
+        if self.sep_heads is not None:
+            self.tap = FeatureTap(network, self.branches, detach=False)
+            if set(self.sep_heads) != set(self.tap.branches):
+                self.tap.remove()
+                raise ValueError(
+                    f"the per-sequence heads cover {sorted(self.sep_heads)}, "
+                    f"the branches {sorted(self.tap.branches)}."
+                )
+        # input channel order: the network's modalities, else its branches' order
+        names = getattr(inner, "modalities", None) or getattr(self.method, "modalities", None)
+        names = names or (tuple(self.tap.branches) if self.tap is not None else ())
+        self.modalities = tuple(names)
+        if self.recipe.guide != "none" and not hasattr(self.method, "balance"):
+            raise ValueError(
+                f"guide={self.recipe.guide!r}: {type(self.method).__name__} has no balance coefficients."
+            )
+        self._checked = True
+
+    def _balance(self) -> torch.Tensor | None:
+        if self.recipe.guide == "none" or self.method is None:
+            return None
+        balance = self.method.balance
+        if balance is None:
+            return None
+        return torch.tensor([float(balance[m]) for m in self.modalities], dtype=torch.float64)
+
+    def __call__(self, engine: Any, batchdata: Any) -> dict[str, Any]:
+        from monai.engines.utils import IterationEvents
+        from monai.utils.enums import CommonKeys as Keys
+
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        if not self._checked:
+            self._check(engine)
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        recipe = self.recipe
+        epoch = engine.state.epoch - 1
+        subset = epoch >= recipe.warmup_epochs
+        balance = self._balance()
+        n_seq = inputs.shape[1]
+        terms: dict[str, torch.Tensor] = {}
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return engine.inferer(x, engine.network, *args, **kwargs)
+
+        def compute() -> None:
+            keep = None
+            if subset:
+                drop = recipe.drop_probabilities(n_seq, balance)
+                kind = "size" if recipe.sampler == "size" else "bernoulli"
+                keep = sample_subsets(
+                    inputs.shape[0], drop, kind, keep_weights=recipe.keep_weights(balance)
+                ).to(inputs.device)
+                if balance is not None:
+                    self.last.update({f"p_drop_{m}": float(p) for m, p in zip(self.modalities, drop)})
+                shape = (*keep.shape, *([1] * (inputs.dim() - 2)))
+                sub_pred = forward(inputs * keep.view(shape).to(inputs.dtype))
+                terms["subset"] = engine.loss_function(sub_pred, targets).mean()
+            pred = sub_pred if subset and not recipe.full_view else None
+            if pred is None:  # the full view, last, so that the heads observe its features
+                pred = forward(inputs)
+                terms["full"] = engine.loss_function(pred, targets).mean()
+                if subset and recipe.distill_weight > 0:
+                    terms["distill"] = recipe.distill_weight * consistency(
+                        sub_pred, pred, recipe.distill, recipe.temperature
+                    )
+                keep = None  # the heads' features are the full view's
+            engine.state.output[Keys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            if self.sep_heads is not None:
+                terms["sep"] = self._sep_loss(engine, targets, keep, balance)
+            engine.state.output[Keys.LOSS] = sum(terms.values())
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                compute()
+            engine.scaler.scale(engine.state.output[Keys.LOSS]).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            compute()
+            engine.state.output[Keys.LOSS].backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        if self.tap is not None:
+            self.tap.clear()
+        self.last.update({f"robust_{k}": float(v.detach()) for k, v in terms.items()})
+        for name, value in self.last.items():
+            setattr(engine.state, name, value)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def _sep_loss(
+        self, engine: Any, targets: torch.Tensor, keep: torch.Tensor | None, balance: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Each present sequence's head on its encoder's (attached) features, the task loss, weighted."""
+        features = self.tap.features
+        weights = self.recipe.head_weights(self.modalities, balance)
+        total = targets.new_zeros(())
+        for index, m in enumerate(self.modalities):
+            rows = None if keep is None else keep[:, index]
+            if rows is not None and not bool(rows.any()):
+                continue
+            feats = features[m] if rows is None or bool(rows.all()) else _select_rows(features[m], rows)
+            target = targets if rows is None or bool(rows.all()) else targets[rows]
+            prediction = self.sep_heads[m](feats)
+            if prediction.shape[2:] != target.shape[2:]:
+                target = pool_target(target, prediction.shape[2:])
+            total = total + weights[m] * engine.loss_function(prediction.float(), target).mean()
+            self.last[f"sep_weight_{m}"] = weights[m]
+        return total
+
+    def remove(self) -> None:
+        """Take the per-sequence heads' hooks off the network."""
+        if self.tap is not None:
+            self.tap.remove()
+
+
+def _select_rows(features: Any, rows: torch.Tensor) -> Any:
+    if isinstance(features, torch.Tensor):
+        return features[rows]
+    return type(features)(_select_rows(f, rows) for f in features)
