@@ -16,7 +16,7 @@ from cggm_seg.networks.heads import (
     make_heads,
 )
 from cggm_seg.networks.multi_branch import FUSIONS, Fusion, MultiBranchNet
-from cggm_seg.networks.multi_encoder import PRESETS, ModalityEncoder, MultiEncoderSegNet
+from cggm_seg.networks.multi_encoder import PRESETS, ModalityEncoder, MultiEncoderSegNet, present_channels
 from cggm_seg.networks.multi_view import ENCODERS, MultiViewNet, SequenceEncoder, ViewEncoder
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "ModalityEncoder",
     "MultiBranchNet",
     "MultiEncoderSegNet",
+    "present_channels",
     "MultiViewNet",
     "RegressionHead",
     "SegmentationHead",

@@ -265,10 +265,11 @@ class MultiEncoderSegNet(MultiBranchNet):
         if self.mask_missing:
             present = present_channels(x)
             if not bool(present.all()):
-                per_modality = [
-                    [f * present[:, m].to(f.dtype).view(-1, *([1] * (f.dim() - 1))) for f in features]
-                    for m, features in enumerate(per_modality)
-                ]
+                masked: list[list[torch.Tensor]] = []
+                for m, features in enumerate(per_modality):
+                    weight = present[:, m].to(x.dtype).view(-1, 1, 1, 1, 1)
+                    masked.append([f * weight for f in features])
+                per_modality = masked
         fused: list[torch.Tensor] = []
         for level, fusion in enumerate(self.fusions):
             fused.append(fusion([features[level] for features in per_modality]))

@@ -197,3 +197,42 @@ def test_inference_datalist_takes_unlabelled_cases_and_names_missing_files(tmp_p
         inference_datalist(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
         inference_datalist(tmp_path / "nowhere")
+
+
+def test_inference_datalist_allows_missing_sequences_when_asked(tmp_path: Path) -> None:
+    layout = get_layout("brats2021")
+    root = tmp_path / "brats"
+    case_dir = root / "BraTS2021_00000"
+    case_dir.mkdir(parents=True)
+    for role in ("t1", "t1ce", "flair"):  # no t2
+        (case_dir / layout.file_name("BraTS2021_00000", role)).touch()
+    with pytest.raises(ValueError, match=r"misses t2 .*--allow_missing_sequences True"):
+        inference_datalist(root)
+    (entry,) = inference_datalist(root, allow_missing=True)
+    assert entry["missing"] == ["t2"]
+    assert entry["image"][2] is None and entry["image"][3].endswith("_flair.nii.gz")
+    for role in ("t1", "t1ce", "flair"):  # nothing left to predict from: refused even when allowed
+        (case_dir / layout.file_name("BraTS2021_00000", role)).unlink()
+    (case_dir / layout.file_name("BraTS2021_00000", "seg")).touch()
+    with pytest.raises(ValueError, match="'BraTS2021_00000'"):
+        inference_datalist(root, allow_missing=True)
+
+
+@pytest.mark.slow
+def test_a_case_without_t2_is_predicted_from_the_other_sequences(
+    bundle_root: Path, one_case: Path, tmp_path: Path
+) -> None:
+    dataset_dir = tmp_path / "no_t2"
+    import shutil
+
+    shutil.copytree(one_case, dataset_dir)
+    (t2,) = dataset_dir.glob("*/*_t2.nii.gz")
+    t2.unlink()
+    output_dir = tmp_path / "predictions"
+    settings = {"bundle_root": str(bundle_root), "run_name": "brats_cggm", "dataset_dir": str(dataset_dir)}
+    with pytest.raises(Exception, match="allow_missing_sequences"):
+        infer(prediction_dir=str(output_dir), roi_size=TINY["roi_size"], **settings)
+    infer(prediction_dir=str(output_dir), roi_size=TINY["roi_size"], allow_missing_sequences=True, **settings)
+    (prediction,) = output_dir.iterdir()
+    source = nib.load(next(dataset_dir.glob("*/*_t1.nii.gz")))
+    assert nib.load(prediction).shape == source.shape

@@ -32,6 +32,7 @@ _TRANSFORMS = (
     "ConvertToRegionsd",
     "RegionsToLabeld",
     "OrderModalitiesd",
+    "LoadSequencesd",
     "load_transforms",
 )
 _SEQUENCES = ("check_sequences", "zero_sequences", "SelectSequencesd", "RandSequenceDropoutd")

@@ -76,6 +76,8 @@ class CheckReport:
         problems: every problem found, dataset-level ones first, then per case in case order.
         skipped: files and folders under ``root`` that belong to no case, each with the reason
             (``case_id`` is ``None``); they do not fail the check.
+        absent: with ``allow_missing_sequences``, each sequence file a case lacks (the case is
+            used with that sequence zero-filled); they do not fail the check.
     """
 
     root: Path | None
@@ -84,6 +86,7 @@ class CheckReport:
     n_cases: int
     problems: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
+    absent: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -102,6 +105,9 @@ class CheckReport:
             if self.skipped
             else ""
         )
+        if self.absent:
+            n_absent = len({p.case_id for p in self.absent})
+            skipped += f"; {n_absent} case(s) miss sequences, zero-filled (listed above)"
         if self.ok:
             return f"OK: {checked}, no problems found{skipped}"
         n_cases = len({p.case_id for p in self.problems if p.case_id is not None})
@@ -127,6 +133,9 @@ class CheckReport:
         if self.skipped:
             lines.append("(skipped, in no case):")
             lines += [f"  {self._display(p.file)}: {p.message}" for p in self.skipped]
+        if self.absent:
+            lines.append("(sequences missing, allowed: zero-filled, predicted from the rest):")
+            lines += [f"  {p.case_id}: {p.message}" for p in self.absent]
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -147,6 +156,7 @@ def check_dataset(
     spacing_tol: float = 1e-3,
     affine_tol: float = 1e-3,
     progress: bool = True,
+    allow_missing_sequences: bool = False,
 ) -> CheckReport:
     """Check a dataset folder and/or a datalist, and report every problem found.
 
@@ -162,6 +172,9 @@ def check_dataset(
         spacing_tol: largest difference in voxel spacing (mm) between a case's files (default 1e-3).
         affine_tol: largest difference of any affine entry between a case's files (default 1e-3).
         progress: show a tqdm progress bar over cases on stderr (when it is a terminal).
+        allow_missing_sequences: a case that lacks some (not all) of its sequence files is
+            listed in :attr:`CheckReport.absent` instead of failing the check (for evaluation and
+            inference, which zero-fill the missing sequences).
 
     Raises:
         ValueError: neither ``root`` nor ``datalist`` is given, or ``layout`` is not a known layout.
@@ -182,12 +195,16 @@ def check_dataset(
         known = {_identity(c) for c in cases}
         cases += [c for c in listed if _identity(c) not in known]
     case_problems = []
+    absent: list[Problem] = []
     for case in tqdm(
         cases, desc="checking", unit="case", file=sys.stderr, disable=None if progress else True
     ):
+        if allow_missing_sequences and case.missing_sequences and not case.misses_every_sequence:
+            absent.append(Problem(case.case_id, case.folder, "misses " + ", ".join(case.missing_sequences)))
+            case = case.without_missing_sequences()
         case_problems += _check_case(case, get_layout(case.layout), spacing_tol, affine_tol)
     layout_name = chosen.name if chosen else None
-    return CheckReport(root, datalist, layout_name, len(cases), problems + case_problems, skipped)
+    return CheckReport(root, datalist, layout_name, len(cases), problems + case_problems, skipped, absent)
 
 
 def _discover(

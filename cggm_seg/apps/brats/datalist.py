@@ -71,6 +71,7 @@ def make_datalist(
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     name: str | None = None,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Build a decathlon-format datalist of ``cases`` split by the seeded rule in the module docstring.
 
@@ -80,6 +81,9 @@ def make_datalist(
         fractions: fractions of labelled cases for training, validation and test (default
             0.7 / 0.15 / 0.15): three non-negative numbers summing to 1.
         name: the datalist's ``name`` field (default: ``"<layout> datalist"``).
+        allow_missing: take cases that lack some (not all) sequence files: their entry has
+            ``None`` in place of each such file and ``"missing"``, the names of those sequences
+            (for evaluation and inference, which zero-fill them with ``LoadSequencesd``).
 
     Returns:
         The datalist as a dict with absolute paths (as strings); :func:`write_datalist` saves it.
@@ -91,7 +95,11 @@ def make_datalist(
     fractions = _check_fractions(fractions)
     if not cases:
         raise ValueError("no cases to put in a datalist; expected at least one complete case")
-    cases = require_complete(cases)
+    # require_complete checks; with allow_missing, missing sequence files are not counted
+    require_complete(
+        [c.without_missing_sequences() if allow_missing and not c.misses_every_sequence else c for c in cases]
+    )
+    cases = list(cases)
     layouts = sorted({c.layout for c in cases})
     if len(layouts) > 1:
         raise ValueError(f"cases of several layouts {layouts}; expected one layout per datalist")
@@ -109,8 +117,8 @@ def make_datalist(
     }
     splits: dict[str, list[dict[str, Any]]] = {split: [] for split in (*SPLITS, UNLABELLED)}
     for case in labelled:
-        splits[assignment[case.case_id]].append(_entry(case))
-    splits[UNLABELLED] = [_entry(c) for c in cases if c.label is None]
+        splits[assignment[case.case_id]].append(_entry(case, allow_missing))
+    splits[UNLABELLED] = [_entry(c, allow_missing) for c in cases if c.label is None]
     for split, entries in splits.items():
         datalist[f"num{split.capitalize()}"] = len(entries)
     datalist.update(splits)
@@ -257,13 +265,17 @@ def _assign_splits(case_ids: Sequence[str], seed: int, fractions: tuple[float, .
     return split_of
 
 
-def _entry(case: Case) -> dict[str, Any]:
-    image = case.image
+def _entry(case: Case, allow_missing: bool = False) -> dict[str, Any]:
+    image = case.image_allowing_missing() if allow_missing else case.image
     entry: dict[str, Any] = {
         "case_id": case.case_id,
         "layout": case.layout,
-        "image": [os.path.abspath(p) for p in image] if isinstance(image, list) else os.path.abspath(image),
+        "image": [None if p is None else os.path.abspath(p) for p in image]
+        if isinstance(image, list)
+        else os.path.abspath(image),
     }
+    if allow_missing and case.missing_sequences:
+        entry["missing"] = case.missing_sequences
     if case.label is not None:
         entry["label"] = os.path.abspath(case.label)
     return entry
@@ -273,7 +285,7 @@ def _map_paths(entry: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any
     out = dict(entry)
     for key in ("image", "label"):
         if isinstance(out.get(key), list):
-            out[key] = [fn(p) for p in out[key]]
+            out[key] = [None if p is None else fn(p) for p in out[key]]
         elif isinstance(out.get(key), str):
             out[key] = fn(out[key])
     return out

@@ -84,6 +84,42 @@ class Case:
         return not self.missing
 
     @property
+    def missing_sequences(self) -> list[str]:
+        """The sequences (in canonical order) whose files the case lacks (per-file layouts)."""
+        return [m for m in MODALITIES if m in self.missing]
+
+    @property
+    def misses_every_sequence(self) -> bool:
+        """True when the case has no image file at all."""
+        return "image" in self.missing or len(self.missing_sequences) == len(MODALITIES)
+
+    def without_missing_sequences(self) -> Case:
+        """This case with its missing sequence files no longer counted as missing (the label and a
+        4D image still are): what evaluation and inference take when they may zero-fill."""
+        import dataclasses
+
+        kept = {role: path for role, path in self.missing.items() if role not in MODALITIES}
+        return dataclasses.replace(self, missing=kept)
+
+    def image_allowing_missing(self) -> list[Path | None] | Path:
+        """:attr:`image` with ``None`` in place of each missing sequence's file.
+
+        Raises:
+            ValueError: the case has no image file at all, or two files for one image.
+        """
+        if self.misses_every_sequence:
+            raise ValueError(f"case {self.case_id!r} in {self.folder} has no sequence file; nothing to use.")
+        if self.image_4d is not None or not self.missing_sequences:
+            return self.without_missing_sequences().image
+        ambiguous = [role for role in self.duplicates if role != "seg"]
+        if ambiguous:
+            raise ValueError(
+                f"case {self.case_id!r} in {self.folder}: "
+                + "; ".join(map(self.describe_duplicate, ambiguous))
+            )
+        return [None if m in self.missing else self.images[m] for m in MODALITIES]
+
+    @property
     def image(self) -> list[Path] | Path:
         """The image as a datalist gives it to ``LoadImaged``: 4 files in canonical order, or the 4D file.
 

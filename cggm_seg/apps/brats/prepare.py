@@ -121,6 +121,7 @@ def prepare_dataset(
     check: bool = True,
     required_splits: Sequence[str] = SPLITS,
     resume: bool = False,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Check ``dataset_dir``, split it, write ``output_dir/datalist.json`` and return the splits.
 
@@ -136,6 +137,9 @@ def prepare_dataset(
         check: run ``check_dataset`` first (turn off only for data checked already).
         required_splits: the splits the run uses, each of which must hold a case (default: all
             three; an evaluation of every case needs none).
+        allow_missing: take cases that lack some of their sequence files (evaluation only: the
+            check lists them, per case, and the datalist gives ``None`` for those files, which
+            ``LoadSequencesd`` zero-fills).
         resume: the run will resume from the epoch checkpoints in ``output_dir/models`` if there
             are any. A datalist that differs from that run's ``datalist.json`` then goes to
             ``datalist.new.json`` instead, so that a resume refused as another run's (its
@@ -161,13 +165,18 @@ def prepare_dataset(
                 "Task01 folder with --dataset_dir, or leave it out to use the generated phantom dataset"
             )
     if check:
-        report = check_dataset(dataset_dir, layout=layout)
+        report = check_dataset(dataset_dir, layout=layout, allow_missing_sequences=allow_missing)
+        if report.absent:
+            logger.warning(
+                f"{dataset_dir}: {len(report.absent)} case(s) miss sequences, zero-filled: "
+                + "; ".join(f"{p.case_id} {p.message}" for p in report.absent)
+            )
         if not report.ok:
             raise DatasetCheckError(f"the dataset failed its check, nothing was trained:\n{report.format()}")
         layout = report.layout or layout
         _log_skipped(dataset_dir, report)
     cases = discover_cases(dataset_dir, layout)
-    datalist = make_datalist(cases, seed=seed, fractions=fractions)
+    datalist = make_datalist(cases, seed=seed, fractions=fractions, allow_missing=allow_missing)
     found = f"{len(cases)} {datalist['layout']} case{'s' * (len(cases) != 1)} found"
     logger.info(f"{dataset_dir}: {found}; {describe_splits(datalist)}")
     try:
@@ -222,7 +231,9 @@ def split_cases(data: dict[str, Any], split: str) -> list[dict[str, Any]]:
     return cases
 
 
-def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> list[dict[str, Any]]:
+def inference_datalist(
+    dataset_dir: str | Path, layout: str | None = None, allow_missing: bool = False
+) -> list[dict[str, Any]]:
     """Every case of ``dataset_dir``, labelled or not, as datalist entries for inference.
 
     Unlike :func:`prepare_dataset` nothing is split, generated or written, and a case without a
@@ -232,6 +243,9 @@ def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> li
         dataset_dir: a BraTS 2018-2021, BraTS 2023 or MSD Task01 folder (for MSD, the cases of
             ``imagesTr`` and ``imagesTs``).
         layout: the dataset layout, or None to detect it.
+        allow_missing: take cases that lack some (not all) sequence files: ``None`` in their
+            place (``LoadSequencesd`` zero-fills them) and ``"missing"`` naming them; each such
+            case is logged.
 
     Returns:
         ``[{"image": 4 paths in MODALITIES order or the MSD 4D path, "case_id": id, "layout": name}, ...]``
@@ -255,11 +269,13 @@ def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> li
     cases = discover_cases(dataset_dir, layout)
     if not cases:
         raise ValueError(f"no case found in {dataset_dir}; expected {describe_layout(layout)}")
+    hint = "" if allow_missing else " (--allow_missing_sequences True predicts from the others)"
     problems = [
         f"case {c.case_id!r} in {c.folder} misses "
         + ", ".join(f"{name} (expected {path})" for name, path in c.missing.items() if name != "seg")
+        + (hint if c.missing_sequences and not c.misses_every_sequence else "")
         for c in cases
-        if set(c.missing) - {"seg"}
+        if set(c.missing) - {"seg"} and not (allow_missing and not c.misses_every_sequence)
     ]
     problems += [
         f"case {c.case_id!r} in {c.folder}: {c.describe_duplicate(role)}"
@@ -279,9 +295,17 @@ def inference_datalist(dataset_dir: str | Path, layout: str | None = None) -> li
         raise ValueError(f"cannot run inference on {dataset_dir}:\n  " + "\n  ".join(problems))
     entries = []
     for c in cases:
-        image = c.image
-        paths = [os.path.abspath(p) for p in image] if isinstance(image, list) else os.path.abspath(image)
-        entries.append({"image": paths, "case_id": c.case_id, "layout": c.layout})
+        image = c.image_allowing_missing() if allow_missing else c.image
+        paths = (
+            [None if p is None else os.path.abspath(p) for p in image]
+            if isinstance(image, list)
+            else os.path.abspath(image)
+        )
+        entry = {"image": paths, "case_id": c.case_id, "layout": c.layout}
+        if allow_missing and c.missing_sequences:
+            entry["missing"] = c.missing_sequences
+            logger.warning(f"case {c.case_id}: {', '.join(c.missing_sequences)} missing, zero-filled")
+        entries.append(entry)
     return entries
 
 
@@ -306,7 +330,8 @@ def check_roi_size(data: dict[str, Any], roi_size: Any, split: str = "training")
         raise ValueError(f"roi_size must be three positive sizes (D, H, W), got {roi_size}.")
     shapes = []
     for case in data.get(split, []):
-        image = case["image"][0] if isinstance(case["image"], (list, tuple)) else case["image"]
+        image = case["image"]
+        image = next(p for p in image if p is not None) if isinstance(image, (list, tuple)) else image
         shapes.append([int(s) for s in nib.load(image).shape[:3]])
     if shapes and not any(all(r <= s for r, s in zip(roi, shape)) for shape in shapes):
         largest = [max(s[d] for s in shapes) for d in range(3)]

@@ -15,12 +15,13 @@ a label is ``(3, H, W, D)`` float32 region channels in :data:`~cggm_seg.apps.bra
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import EnsureChannelFirstd, LoadImaged, MapTransform
+from monai.transforms import EnsureChannelFirstd, LoadImage, LoadImaged, MapTransform
 from monai.utils import convert_to_dst_type
 
 from cggm_seg.apps.brats.layouts import MODALITIES, REGIONS, Layout, get_layout
@@ -32,6 +33,7 @@ __all__ = [
     "ConvertToRegionsd",
     "RegionsToLabeld",
     "OrderModalitiesd",
+    "LoadSequencesd",
     "load_transforms",
 ]
 
@@ -265,3 +267,58 @@ def _label_values(layout: Layout) -> tuple[int, int, int]:
             "each adding one label value, to map regions back to labels"
         )
     return tuple(next(iter(p)) for p in parts)  # type: ignore[return-value]
+
+
+class LoadSequencesd(MapTransform):
+    """``LoadImaged`` that also takes a missing sequence: loaded as a channel of zeros.
+
+    For a complete case it gives what ``LoadImaged`` gives (the same array, affine, metadata; a
+    list of sequence files stacked channel-first, a single file as it is, so that
+    ``EnsureChannelFirstd`` follows as usual), and it also takes a case whose datalist entry has ``None`` in
+    place of a sequence's file (``inference_datalist`` / ``prepare_dataset`` with
+    ``allow_missing=True``): that channel is zero, which stays zero through
+    ``NormalizeIntensityd(nonzero=True)``, the toolkit's contract for a missing sequence (the
+    network, when it masks features, treats it as absent).
+
+    Args:
+        keys: the keys to load (image, label); a label is one file.
+        reader: the image reader. Defaults to ``"NibabelReader"``.
+        allow_missing_keys: as for any ``MapTransform``.
+
+    Raises:
+        ValueError: an entry whose sequences are all missing, or whose present files differ in shape
+            (the message names the case and the files).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, reader: str = "NibabelReader", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadImage(reader=reader, image_only=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.load(d[key], d.get("case_id"))
+        return d
+
+    def load(self, paths: Any, case_id: Any = None) -> MetaTensor:
+        """One file as it is stored, or a list of files (``None`` for missing ones) as ``C x H x W x D``."""
+        if not isinstance(paths, (list, tuple)):
+            return self.loader(paths)
+        if all(p is None for p in paths):
+            raise ValueError(f"case {case_id!r}: every sequence is missing; nothing to predict from.")
+        loaded = {i: self.loader(p) for i, p in enumerate(paths) if p is not None}
+        reference = next(iter(loaded.values()))
+        shapes = {i: tuple(v.shape) for i, v in loaded.items()}
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"{paths[i]} {list(shape)}" for i, shape in shapes.items())
+            raise ValueError(f"case {case_id!r}: its sequence files differ in shape: {listing}.")
+        channels = [
+            loaded[i].as_tensor() if i in loaded else torch.zeros(reference.shape, dtype=reference.dtype)
+            for i in range(len(paths))
+        ]
+        meta = dict(reference.meta)
+        meta["original_channel_dim"] = 0
+        meta["filename_or_obj"] = str(paths[min(loaded)])
+        return MetaTensor(torch.stack(channels, dim=0), meta=meta)

@@ -1,0 +1,281 @@
+"""Robust training: the subset samplers, guidance, the consistency term, and the training step."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from monai.engines import SupervisedTrainer
+from monai.losses import DiceLoss
+
+from cggm_seg.balancing import (
+    HeadMonitor,
+    RobustTraining,
+    consistency,
+    guided_weights,
+    pick_recipe,
+    sample_subsets,
+    trainable_parameters,
+)
+from cggm_seg.handlers import BalancingHandler
+from cggm_seg.networks import MultiEncoderSegNet, present_channels
+
+from .toy_nets import MODALITIES, SegHead, ToySegNet
+
+
+# -- samplers ---------------------------------------------------------------------------------------
+def test_bernoulli_at_one_half_is_uniform_over_the_fifteen_non_empty_subsets():
+    keep = sample_subsets(30_000, torch.full((4,), 0.5), generator=torch.Generator().manual_seed(0))
+    assert keep.any(dim=1).all()
+    codes = (keep.long() * torch.tensor([1, 2, 4, 8])).sum(dim=1)
+    counts = torch.bincount(codes, minlength=16)
+    assert counts[0] == 0
+    expected = 30_000 / 15  # 2000 each; binomial std about 43
+    assert ((counts[1:] - expected).abs() < 200).all(), counts.tolist()
+
+
+def test_bernoulli_keeps_everything_at_drop_zero_and_follows_unequal_probabilities():
+    assert sample_subsets(50, torch.zeros(4)).all()
+    keep = sample_subsets(
+        20_000, torch.tensor([0.1, 0.5, 0.5, 0.8]), generator=torch.Generator().manual_seed(1)
+    )
+    # P(keep_i | non-empty) = (1 - p_i) / P(non-empty); P(empty) = 0.1 * 0.5 * 0.5 * 0.8 = 0.02
+    expected = torch.tensor([0.9, 0.5, 0.5, 0.2]) / 0.98
+    assert torch.allclose(keep.double().mean(dim=0), expected.double(), atol=0.015)
+
+
+def test_size_sampler_keeps_k_uniform_in_one_to_m_and_follows_its_weights():
+    g = torch.Generator().manual_seed(2)
+    keep = sample_subsets(8_000, torch.zeros(4), kind="size", generator=g)
+    sizes = torch.bincount(keep.sum(dim=1), minlength=5)
+    assert sizes[0] == 0 and ((sizes[1:] - 2000).abs() < 150).all(), sizes.tolist()
+    weighted = sample_subsets(
+        8_000, torch.zeros(4), "size", keep_weights=torch.tensor([4.0, 1, 1, 1]), generator=g
+    )
+    singles = weighted[weighted.sum(dim=1) == 1].double().mean(dim=0)
+    assert abs(float(singles[0]) - 4 / 7) < 0.05  # one kept: chosen with probability w_i / sum w
+
+
+def test_samplers_refuse_bad_settings():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        sample_subsets(2, torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="kind must be"):
+        sample_subsets(2, torch.zeros(2), kind="uniform")
+
+
+# -- guidance ---------------------------------------------------------------------------------------
+def test_guided_weights_by_hand():
+    # B = (1, 1, 2): mean 4/3, r = (0.75, 0.75, 1.5), mean 1 already
+    assert torch.allclose(
+        guided_weights(torch.tensor([1.0, 1.0, 2.0])), torch.tensor([0.75, 0.75, 1.5]).double()
+    )
+    # power 2: (0.5625, 0.5625, 2.25) / 1.125 = (0.5, 0.5, 2)
+    assert torch.allclose(
+        guided_weights(torch.tensor([1.0, 1.0, 2.0]), 2.0), torch.tensor([0.5, 0.5, 2.0]).double()
+    )
+    assert torch.allclose(guided_weights(torch.tensor([1.3, 1.3])), torch.ones(2).double())
+    with pytest.raises(ValueError, match="positive and finite"):
+        guided_weights(torch.tensor([1.0, 0.0]))
+
+
+def test_guided_drop_probabilities_and_head_weights_by_hand():
+    recipe = RobustTraining(sampler="bernoulli", drop=0.5, sep_weight=0.5, guide="both")
+    b = torch.tensor([1.0, 1.0, 2.0])
+    # drop / r = 0.5 / (0.75, 0.75, 1.5): the dominant (low-B) sequences are dropped more
+    assert torch.allclose(recipe.drop_probabilities(3, b), torch.tensor([2 / 3, 2 / 3, 1 / 3]).double())
+    assert recipe.head_weights(("a", "b", "c"), b) == pytest.approx({"a": 0.375, "b": 0.375, "c": 0.75})
+    # clipped to drop_range; unguided or no B yet: the plain settings
+    assert recipe.drop_probabilities(2, torch.tensor([1.0, 100.0])).tolist() == pytest.approx(
+        [0.9, 0.2525], abs=1e-4
+    )
+    assert recipe.drop_probabilities(3, None).tolist() == [0.5, 0.5, 0.5]
+    assert RobustTraining(sep_weight=0.5).head_weights(("a", "b"), b[:2]) == {"a": 0.5, "b": 0.5}
+    assert torch.allclose(recipe.keep_weights(b), torch.tensor([0.75, 0.75, 1.5]).double())
+
+
+# -- consistency -------------------------------------------------------------------------------------
+def test_consistency_forms_by_hand():
+    zero = torch.zeros(1, 3, 2, 2, 2)
+    assert float(consistency(zero, zero, "bce")) == pytest.approx(math.log(2))
+    assert float(consistency(zero, torch.full_like(zero, 50.0), "mse")) == pytest.approx(0.25)
+    assert float(consistency(zero, zero, "kl")) == pytest.approx(0.0, abs=1e-6)
+    # teacher p = 0.75, student p = 0.5: 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812
+    teacher = torch.full_like(zero, math.log(3.0))
+    assert float(consistency(zero, teacher, "kl")) == pytest.approx(0.130812, abs=1e-5)
+    # temperature 2: logits halved and T^2 = 4; teacher logit ln 3 / 2 -> p = sqrt(3) / (1 + sqrt(3))
+    t = math.sqrt(3) / (1 + math.sqrt(3))
+    expected = 4 * (t * math.log(t / 0.5) + (1 - t) * math.log((1 - t) / 0.5))
+    assert float(consistency(zero, teacher, "kl", temperature=2.0)) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="form must be"):
+        consistency(zero, zero, "l1")
+
+
+def test_consistency_does_not_train_the_teacher():
+    student = torch.zeros(1, 3, 2, 2, 2, requires_grad=True)
+    teacher = torch.ones(1, 3, 2, 2, 2, requires_grad=True)
+    consistency(student, teacher).backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+# -- settings ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sampler": "half"}, "sampler must be"),
+        ({"drop": 1.0}, r"drop must lie"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"distill_weight": 0.5}, "set full_view=True"),
+        ({"sep_weight": -0.1}, "sep_weight must be"),
+        ({"guide": "sep"}, "set sep_weight > 0"),
+        ({"guide": "loss"}, "guide must be"),
+        ({"distill": "l2", "full_view": True}, "distill must be"),
+        ({"drop_range": (0.5, 0.2)}, "drop_range"),
+    ],
+)
+def test_recipe_refuses_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RobustTraining(**kwargs)
+
+
+def test_uniform_sampler_is_bernoulli_at_one_half_and_pick_recipe_checks():
+    assert RobustTraining(sampler="uniform", drop=0.2).drop == 0.5
+    recipes = {"none": None, "robust": RobustTraining()}
+    assert pick_recipe(recipes, "none") is None and pick_recipe(recipes, "robust") is recipes["robust"]
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        pick_recipe(recipes, "two_view")
+    with pytest.raises(ValueError, match="must build a RobustTraining"):
+        pick_recipe({"x": {"sampler": "uniform"}}, "x")
+
+
+# -- feature masking ----------------------------------------------------------------------------------
+def test_present_channels_by_hand():
+    x = torch.ones(3, 4, 2, 2, 2)
+    x[0, 1] = 0
+    x[1] = 0  # nothing known: all present
+    x[2, 0, 0, 0, 0] = 0  # one zero voxel is not a missing sequence
+    assert present_channels(x).tolist() == [[True, False, True, True], [True] * 4, [True] * 4]
+
+
+def test_masked_network_ignores_a_missing_sequences_encoder():
+    torch.manual_seed(0)
+    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True).eval()
+    x = torch.randn(2, 4, 8, 8, 8)
+    x[0, 1] = 0  # t1ce missing in sample 0
+    before = net(x)
+    with torch.no_grad():
+        for p in net.encoders["t1ce"].parameters():
+            p.add_(torch.randn_like(p))
+    after = net(x)
+    assert torch.allclose(before[0], after[0], atol=1e-6)  # sample 0 does not see t1ce's encoder
+    assert not torch.allclose(before[1], after[1], atol=1e-3)  # sample 1 does
+    unmasked = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,)).eval()
+    unmasked.load_state_dict(net.state_dict())
+    assert torch.allclose(unmasked(x)[1], after[1], atol=1e-6)  # nothing missing: the same network
+
+
+# -- the training step ----------------------------------------------------------------------------------
+def _trainer(net, recipe, heads=None, method=None, handlers=(), epochs=1, accumulation=1):
+    torch.manual_seed(0)
+    data = [{"image": torch.randn(1, 4, 8, 8, 8), "label": (torch.rand(1, 3, 8, 8, 8) > 0.5).float()}] * 3
+    optimizer = torch.optim.SGD(trainable_parameters(net, heads), lr=0.1)
+    return SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=data,
+        network=net,
+        optimizer=optimizer,
+        loss_function=DiceLoss(sigmoid=True),
+        train_handlers=list(handlers),
+        iteration_update=recipe.iteration(heads, method),
+        accumulation_steps=accumulation,
+    )
+
+
+def test_two_view_step_trains_network_and_heads_and_reports_its_terms():
+    net = ToySegNet()
+    heads = torch.nn.ModuleDict({m: SegHead() for m in MODALITIES})
+    recipe = RobustTraining(full_view=True, distill_weight=0.5, sep_weight=0.5, feature_masking=False)
+    before = {k: v.clone() for k, v in heads.state_dict().items()}
+    monitor = BalancingHandler(HeadMonitor(), {m: SegHead() for m in MODALITIES})
+    trainer = _trainer(net, recipe, heads, handlers=[monitor])
+    trainer.run()
+    state = trainer.state
+    for term in ("robust_full", "robust_subset", "robust_distill", "robust_sep"):
+        assert math.isfinite(getattr(state, term)), term
+    total = state.robust_full + state.robust_subset + state.robust_distill + state.robust_sep
+    output = state.output[0]  # decollated by the trainer
+    assert float(output["loss"]) == pytest.approx(total, rel=1e-5)
+    assert output["pred"].shape == (3, 8, 8, 8)
+    # the heads' loss trains the heads (they are in the optimizer) and reaches the encoders
+    assert any(not torch.equal(before[k], v) for k, v in heads.state_dict().items())
+    assert len(monitor.history) == 3  # the balancing handler ran on every step
+
+
+def test_sep_loss_reaches_the_encoders():
+    net = ToySegNet()
+    heads = torch.nn.ModuleDict({m: SegHead() for m in MODALITIES})
+    recipe = RobustTraining(full_view=True, sep_weight=1.0, feature_masking=False)
+    step = recipe.iteration(heads)
+    trainer = _trainer(net, recipe, heads)
+    trainer.iteration_update = None
+    step._check(trainer)
+    x = torch.randn(1, 4, 8, 8, 8)
+    net(x)
+    loss = step._sep_loss(trainer, (torch.rand(1, 3, 8, 8, 8) > 0.5).float(), None, None)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoders.parameters())
+    assert net.final.weight.grad is None  # the fused path is not in the heads' loss
+
+
+def test_warmup_epochs_train_the_full_view_only():
+    recipe = RobustTraining(warmup_epochs=1, feature_masking=False)
+    trainer = _trainer(ToySegNet(), recipe, epochs=1)
+    trainer.run()
+    assert hasattr(trainer.state, "robust_full") and not hasattr(trainer.state, "robust_subset")
+
+
+def test_guided_drop_follows_cggm_coefficients():
+    class Signal:
+        modalities = MODALITIES
+        balance = {"t1": 2.0, "t1ce": 0.5, "t2": 1.0, "flair": 0.5}
+
+    recipe = RobustTraining(sampler="bernoulli", drop=0.5, guide="drop", feature_masking=False)
+    trainer = _trainer(ToySegNet(), recipe, method=Signal())
+    trainer.run()
+    p = {m: getattr(trainer.state, f"p_drop_{m}") for m in MODALITIES}
+    assert p["t1"] < p["t2"] < p["t1ce"] == p["flair"]  # the lagging t1 dropped least
+    # r = B / mean B = (2, 0.5, 1, 0.5), mean 1: p = 0.5 / r clipped to 0.9
+    assert p == pytest.approx({"t1": 0.25, "t1ce": 0.9, "t2": 0.5, "flair": 0.9})
+
+
+@pytest.mark.parametrize(
+    "recipe, kwargs, match",
+    [
+        (RobustTraining(), {}, "feature_masking=True needs a network"),
+        (RobustTraining(feature_masking=False), {"accumulation": 2}, "gradient accumulation"),
+    ],
+)
+def test_step_refuses_what_it_cannot_do(recipe, kwargs, match):
+    trainer = _trainer(ToySegNet(), recipe, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        trainer.run()
+
+
+def test_guided_recipe_needs_a_method_and_sep_recipe_needs_heads():
+    with pytest.raises(ValueError, match="follows a balancing method"):
+        RobustTraining(guide="drop").iteration(None, None)
+    with pytest.raises(ValueError, match="needs the per-sequence heads"):
+        RobustTraining(sep_weight=0.5).iteration(None)
+
+
+def test_every_subset_of_a_uniform_sampler_reaches_the_network():
+    # the masked inputs of a one-view recipe: each row zero exactly where the sampler dropped it
+    g = torch.Generator().manual_seed(3)
+    keep = sample_subsets(200, torch.full((4,), 0.5), generator=g)
+    x = torch.randn(200, 4, 2, 2, 2) + 10
+    masked = x * keep.view(200, 4, 1, 1, 1)
+    assert torch.equal(present_channels(masked), keep)
+    seen = {tuple(row.tolist()) for row in keep}
+    assert len(seen) == 15 and seen <= {s for s in itertools.product([False, True], repeat=4) if any(s)}
