@@ -229,6 +229,19 @@ ROBUST_VARIANTS: dict[str, Variant] = {
         {**_robust("", method="cggm", guide="sep").overrides, **_CGGM_SIGNAL},
         default=False,
     ),
+    "sep": Variant(
+        "per-sequence heads (weight 1) whose loss trains the encoders, no missing sequences (the sep recipe)",
+        {"method": "joint", "recipe": "sep"},
+        default=False,
+    ),
+    "mmpareto": Variant(
+        "MMPareto (scale 1.5) on the sep recipe's per-sequence heads",
+        {"method": "mmpareto", "recipe": "sep"},
+        default=False,
+    ),
+    "two_view_mmpareto": _robust(
+        "two_view with MMPareto combining each encoder's gradients", method="mmpareto"
+    ),
 }
 VARIANTS.update(ROBUST_VARIANTS)
 

@@ -40,6 +40,7 @@ from cggm_seg.balancing.method import METHODS, BalancingMethod, get_method_class
 from cggm_seg.balancing.monitor import HeadMonitor  # isort: skip
 from cggm_seg.balancing.cggm import CGGM, DIRECTIONS, direction_loss  # isort: skip
 from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients  # isort: skip
+from cggm_seg.balancing.mmpareto import MMPareto, min_norm_weight, pareto_combine  # isort: skip
 from cggm_seg.balancing.robust import (
     CONSISTENCIES,
     GUIDES,
@@ -102,6 +103,9 @@ __all__ = [
     "OGMGE",
     "discrepancy_ratios",
     "ogm_coefficients",
+    "MMPareto",
+    "min_norm_weight",
+    "pareto_combine",
     "CONSISTENCIES",
     "GUIDES",
     "SAMPLERS",

@@ -27,14 +27,14 @@ the trainer's iteration events, so a :class:`~cggm_seg.handlers.BalancingHandler
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cggm_seg.balancing.branches import BranchSpec, FeatureTap
+from cggm_seg.balancing.branches import BranchSpec, FeatureTap, branch_parameters
 from cggm_seg.balancing.head_trainer import pool_target
 
 __all__ = [
@@ -51,8 +51,9 @@ __all__ = [
 ]
 
 #: subset samplers: ``"bernoulli"`` (each sequence dropped with its probability), ``"uniform"``
-#: (bernoulli at 0.5: uniform over the non-empty subsets), ``"size"`` (k ~ U{1..M} kept)
-SAMPLERS = ("bernoulli", "uniform", "size")
+#: (bernoulli at 0.5: uniform over the non-empty subsets), ``"size"`` (k ~ U{1..M} kept),
+#: ``"none"`` (the full input only: per-sequence heads without missing sequences)
+SAMPLERS = ("bernoulli", "uniform", "size", "none")
 #: what the method's signal steers: nothing, the drop probabilities, the heads' weights, both
 GUIDES = ("none", "drop", "sep", "both")
 #: the consistency term's forms (:func:`consistency`)
@@ -155,7 +156,8 @@ class RobustTraining:
     """A robust-training recipe: its settings, checked when a bundle builds it.
 
     Args:
-        sampler: ``"uniform"``, ``"bernoulli"`` or ``"size"`` (:func:`sample_subsets`).
+        sampler: ``"uniform"``, ``"bernoulli"``, ``"size"`` (:func:`sample_subsets`) or
+            ``"none"`` (no subset view: the full input only).
         drop: each sequence's probability of being dropped (``"bernoulli"``; ``"uniform"`` is 0.5).
         warmup_epochs: epochs on the full input only before subsets are drawn.
         feature_masking: the network zeroes a missing sequence's features before fusion (it must
@@ -203,6 +205,10 @@ class RobustTraining:
         for name, value in (("distill_weight", distill_weight), ("sep_weight", sep_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
+        if sampler == "none" and (full_view or distill_weight > 0 or guide in ("drop", "both")):
+            raise ValueError(
+                "sampler='none' draws no subset view: full_view, distill_weight and guide 'drop' need one."
+            )
         if distill_weight > 0 and not full_view:
             raise ValueError(
                 "distill_weight > 0 distils the subset view toward the full view: set full_view=True."
@@ -355,6 +361,14 @@ class RobustIteration:
         self.modalities: tuple[str, ...] = ()
         self._checked = False
         self.last: dict[str, float] = {}
+        #: the method combines each encoder's fused and unimodal gradients (MMPareto)
+        self.combines = bool(getattr(method, "combines_gradients", False))
+        if self.combines and recipe.sep_weight == 0:
+            raise ValueError(
+                f"{type(method).__name__} combines each encoder's fused and unimodal gradients: it needs "
+                "a recipe with per-sequence heads (sep_weight > 0)."
+            )
+        self.encoder_params: dict[str, list[nn.Parameter]] = {}
 
     def _check(self, engine: Any) -> None:
         network = engine.network
@@ -378,6 +392,8 @@ class RobustIteration:
                     f"the per-sequence heads cover {sorted(self.sep_heads)}, "
                     f"the branches {sorted(self.tap.branches)}."
                 )
+        if self.combines:
+            self.encoder_params = branch_parameters(network, self.branches)
         # input channel order: the network's modalities, else its branches' order
         names = getattr(inner, "modalities", None) or getattr(self.method, "modalities", None)
         names = names or (tuple(self.tap.branches) if self.tap is not None else ())
@@ -410,7 +426,7 @@ class RobustIteration:
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         recipe = self.recipe
         epoch = engine.state.epoch - 1
-        subset = epoch >= recipe.warmup_epochs
+        subset = epoch >= recipe.warmup_epochs and recipe.sampler != "none"
         balance = self._balance()
         n_seq = inputs.shape[1]
         terms: dict[str, torch.Tensor] = {}
@@ -449,17 +465,22 @@ class RobustIteration:
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if engine.amp and engine.scaler is not None:
+        scaled = engine.amp and engine.scaler is not None
+        if scaled:
             with torch.autocast("cuda", **engine.amp_kwargs):
                 compute()
-            engine.scaler.scale(engine.state.output[Keys.LOSS]).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        else:
+            compute()
+        scale = engine.scaler.scale if scaled else (lambda loss: loss)
+        if self.combines:
+            self._combined_backward(terms, scale)
+        else:
+            scale(engine.state.output[Keys.LOSS]).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if scaled:
             engine.scaler.step(engine.optimizer)
             engine.scaler.update()
         else:
-            compute()
-            engine.state.output[Keys.LOSS].backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         if self.tap is not None:
             self.tap.clear()
@@ -468,6 +489,27 @@ class RobustIteration:
             setattr(engine.state, name, value)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _combined_backward(
+        self, terms: dict[str, torch.Tensor], scale: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        """Two backward passes: the fused terms, then the per-sequence heads' loss; each encoder's
+        gradient is then the method's combination of the two (the rest keep their sums)."""
+        fused = sum(v for k, v in terms.items() if k != "sep")
+        scale(fused).backward(retain_graph=True)
+        first = {m: _flat_grads(params) for m, params in self.encoder_params.items()}
+        for params in self.encoder_params.values():
+            for p in params:
+                p.grad = None
+        scale(terms["sep"]).backward()
+        second = {m: _flat_grads(params) for m, params in self.encoder_params.items()}
+        combined = self.method.combine(first, second)
+        for m, params in self.encoder_params.items():
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad = combined[m][offset : offset + n].view_as(p).to(p.dtype).clone()
+                offset += n
 
     def _sep_loss(
         self, engine: Any, targets: torch.Tensor, keep: torch.Tensor | None, balance: torch.Tensor | None
@@ -493,6 +535,11 @@ class RobustIteration:
         """Take the per-sequence heads' hooks off the network."""
         if self.tap is not None:
             self.tap.remove()
+
+
+def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:
+    """The parameters' gradients as one flat vector (zeros where a parameter has none)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
 
 
 def _select_rows(features: Any, rows: torch.Tensor) -> Any:
