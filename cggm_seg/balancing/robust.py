@@ -163,7 +163,10 @@ class RobustTraining:
         feature_masking: the network zeroes a missing sequence's features before fusion (it must
             be built so, e.g. ``MultiEncoderSegNet(mask_missing=True)``); ``False``: zero-filled
             input only, which any network takes.
-        full_view: train the full input beside the subset view each step (two forwards).
+        full_view: train the full input beside the subset view each step.
+        subset_views: subset views drawn per step beside the full view (their losses averaged).
+            With feature masking and a network that has ``forward_views`` the encoders run once
+            for all views and only the fusion and decoder run per view.
         distill_weight: weight of :func:`consistency` from the subset view to the full view
             (needs ``full_view``).
         distill: the consistency's form (:data:`CONSISTENCIES`).
@@ -185,6 +188,7 @@ class RobustTraining:
         warmup_epochs: int = 0,
         feature_masking: bool = True,
         full_view: bool = False,
+        subset_views: int = 1,
         distill_weight: float = 0.0,
         distill: str = "bce",
         temperature: float = 1.0,
@@ -194,6 +198,10 @@ class RobustTraining:
         guide_power: float = 1.0,
         drop_range: tuple[float, float] = (0.05, 0.9),
     ) -> None:
+        if int(subset_views) != subset_views or subset_views < 1:
+            raise ValueError(f"subset_views must be an integer >= 1, got {subset_views!r}.")
+        if subset_views > 1 and not full_view:
+            raise ValueError("subset_views > 1 draws several views beside the full view: set full_view=True.")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
         if not 0 <= drop < 1:
@@ -227,6 +235,7 @@ class RobustTraining:
         self.warmup_epochs = int(warmup_epochs)
         self.feature_masking = bool(feature_masking)
         self.full_view = bool(full_view)
+        self.subset_views = int(subset_views)
         self.distill_weight = float(distill_weight)
         self.distill = distill
         self.temperature = float(temperature)
@@ -245,6 +254,7 @@ class RobustTraining:
             "warmup_epochs": self.warmup_epochs,
             "feature_masking": self.feature_masking,
             "full_view": self.full_view,
+            "subset_views": self.subset_views,
             "distill_weight": self.distill_weight,
             "distill": self.distill,
             "temperature": self.temperature,
@@ -369,6 +379,8 @@ class RobustIteration:
                 "a recipe with per-sequence heads (sep_weight > 0)."
             )
         self.encoder_params: dict[str, list[nn.Parameter]] = {}
+        self.inner: nn.Module | None = None
+        self.shared_encoders = False
 
     def _check(self, engine: Any) -> None:
         network = engine.network
@@ -394,6 +406,17 @@ class RobustIteration:
                 )
         if self.combines:
             self.encoder_params = branch_parameters(network, self.branches)
+        # The views share one encoder pass when the network can (feature masking makes a view's
+        # encoders' outputs those of the full input); not through DDP, whose hooks need forward().
+        from monai.inferers import SimpleInferer
+
+        self.inner = inner
+        self.shared_encoders = (
+            self.recipe.feature_masking
+            and callable(getattr(inner, "forward_views", None))
+            and inner is network
+            and isinstance(engine.inferer, SimpleInferer)
+        )
         # input channel order: the network's modalities, else its branches' order
         names = getattr(inner, "modalities", None) or getattr(self.method, "modalities", None)
         names = names or (tuple(self.tap.branches) if self.tap is not None else ())
@@ -436,24 +459,38 @@ class RobustIteration:
 
         def compute() -> None:
             keep = None
+            keeps: list[torch.Tensor] = []
             if subset:
                 drop = recipe.drop_probabilities(n_seq, balance)
                 kind = "size" if recipe.sampler == "size" else "bernoulli"
-                keep = sample_subsets(
-                    inputs.shape[0], drop, kind, keep_weights=recipe.keep_weights(balance)
-                ).to(inputs.device)
+                for _ in range(recipe.subset_views if recipe.full_view else 1):
+                    keeps.append(
+                        sample_subsets(
+                            inputs.shape[0], drop, kind, keep_weights=recipe.keep_weights(balance)
+                        ).to(inputs.device)
+                    )
+                keep = keeps[0]
                 if balance is not None:
                     self.last.update({f"p_drop_{m}": float(p) for m, p in zip(self.modalities, drop)})
-                shape = (*keep.shape, *([1] * (inputs.dim() - 2)))
-                sub_pred = forward(inputs * keep.view(shape).to(inputs.dtype))
-                terms["subset"] = engine.loss_function(sub_pred, targets).mean()
-            pred = sub_pred if subset and not recipe.full_view else None
-            if pred is None:  # the full view, last, so that the heads observe its features
-                pred = forward(inputs)
+            if subset and not recipe.full_view:  # one view: the subset, zero-filled
+                pred = forward(_zero_fill(inputs, keep))
+                terms["subset"] = engine.loss_function(pred, targets).mean()
+            else:
+                if self.shared_encoders and keeps:  # the encoders once, the decoder per view
+                    pred, *sub_preds = self.inner.forward_views(inputs, keeps)
+                else:  # the full view last, so that the heads observe its features
+                    sub_preds = [forward(_zero_fill(inputs, k)) for k in keeps]
+                    pred = forward(inputs)
                 terms["full"] = engine.loss_function(pred, targets).mean()
-                if subset and recipe.distill_weight > 0:
-                    terms["distill"] = recipe.distill_weight * consistency(
-                        sub_pred, pred, recipe.distill, recipe.temperature
+                if sub_preds:
+                    terms["subset"] = sum(engine.loss_function(p, targets).mean() for p in sub_preds) / len(
+                        sub_preds
+                    )
+                if sub_preds and recipe.distill_weight > 0:
+                    terms["distill"] = (
+                        recipe.distill_weight
+                        * sum(consistency(p, pred, recipe.distill, recipe.temperature) for p in sub_preds)
+                        / len(sub_preds)
                     )
                 keep = None  # the heads' features are the full view's
             engine.state.output[Keys.PRED] = pred
@@ -535,6 +572,11 @@ class RobustIteration:
         """Take the per-sequence heads' hooks off the network."""
         if self.tap is not None:
             self.tap.remove()
+
+
+def _zero_fill(inputs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``inputs`` with the channels ``keep`` (``B x M``) does not keep set to zero."""
+    return inputs * keep.view(*keep.shape, *([1] * (inputs.dim() - 2))).to(inputs.dtype)
 
 
 def _flat_grads(params: list[nn.Parameter]) -> torch.Tensor:

@@ -246,6 +246,40 @@ class MultiEncoderSegNet(MultiBranchNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B x M x D x H x W`` -> ``B x out_channels x D x H x W`` region logits."""
+        per_modality = self._encode(x)
+        if self.mask_missing:
+            present = present_channels(x)
+            if not bool(present.all()):
+                per_modality = _mask(per_modality, present)
+        return self._decode(per_modality)
+
+    def forward_views(self, x: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The logits of ``x`` and of subset views of it, the encoders run once.
+
+        View ``k`` is ``x`` with the sequences ``keeps[k]`` does not keep (``B x M`` booleans)
+        missing: with ``mask_missing`` its logits equal ``forward`` of ``x`` with those channels
+        zero-filled, since each encoder sees its own sequence only; only the fusion and decoder
+        run once per view.
+
+        Returns:
+            ``[forward(x), view_1, ..., view_K]``.
+
+        Raises:
+            ValueError: the network was built without ``mask_missing``, or a keep of the wrong shape.
+        """
+        if not self.mask_missing:
+            raise ValueError("forward_views needs a network built with mask_missing=True.")
+        per_modality = self._encode(x)
+        present = present_channels(x)
+        full = per_modality if bool(present.all()) else _mask(per_modality, present)
+        outputs = [self._decode(full)]
+        for keep in keeps:
+            if tuple(keep.shape) != tuple(present.shape):
+                raise ValueError(f"each keep must be B x M = {list(present.shape)}, got {list(keep.shape)}.")
+            outputs.append(self._decode(_mask(per_modality, present & keep.to(present.device))))
+        return outputs
+
+    def _encode(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         if x.dim() != 5 or x.shape[1] != len(self.modalities):
             raise ValueError(
                 f"expected input B x {len(self.modalities)} x D x H x W (modalities {self.modalities}), "
@@ -262,14 +296,9 @@ class MultiEncoderSegNet(MultiBranchNet):
         for encoder in self.encoders.values():
             per_modality.append(encoder(x[:, index : index + 1]))
             index += 1
-        if self.mask_missing:
-            present = present_channels(x)
-            if not bool(present.all()):
-                masked: list[list[torch.Tensor]] = []
-                for m, features in enumerate(per_modality):
-                    weight = present[:, m].to(x.dtype).view(-1, 1, 1, 1, 1)
-                    masked.append([f * weight for f in features])
-                per_modality = masked
+        return per_modality
+
+    def _decode(self, per_modality: list[list[torch.Tensor]]) -> torch.Tensor:
         fused: list[torch.Tensor] = []
         for level, fusion in enumerate(self.fusions):
             fused.append(fusion([features[level] for features in per_modality]))
@@ -278,3 +307,12 @@ class MultiEncoderSegNet(MultiBranchNet):
         for i, (up, layer) in enumerate(zip(self.up_samples, self.up_layers)):
             y = layer(up(y) + fused[-2 - i])
         return self.final(self.final_act(self.final_norm(y)))
+
+
+def _mask(per_modality: list[list[torch.Tensor]], present: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Each modality's features times 0 in the samples where it is not ``present`` (``B x M``)."""
+    masked: list[list[torch.Tensor]] = []
+    for m, features in enumerate(per_modality):
+        weight = present[:, m].to(features[0].dtype).view(-1, 1, 1, 1, 1)
+        masked.append([f * weight for f in features])
+    return masked

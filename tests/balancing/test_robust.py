@@ -279,3 +279,30 @@ def test_every_subset_of_a_uniform_sampler_reaches_the_network():
     assert torch.equal(present_channels(masked), keep)
     seen = {tuple(row.tolist()) for row in keep}
     assert len(seen) == 15 and seen <= {s for s in itertools.product([False, True], repeat=4) if any(s)}
+
+
+def test_forward_views_equal_separate_forwards_of_zero_filled_inputs():
+    torch.manual_seed(0)
+    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True).eval()
+    x = torch.randn(2, 4, 8, 8, 8)
+    keeps = [torch.tensor([[True, False, True, False], [False, False, False, True]])]
+    full, view = net.forward_views(x, keeps)
+    zero_filled = x * keeps[0].view(2, 4, 1, 1, 1)
+    assert torch.allclose(full, net(x), atol=1e-6) and torch.allclose(view, net(zero_filled), atol=1e-6)
+    with pytest.raises(ValueError, match="B x M"):
+        net.forward_views(x, [torch.ones(1, 4, dtype=torch.bool)])
+    with pytest.raises(ValueError, match="mask_missing=True"):
+        MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,)).forward_views(x, keeps)
+
+
+def test_several_subset_views_share_one_encoder_pass():
+    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True)
+    calls = []
+    net.encoders["t1"].register_forward_hook(lambda *_: calls.append(1))
+    recipe = RobustTraining(full_view=True, subset_views=3, distill_weight=0.5)
+    trainer = _trainer(net, recipe)
+    trainer.run()
+    assert len(calls) == 3  # one encoder pass per step, for the full view and the 3 subset views
+    assert math.isfinite(trainer.state.robust_subset) and math.isfinite(trainer.state.robust_distill)
+    with pytest.raises(ValueError, match="full_view=True"):
+        RobustTraining(subset_views=2)
