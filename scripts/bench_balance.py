@@ -208,6 +208,9 @@ def measures(metrics: dict[str, Any]) -> dict[str, float]:
     if audit:
         out["subset_mean"] = audit["subset_mean"]
         out.update({f"shapley_{s}": v for s, v in audit["shapley"].items()})
+        for subset in audit["subsets"]:  # each sequence alone
+            if len(subset["sequences"]) == 1:
+                out[f"alone_{subset['sequences'][0]}"] = subset["dice_mean"]
     heads = [summary[f"head_dice_{s}_mean"]["mean"] for s in SEQUENCES if f"head_dice_{s}_mean" in summary]
     if heads:
         out["weakest_head"] = min(heads)
@@ -263,8 +266,20 @@ def summarize(records: list[dict], methods: list[str], args: argparse.Namespace)
                 statistics.fmean(r["m"][f"shapley_{least}"] for r in rs) / joint_shapley[least]
             )
         variants[method] = variant
+    ceiling = ceiling_subset_mean(variants)
+    if ceiling is not None:
+        for variant in variants.values():
+            if "subset_mean" in variant["metrics"]:
+                variant["ceiling_fraction"] = variant["metrics"]["subset_mean"]["mean"] / ceiling
+    alone_own = {
+        s: variants[f"unimodal_{s}"]["metrics"]["dice_mean"]["mean"]
+        for s in SEQUENCES
+        if f"unimodal_{s}" in variants
+    }
     return {
         "benchmark": "bench_balance",
+        "ceiling_subset_mean": ceiling,
+        "unimodal_dice": alone_own or None,
         "source": f"scripts/bench_balance.py, runs read on {time.strftime('%Y-%m-%d')}",
         "settings": {
             "data": f"--dataset_dir {args.dataset_dir}"
@@ -282,6 +297,24 @@ def summarize(records: list[dict], methods: list[str], args: argparse.Namespace)
         "best_member_subset_mean": best_member_subset_mean(variants),
         "variants": variants,
     }
+
+
+def dedicated_name(subset: tuple[str, ...]) -> str:
+    """The variant of the model dedicated to ``subset``: ``unimodal_<s>`` for one sequence,
+    ``dedicated_<s1>_<s2>...`` otherwise."""
+    return f"unimodal_{subset[0]}" if len(subset) == 1 else "dedicated_" + "_".join(subset)
+
+
+def ceiling_subset_mean(variants: dict[str, dict]) -> float | None:
+    """The phantom's ceiling: the mean over the 15 subsets of each subset's dedicated model's
+    all-sequence Dice (one model per case of missing data); ``None`` unless every one ran."""
+    from itertools import combinations
+
+    subsets = [c for size in range(1, len(SEQUENCES) + 1) for c in combinations(SEQUENCES, size)]
+    names = [dedicated_name(c) for c in subsets]
+    if not all(n in variants for n in names):
+        return None
+    return statistics.fmean(variants[n]["metrics"]["dice_mean"]["mean"] for n in names)
 
 
 def best_member_subset_mean(variants: dict[str, dict]) -> float | None:

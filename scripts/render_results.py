@@ -88,6 +88,37 @@ def balance_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def robust_table(data: dict[str, Any]) -> list[str]:
+    """The robust-training benchmark: all-sequence and 15-subset Dice, their ratio and the fraction
+    of the phantom's ceiling, each sequence alone (against its own model), Δ to joint."""
+    sequences = data["sequences"]
+    own = data.get("unimodal_dice") or {}
+    lines = [
+        "| setting | seeds | all-sequence Dice | Δ vs joint | 15-subset mean | Δ vs joint | subset / all "
+        "| of the ceiling | " + " | ".join(f"{s} alone" for s in sequences) + " | epochs | minutes per run |",
+        "|---|" + "---|" * (9 + len(sequences)),
+    ]
+    for name, v in data["variants"].items():
+        if name.startswith(("unimodal_", "dedicated_")):
+            continue
+        m = v["metrics"]
+        alone = []
+        for s in sequences:
+            value = m.get(f"alone_{s}")
+            text = cell(value)
+            if value is not None and own.get(s):
+                text += f" ({value['mean'] / own[s]:.2f}x)"
+            alone.append(text)
+        fraction = "-" if v.get("ceiling_fraction") is None else f"{v['ceiling_fraction']:.2f}"
+        minutes = "-" if v.get("minutes_per_run") is None else f"{v['minutes_per_run']:.1f}"
+        lines.append(
+            f"| {name} | {len(v['seeds'])} | {cell(m.get('dice_mean'))} | {_delta_of(v, 'dice_mean')} "
+            f"| {cell(m.get('subset_mean'))} | {_delta_of(v, 'subset_mean')} | {cell(m.get('subset_ratio'))} "
+            f"| {fraction} | " + " | ".join(alone) + f" | {v['epochs']} | {minutes} |"
+        )
+    return lines
+
+
 def shapley_table(data: dict[str, Any]) -> list[str]:
     """Each sequence's Shapley value for the mean Dice, per variant with every sequence, and the
     least-used sequence's (joint's lowest) value against joint's."""
