@@ -381,6 +381,10 @@ class RobustIteration:
         self.encoder_params: dict[str, list[nn.Parameter]] = {}
         self.inner: nn.Module | None = None
         self.shared_encoders = False
+        self._epoch_sums: dict[str, float] = {}
+        self._epoch_steps = 0
+        #: per epoch, the mean of each loss term and (with guidance) drop probability and head weight
+        self.history: list[dict[str, float]] = []
 
     def _check(self, engine: Any) -> None:
         network = engine.network
@@ -426,6 +430,9 @@ class RobustIteration:
                 f"guide={self.recipe.guide!r}: {type(self.method).__name__} has no balance coefficients."
             )
         self._checked = True
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_epoch)
 
     def _balance(self) -> torch.Tensor | None:
         if self.recipe.guide == "none" or self.method is None:
@@ -524,8 +531,22 @@ class RobustIteration:
         self.last.update({f"robust_{k}": float(v.detach()) for k, v in terms.items()})
         for name, value in self.last.items():
             setattr(engine.state, name, value)
+            self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + value
+        self._epoch_steps += 1
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _log_epoch(self, engine: Any) -> None:
+        """The epoch's mean loss terms, drop probabilities and head weights: logged and kept."""
+        if not self._epoch_steps:
+            return
+        means = {k: v / self._epoch_steps for k, v in self._epoch_sums.items()}
+        self.history.append({"epoch": float(engine.state.epoch), **means})
+        engine.logger.info(
+            f"robust training, epoch {engine.state.epoch}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
+        )
+        self._epoch_sums, self._epoch_steps = {}, 0
 
     def _combined_backward(
         self, terms: dict[str, torch.Tensor], scale: Callable[[torch.Tensor], torch.Tensor]

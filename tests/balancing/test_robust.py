@@ -306,3 +306,21 @@ def test_several_subset_views_share_one_encoder_pass():
     assert math.isfinite(trainer.state.robust_subset) and math.isfinite(trainer.state.robust_distill)
     with pytest.raises(ValueError, match="full_view=True"):
         RobustTraining(subset_views=2)
+
+
+def test_each_epoch_logs_and_keeps_the_mean_terms_and_guided_probabilities(caplog):
+    class Signal:
+        modalities = MODALITIES
+        balance = {"t1": 2.0, "t1ce": 0.5, "t2": 1.0, "flair": 0.5}
+
+    recipe = RobustTraining(sampler="bernoulli", drop=0.5, guide="drop", feature_masking=False)
+    trainer = _trainer(ToySegNet(), recipe, method=Signal(), epochs=2)
+    step = trainer._process_function  # the RobustIteration the trainer runs
+    with caplog.at_level("INFO"):
+        trainer.run()
+    assert [h["epoch"] for h in step.history] == [1.0, 2.0]
+    assert step.history[0]["p_drop_t1"] == pytest.approx(0.25)
+    assert any(
+        "robust training, epoch 2: " in r.getMessage() and "p_drop_t1 0.250" in r.getMessage()
+        for r in caplog.records
+    )
