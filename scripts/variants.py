@@ -219,6 +219,10 @@ ROBUST_VARIANTS: dict[str, Variant] = {
     "two_view_k4": _robust(
         "two_view with 4 subset views per step (the encoders run once for all views)", subset_views=4
     ),
+    "two_view_singles": _robust(
+        "two_view plus each sequence alone as a view every step (5 views, one encoder pass)",
+        single_views=True,
+    ),
     "two_view_size": _robust("two_view with k ~ U{1..4} sequences kept", sampler="size"),
     "two_view_warmup": _robust("two_view after 20 epochs on the full input only", warmup_epochs=20),
     "two_view_cggm": _robust("two_view under CGGM (magnitude grad + direction, the bundle's)", method="cggm"),

@@ -167,6 +167,8 @@ class RobustTraining:
         subset_views: subset views drawn per step beside the full view (their losses averaged).
             With feature masking and a network that has ``forward_views`` the encoders run once
             for all views and only the fusion and decoder run per view.
+        single_views: also train each sequence alone as a view, every step (PASSION's
+            per-sequence path through the fusion; needs ``full_view``).
         distill_weight: weight of :func:`consistency` from the subset view to the full view
             (needs ``full_view``).
         distill: the consistency's form (:data:`CONSISTENCIES`).
@@ -189,6 +191,7 @@ class RobustTraining:
         feature_masking: bool = True,
         full_view: bool = False,
         subset_views: int = 1,
+        single_views: bool = False,
         distill_weight: float = 0.0,
         distill: str = "bce",
         temperature: float = 1.0,
@@ -200,6 +203,10 @@ class RobustTraining:
     ) -> None:
         if int(subset_views) != subset_views or subset_views < 1:
             raise ValueError(f"subset_views must be an integer >= 1, got {subset_views!r}.")
+        if single_views and not full_view:
+            raise ValueError(
+                "single_views adds each sequence alone beside the full view: set full_view=True."
+            )
         if subset_views > 1 and not full_view:
             raise ValueError("subset_views > 1 draws several views beside the full view: set full_view=True.")
         if sampler not in SAMPLERS:
@@ -236,6 +243,7 @@ class RobustTraining:
         self.feature_masking = bool(feature_masking)
         self.full_view = bool(full_view)
         self.subset_views = int(subset_views)
+        self.single_views = bool(single_views)
         self.distill_weight = float(distill_weight)
         self.distill = distill
         self.temperature = float(temperature)
@@ -255,6 +263,7 @@ class RobustTraining:
             "feature_masking": self.feature_masking,
             "full_view": self.full_view,
             "subset_views": self.subset_views,
+            "single_views": self.single_views,
             "distill_weight": self.distill_weight,
             "distill": self.distill,
             "temperature": self.temperature,
@@ -477,6 +486,9 @@ class RobustIteration:
                         ).to(inputs.device)
                     )
                 keep = keeps[0]
+                if recipe.single_views:
+                    eye = torch.eye(n_seq, dtype=torch.bool, device=inputs.device)
+                    keeps += [eye[i].expand(inputs.shape[0], n_seq) for i in range(n_seq)]
                 if balance is not None:
                     self.last.update({f"p_drop_{m}": float(p) for m, p in zip(self.modalities, drop)})
             if subset and not recipe.full_view:  # one view: the subset, zero-filled

@@ -324,3 +324,17 @@ def test_each_epoch_logs_and_keeps_the_mean_terms_and_guided_probabilities(caplo
         "robust training, epoch 2: " in r.getMessage() and "p_drop_t1 0.250" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_single_views_add_each_sequence_alone():
+    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True)
+    seen = []
+    original = net.forward_views
+    net.forward_views = lambda x, keeps: seen.append([k.clone() for k in keeps]) or original(x, keeps)
+    trainer = _trainer(net, RobustTraining(full_view=True, single_views=True))
+    trainer.run()
+    keeps = seen[0]
+    assert len(keeps) == 5  # one drawn subset, then t1, t1ce, t2, flair alone
+    assert [k[0].tolist() for k in keeps[1:]] == torch.eye(4, dtype=torch.bool).tolist()
+    with pytest.raises(ValueError, match="full_view=True"):
+        RobustTraining(single_views=True)
