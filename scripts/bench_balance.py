@@ -105,6 +105,28 @@ def bundle_command(method: str, seed: int, args: argparse.Namespace) -> list[str
     return command
 
 
+def validation_audit(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The run's best-on-validation model audited on the validation split (``evaluate.json``:
+    Dice and the 15 subsets), run once and kept in ``<run>/evaluation/metrics.json``: what a
+    choice among settings reads, so that the test split is read by the final report only.
+    ``None`` if the audit fails (its log is ``<run>/evaluation.log``)."""
+    folder = args.out / "runs" / run_name(method, seed)
+    result = folder / "evaluation" / "metrics.json"
+    if not result.is_file():
+        variant = VARIANTS[method]
+        command = bundle_command(method, seed, args)
+        files = [*variant.config_files, str(variant.bundle.parent / "evaluate.json")]
+        command[command.index("--config_file") + 1] = str(files)
+        command += ["--evaluate_split", "validation"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+        env["CGGM_SEG_CACHE"] = str(args.out / "cache")
+        with open(folder / "evaluation.log", "w") as log:
+            done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        if done.returncode != 0:
+            return None
+    return json.loads(result.read_text())
+
+
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate one method and seed (unless its metrics exist); returns its record."""
     folder = args.out / "runs" / run_name(method, seed)
@@ -135,6 +157,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "method": method,
         "seed": seed,
         "metrics": json.loads(metrics.read_text()),
+        "validation": validation_audit(method, seed, args),
         "seconds": json.loads(timing.read_text())["seconds"] if timing.is_file() else math.nan,
         "epochs": epochs_of(method, args),
         "curve": read_curve(folder / "validation.csv"),
@@ -226,6 +249,11 @@ def summarize(records: list[dict], methods: list[str], args: argparse.Namespace)
         r["m"] = measures(r["metrics"])
         if "subset_mean" in r["m"]:
             r["m"]["subset_ratio"] = r["m"]["subset_mean"] / r["m"]["dice_mean"]
+        if r.get("validation"):  # the validation split's audit: what a choice reads
+            validation = measures(r["validation"])
+            r["m"].update(
+                {f"val_{k}": validation[k] for k in ("dice_mean", "subset_mean") if k in validation}
+            )
     by_method = {
         m: sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"]) for m in methods
     }
