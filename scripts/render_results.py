@@ -116,7 +116,8 @@ def robust_table(data: dict[str, Any]) -> list[str]:
         val_all, val_subset = m.get("val_dice_mean"), m.get("val_subset_mean")
         validation = "-" if val_all is None else f"{val_all['mean']:.3f} / {val_subset['mean']:.3f}"
         lines.append(
-            f"| {name} | {len(v['seeds'])} | {validation} | {cell(m.get('dice_mean'))} | {_delta_of(v, 'dice_mean')} "
+            f"| {name} | {len(v['seeds'])} | {validation} | {cell(m.get('dice_mean'))} "
+            f"| {_delta_of(v, 'dice_mean')} "
             f"| {cell(m.get('subset_mean'))} | {_delta_of(v, 'subset_mean')} | {cell(m.get('subset_ratio'))} "
             f"| {fraction} | " + " | ".join(alone) + f" | {v['epochs']} | {minutes} |"
         )
