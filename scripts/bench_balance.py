@@ -63,6 +63,8 @@ DEFAULT_METHOD_EPOCHS = [
 ]
 #: variants run with the first seed only by default (baselines that say what the data allow)
 SINGLE_SEED = ("early_fusion", *(f"unimodal_{s}" for s in SEQUENCES))
+#: what the data allow, not settings to choose among: no validation audit
+BASELINES = (*SINGLE_SEED, *(name for name in VARIANTS if name.startswith("dedicated_")))
 
 
 def run_name(method: str, seed: int) -> str:
@@ -157,7 +159,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "method": method,
         "seed": seed,
         "metrics": json.loads(metrics.read_text()),
-        "validation": validation_audit(method, seed, args),
+        "validation": None if method in BASELINES else validation_audit(method, seed, args),
         "seconds": json.loads(timing.read_text())["seconds"] if timing.is_file() else math.nan,
         "epochs": epochs_of(method, args),
         "curve": read_curve(folder / "validation.csv"),
@@ -580,6 +582,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-seeds", action="store_true", help="run the unimodal and early-fusion baselines on every seed"
     )
+    p.add_argument(
+        "--single-seed", nargs="*", default=[], choices=list(VARIANTS), metavar="VARIANT",
+        help="variants run with the first seed only (pilots), besides the baselines that always are",
+    )  # fmt: skip
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2: one per core)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_balance", help="benchmark folder")
@@ -609,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         (method, seed)
         for seed in args.seeds
         for method in args.methods
-        if args.all_seeds or method not in SINGLE_SEED or seed == args.seeds[0]
+        if seed == args.seeds[0] or (args.all_seeds or method not in (*SINGLE_SEED, *args.single_seed))
     ]
     # The phantom is generated once, before the parallel runs (each would otherwise wait on it).
     if not args.dataset_dir:
