@@ -236,12 +236,6 @@ ROBUST_VARIANTS: dict[str, Variant] = {
         {**_robust("", method="cggm", subset_views=4, guide="drop").overrides, **_CGGM_SIGNAL},
         default=False,
     ),
-    "two_view_k4_cggm_signal": Variant(
-        "two_view_k4 under CGGM as a signal only (no magnitude, no direction, no guidance): the "
-        "unguided pair of two_view_k4_guided_drop",
-        {**_robust("", method="cggm", subset_views=4).overrides, **_CGGM_SIGNAL},
-        default=False,
-    ),
     "two_view_guided_sep": Variant(
         "two_view, CGGM's B sets each per-sequence head's weight (0.5 r_i)",
         {**_robust("", method="cggm", guide="sep").overrides, **_CGGM_SIGNAL},
