@@ -180,9 +180,26 @@ VARIANTS: dict[str, Variant] = {
 
 
 #: the robust-training recipe (``recipes#robust`` of the bundle) with some settings changed
+#: the recipe of ``two_view``, every setting written out, so that a variant means the same whatever
+#: the bundle's ``recipes#robust`` holds
+TWO_VIEW = {
+    "sampler": "uniform",
+    "feature_masking": True,
+    "full_view": True,
+    "subset_views": 1,
+    "single_views": False,
+    "distill_weight": 0.5,
+    "distill": "bce",
+    "sep_weight": 0.5,
+    "sep_level": 1,
+    "warmup_epochs": 0,
+    "guide": "none",
+}
+
+
 def _robust(description: str, method: str = "joint", default: bool = False, **settings: Any) -> Variant:
     overrides: dict[str, Any] = {"method": method, "recipe": "robust"}
-    overrides.update({f"recipes#robust#{k}": v for k, v in settings.items()})
+    overrides.update({f"recipes#robust#{k}": v for k, v in {**TWO_VIEW, **settings}.items()})
     return Variant(description, overrides, default=default)
 
 
