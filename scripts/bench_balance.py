@@ -538,6 +538,55 @@ def plot_shapley_groups(records: list[dict], methods: list[str], png: Path) -> N
     plt.close(fig)
 
 
+def plot_subsets(records: list[dict], methods: list[str], png: Path, summary: dict[str, Any]) -> bool:
+    """Test Dice of each of the 15 subsets (mean over seeds) per setting, with each subset's own
+    model (the ceiling) as a black tick where it ran; ``False`` (nothing drawn) without subsets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in methods if not m.startswith(("unimodal_", "dedicated_", "early_fusion"))]
+    shown = [
+        m for m in shown if all(r["metrics"].get("missing_sequences") for r in records if r["method"] == m)
+    ]
+    if not shown:
+        return False
+    first = next(r for r in records if r["method"] == shown[0])
+    names = [s["name"] for s in first["metrics"]["missing_sequences"]["subsets"]]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(shown)
+    for k, method in enumerate(shown):
+        runs = [r for r in records if r["method"] == method]
+        values = [
+            statistics.fmean(
+                next(s["dice_mean"] for s in r["metrics"]["missing_sequences"]["subsets"] if s["name"] == n)
+                for r in runs
+            )
+            for n in names
+        ]
+        ax.bar(
+            [i + (k - (len(shown) - 1) / 2) * width for i in range(len(names))], values, width, label=method
+        )
+    variants = summary["variants"]
+    for i, name in enumerate(names):
+        own = dedicated_name(tuple(name.split("+")))
+        if own in variants:
+            level = variants[own]["metrics"]["dice_mean"]["mean"]
+            label = "its own model (ceiling)" if i == 0 else None
+            ax.plot([i - 0.42, i + 0.42], [level, level], color="black", lw=1.5, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize="small")
+    ax.set_ylabel("test mean Dice (TC, WT, ET)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", ncol=3, loc="upper left")
+    ax.set_title("Dice with each subset of the sequences (the others missing), mean over seeds")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -664,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_curves(records, methods, FIGURES / png_name(args, "curves"))
     plot_shapley_groups(records, methods, FIGURES / png_name(args, "shapley"))
     plots = ["curves", "shapley"]
+    if plot_subsets(records, methods, FIGURES / png_name(args, "subsets"), summary):
+        plots.append("subsets")
     for method in (m for m in methods if m.startswith("cggm")):  # every CGGM variant's B, seed 0
         balance_png = args.out / "runs" / run_name(method, args.seeds[0]) / "balance.png"
         if balance_png.is_file() and (method == "cggm" or args.section != "main"):
@@ -714,11 +765,14 @@ SECTION_TITLES = {
     "ogmge_sublattice": (
         "OGM-GE's full-resolution heads trained and scored on one voxel in 8 (the bundle's OGM-GE)"
     ),
+    "robust": "Robust training: any sequence may be missing",
+    "ceiling": "The phantom's ceiling: a model of its own for each subset of the sequences",
 }
 PLOT_TITLES = {
     "curves": "validation curves",
     "shapley": "Shapley values",
     "cggm_B": "CGGM's scores and B during training, seed 0",
+    "subsets": "Dice with each subset of the sequences, against each subset's own model",
 }
 
 
