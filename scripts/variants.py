@@ -253,6 +253,24 @@ ROBUST_VARIANTS: dict[str, Variant] = {
         {**_robust("", method="cggm", subset_views=4, guide="drop").overrides, **_CGGM_SIGNAL},
         default=False,
     ),
+    "two_view_k4_score_drop": Variant(
+        "two_view_k4, the CGGM heads' scores set each sequence's drop probability (0.5 / r_i, r_i from "
+        "1 / eps_i: the best-scored sequence dropped most)",
+        {
+            **_robust("", method="cggm", subset_views=4, guide="drop", guide_signal="score").overrides,
+            **_CGGM_SIGNAL,
+        },
+        default=False,
+    ),
+    "two_view_k4_score_sep": Variant(
+        "two_view_k4, the CGGM heads' scores set each per-sequence head's weight (0.5 r_i: the lowest-scored "
+        "sequence supervised most)",
+        {
+            **_robust("", method="cggm", subset_views=4, guide="sep", guide_signal="score").overrides,
+            **_CGGM_SIGNAL,
+        },
+        default=False,
+    ),
     "two_view_guided_sep": Variant(
         "two_view, CGGM's B sets each per-sequence head's weight (0.5 r_i)",
         {**_robust("", method="cggm", guide="sep").overrides, **_CGGM_SIGNAL},

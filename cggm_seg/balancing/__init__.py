@@ -43,6 +43,7 @@ from cggm_seg.balancing.ogmge import OGMGE, discrepancy_ratios, ogm_coefficients
 from cggm_seg.balancing.mmpareto import MMPareto, min_norm_weight, pareto_combine  # isort: skip
 from cggm_seg.balancing.robust import (
     CONSISTENCIES,
+    GUIDE_SIGNALS,
     GUIDES,
     SAMPLERS,
     RobustIteration,
@@ -107,6 +108,7 @@ __all__ = [
     "min_norm_weight",
     "pareto_combine",
     "CONSISTENCIES",
+    "GUIDE_SIGNALS",
     "GUIDES",
     "SAMPLERS",
     "RobustIteration",

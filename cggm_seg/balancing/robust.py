@@ -40,6 +40,7 @@ from cggm_seg.balancing.head_trainer import pool_target
 __all__ = [
     "SAMPLERS",
     "GUIDES",
+    "GUIDE_SIGNALS",
     "CONSISTENCIES",
     "RobustTraining",
     "RobustIteration",
@@ -56,6 +57,8 @@ __all__ = [
 SAMPLERS = ("bernoulli", "uniform", "size", "none")
 #: what the method's signal steers: nothing, the drop probabilities, the heads' weights, both
 GUIDES = ("none", "drop", "sep", "both")
+#: what guidance reads from the method: its balance coefficients B_i, or its heads' scores
+GUIDE_SIGNALS = ("balance", "score")
 #: the consistency term's forms (:func:`consistency`)
 CONSISTENCIES = ("bce", "mse", "kl")
 
@@ -178,6 +181,10 @@ class RobustTraining:
         guide: what the method's balance coefficients steer (:data:`GUIDES`).
         guide_power: exponent of :func:`guided_weights`.
         drop_range: the drop probabilities guidance may set, ``(low, high)``.
+        guide_signal: ``"balance"``: the method's balance coefficients B_i (CGGM's); ``"score"``:
+            its heads' scores eps_i (the stats ``eps_<m>`` of CGGM, joint's monitor, MMPareto),
+            averaged with ``score_momentum``, read as ``B_i = 1 / eps_i`` (a low score: lagging).
+        score_momentum: the running mean's momentum for ``guide_signal="score"``.
 
     Raises:
         ValueError: any setting out of range, or ``distill_weight > 0`` without ``full_view``.
@@ -200,6 +207,8 @@ class RobustTraining:
         guide: str = "none",
         guide_power: float = 1.0,
         drop_range: tuple[float, float] = (0.05, 0.9),
+        guide_signal: str = "balance",
+        score_momentum: float = 0.99,
     ) -> None:
         if int(subset_views) != subset_views or subset_views < 1:
             raise ValueError(f"subset_views must be an integer >= 1, got {subset_views!r}.")
@@ -230,6 +239,10 @@ class RobustTraining:
             )
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
+        if guide_signal not in GUIDE_SIGNALS:
+            raise ValueError(f"guide_signal must be one of {GUIDE_SIGNALS}, got {guide_signal!r}.")
+        if not 0 <= score_momentum < 1:
+            raise ValueError(f"score_momentum must lie in [0, 1), got {score_momentum}.")
         if guide not in GUIDES:
             raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
         if guide in ("sep", "both") and sep_weight == 0:
@@ -252,6 +265,8 @@ class RobustTraining:
         self.guide = guide
         self.guide_power = float(guide_power)
         self.drop_range = (low, high)
+        self.guide_signal = guide_signal
+        self.score_momentum = float(score_momentum)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -272,6 +287,8 @@ class RobustTraining:
             "guide": self.guide,
             "guide_power": self.guide_power,
             "drop_range": list(self.drop_range),
+            "guide_signal": self.guide_signal,
+            "score_momentum": self.score_momentum,
         }
 
     def __repr__(self) -> str:
@@ -392,6 +409,8 @@ class RobustIteration:
         self.shared_encoders = False
         self._epoch_sums: dict[str, float] = {}
         self._epoch_steps = 0
+        #: running mean of the method's head scores (``guide_signal="score"``)
+        self.scores: torch.Tensor | None = None
         #: per epoch, the mean of each loss term and (with guidance) drop probability and head weight
         self.history: list[dict[str, float]] = []
 
@@ -434,7 +453,20 @@ class RobustIteration:
         names = getattr(inner, "modalities", None) or getattr(self.method, "modalities", None)
         names = names or (tuple(self.tap.branches) if self.tap is not None else ())
         self.modalities = tuple(names)
-        if self.recipe.guide != "none" and not hasattr(self.method, "balance"):
+        if (
+            self.recipe.guide != "none"
+            and self.recipe.guide_signal == "score"
+            and "eps" not in getattr(self.method, "stat_kinds", ())
+        ):
+            raise ValueError(
+                f"guide_signal='score' reads the heads' scores eps_<m>: "
+                f"{type(self.method).__name__} has none."
+            )
+        if (
+            self.recipe.guide != "none"
+            and self.recipe.guide_signal == "balance"
+            and not hasattr(self.method, "balance")
+        ):
             raise ValueError(
                 f"guide={self.recipe.guide!r}: {type(self.method).__name__} has no balance coefficients."
             )
@@ -446,10 +478,32 @@ class RobustIteration:
     def _balance(self) -> torch.Tensor | None:
         if self.recipe.guide == "none" or self.method is None:
             return None
+        if self.recipe.guide_signal == "score":
+            return self._score_balance()
         balance = self.method.balance
         if balance is None:
             return None
         return torch.tensor([float(balance[m]) for m in self.modalities], dtype=torch.float64)
+
+    def _score_balance(self) -> torch.Tensor | None:
+        """``1 / eps_i`` of the running mean of the method's head scores (``None`` before any)."""
+        stats = getattr(self.method, "stats", {}) or {}
+        if not all(f"eps_{m}" in stats for m in self.modalities):
+            return None
+        scores = torch.tensor([float(stats[f"eps_{m}"]) for m in self.modalities], dtype=torch.float64)
+        if not bool(torch.isfinite(scores).all()):
+            return None
+        momentum = self.recipe.score_momentum
+        self.scores = scores if self.scores is None else momentum * self.scores + (1 - momentum) * scores
+        return 1.0 / self.scores.clamp_min(1e-3)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running mean of the head scores (guidance by score), for a resume."""
+        return {"scores": None if self.scores is None else self.scores.clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        scores = state.get("scores")
+        self.scores = None if scores is None else torch.as_tensor(scores, dtype=torch.float64)
 
     def __call__(self, engine: Any, batchdata: Any) -> dict[str, Any]:
         from monai.engines.utils import IterationEvents

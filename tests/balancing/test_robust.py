@@ -338,3 +338,39 @@ def test_single_views_add_each_sequence_alone():
     assert [k[0].tolist() for k in keeps[1:]] == torch.eye(4, dtype=torch.bool).tolist()
     with pytest.raises(ValueError, match="full_view=True"):
         RobustTraining(single_views=True)
+
+
+def test_score_guidance_drops_the_best_scored_sequence_more_and_resumes_its_mean():
+    class Monitor:
+        modalities = MODALITIES
+        stat_kinds = ("eps", "head_loss")
+        stats = {"eps_t1": 0.2, "eps_t1ce": 0.8, "eps_t2": 0.4, "eps_flair": 0.8}
+
+    recipe = RobustTraining(
+        sampler="bernoulli", drop=0.5, guide="drop", guide_signal="score", feature_masking=False
+    )
+    trainer = _trainer(ToySegNet(), recipe, method=Monitor())
+    trainer.run()
+    p = {m: getattr(trainer.state, f"p_drop_{m}") for m in MODALITIES}
+    # B = 1 / eps = (5, 1.25, 2.5, 1.25), mean 2.5: r = (2, 0.5, 1, 0.5), p = 0.5 / r clipped to 0.9
+    assert p == pytest.approx({"t1": 0.25, "t1ce": 0.9, "t2": 0.5, "flair": 0.9})
+    step = trainer._process_function
+    state = step.state_dict()
+    assert torch.allclose(state["scores"], torch.tensor([0.2, 0.8, 0.4, 0.8], dtype=torch.float64))
+    fresh = recipe.iteration(None, Monitor())
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.scores, state["scores"])
+    with pytest.raises(ValueError, match="guide_signal must be"):
+        RobustTraining(guide="drop", guide_signal="loss")
+
+
+def test_score_guidance_refuses_a_method_without_scores():
+    class NoScores:
+        modalities = MODALITIES
+        stat_kinds = ("head_loss",)
+        balance = None
+
+    recipe = RobustTraining(guide="drop", guide_signal="score", feature_masking=False)
+    trainer = _trainer(ToySegNet(), recipe, method=NoScores())
+    with pytest.raises(ValueError, match="reads the heads' scores"):
+        trainer.run()
