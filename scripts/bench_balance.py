@@ -519,7 +519,12 @@ def plot_shapley_groups(records: list[dict], methods: list[str], png: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [m for m in methods if any(r["method"] == m and "shapley_t1" in r["m"] for r in records)]
+    shown = [
+        m
+        for m in methods
+        if any(r["method"] == m for r in records)
+        and all(f"shapley_{s}" in r["m"] for r in records if r["method"] == m for s in SEQUENCES)
+    ]
     shown = [m for m in shown if not m.startswith("unimodal_")]
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(SEQUENCES)
