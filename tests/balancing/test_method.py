@@ -105,7 +105,7 @@ def test_the_name_none_is_reserved(registry):
 
 
 def test_get_method_class_of_an_unknown_name_lists_the_names():
-    listed = r"method must be one of \[.*'cggm', 'joint', 'none', 'ogmge'.*\], got 'cgm'"
+    listed = r"method must be one of \[.*'cggm', 'joint', 'mmpareto', 'none', 'ogmge'.*\], got 'cgm'"
     with pytest.raises(ValueError, match=listed):
         get_method_class("cgm")
 

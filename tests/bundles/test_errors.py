@@ -217,7 +217,7 @@ def _run_bundle(args, cache, tmp_path, config=BRATS, bundle_root=None):
     [
         (
             ["--method", "cgmm"],
-            "ValueError: method must be one of ['cggm', 'joint', 'none', 'ogmge'], got 'cgmm'.",
+            "ValueError: method must be one of ['cggm', 'joint', 'mmpareto', 'none', 'ogmge'], got 'cgmm'.",
         ),
         (
             ["--methods#cggm#head_options#score", "dise"],
