@@ -5,11 +5,13 @@ Each table sits between two markers of the page, ``<!-- results:NAME:begin -->``
 written by hand. The tables (NAME: the file it reads):
 
 - ``balance``: the BraTS balancing benchmark, one row per variant (``balance.json``);
-- ``shapley``: each sequence's Shapley value for the mean Dice, per variant (``balance.json``);
 - ``overhead``: the step time of each variant against plain training, per configuration, and the
   worst peak memory (``overhead.json``);
 - ``multiview``: the classification and regression benchmark, each dataset's main metric and the
-  subset means against joint (``multiview.json``).
+  subset means against joint (``multiview.json``);
+- ``robust``: the robust-training benchmark, against joint training and the phantom's ceiling
+  (``balance_robust.json``);
+- ``step``: the training step of the robust settings against joint training (``step.json``).
 
     python scripts/render_results.py            # fill docs/results.md
     python scripts/render_results.py --check    # fail if docs/results.md is not up to date; writes nothing
@@ -34,6 +36,8 @@ __all__ = [
     "shapley_table",
     "multiview_table",
     "overhead_table",
+    "robust_table",
+    "step_table",
     "TABLES",
     "fill",
     "render",
@@ -121,6 +125,18 @@ def robust_table(data: dict[str, Any]) -> list[str]:
             f"| {cell(m.get('subset_mean'))} | {_delta_of(v, 'subset_mean')} | {cell(m.get('subset_ratio'))} "
             f"| {fraction} | " + " | ".join(alone) + f" | {v['epochs']} | {minutes} |"
         )
+    return lines
+
+
+def step_table(data: dict[str, Any]) -> list[str]:
+    """The training step of each variant (the bundle's own trainer) against joint training's."""
+    settings = data["settings"]
+    lines = [
+        f"| variant | median step, crop {settings['crop']}^3, {settings['threads']} thread(s) | vs joint |",
+        "|---|---|---|",
+    ]
+    for name, row in data["variants"].items():
+        lines.append(f"| {name} | {row['median_s'] * 1000:.0f} ms | {row['ratio_to_joint']:.2f}x |")
     return lines
 
 
@@ -221,7 +237,6 @@ def overhead_table(data: dict[str, Any]) -> list[str]:
 #: table name -> (results file, the function that renders it)
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "balance": ("balance.json", balance_table),
-    "shapley": ("balance.json", shapley_table),
     "overhead": ("overhead.json", overhead_table),
     "multiview": ("multiview.json", multiview_table),
 }
