@@ -16,7 +16,6 @@ Results: ``docs/results/step.json`` (``--results``), and a table on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_results  # noqa: E402
 from variants import VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in rows.items():
         print(f"| {name} | {row['median_s']:.3f} | {row['ratio_to_joint']:.2f}x |")
     if not args.no_write:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: getattr(args, k) for k in ("crop", "steps", "rounds", "warmup", "threads", "seed")}
-        args.results.write_text(json.dumps({"settings": settings, "variants": rows}, indent=1) + "\n")
+        settings["reproduce"] = "python scripts/bench_step.py " + " ".join(sys.argv[1:])
+        source = f"scripts/bench_step.py, run on {time.strftime('%Y-%m-%d')}"
+        write_results(
+            args.results,
+            {"benchmark": "bench_step", "source": source, "settings": settings, "variants": rows},
+        )
         print(f"wrote {args.results}")
     return 0
 
