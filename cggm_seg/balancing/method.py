@@ -280,11 +280,22 @@ def pick_method(methods: Mapping[str, BalancingMethod | None], name: str) -> Bal
         ValueError: ``name`` is not in ``methods`` (the message lists them), or its entry is not a
             :class:`BalancingMethod`.
     """
-    if name not in methods:
-        raise ValueError(f"method must be one of {sorted(methods)}, got {name!r}.")
-    chosen = methods[name]
-    if chosen is not None and not isinstance(chosen, BalancingMethod):
+    return pick_entry(methods, name, "method", BalancingMethod)
+
+
+def pick_entry(block: Mapping[str, Any], name: str, key: str, cls: type) -> Any:
+    """``block[name]`` of a bundle's block of choices (``methods``, ``recipes``) picked by its
+    ``key`` (``method``, ``recipe``): ``None`` or an instance of ``cls``.
+
+    Raises:
+        ValueError: ``name`` is not in ``block`` (the message lists the choices), or its entry is
+            neither ``None`` nor a ``cls``.
+    """
+    if name not in block:
+        raise ValueError(f"{key} must be one of {sorted(block)}, got {name!r}.")
+    chosen = block[name]
+    if chosen is not None and not isinstance(chosen, cls):
         raise ValueError(
-            f"methods#{name} must build a BalancingMethod (give it a _target_), got {type(chosen).__name__}."
+            f"{key}s#{name} must build a {cls.__name__} (give it a _target_), got {type(chosen).__name__}."
         )
     return chosen

@@ -36,6 +36,7 @@ from torch import nn
 
 from cggm_seg.balancing.branches import BranchSpec, FeatureTap, branch_parameters
 from cggm_seg.balancing.head_trainer import pool_target
+from cggm_seg.balancing.method import pick_entry
 
 __all__ = [
     "SAMPLERS",
@@ -333,14 +334,7 @@ def pick_recipe(recipes: Mapping[str, RobustTraining | None], name: str) -> Robu
     Raises:
         ValueError: ``name`` is not in ``recipes`` or its entry is not a :class:`RobustTraining`.
     """
-    if name not in recipes:
-        raise ValueError(f"recipe must be one of {sorted(recipes)}, got {name!r}.")
-    chosen = recipes[name]
-    if chosen is not None and not isinstance(chosen, RobustTraining):
-        raise ValueError(
-            f"recipes#{name} must build a RobustTraining (give it a _target_), got {type(chosen).__name__}."
-        )
-    return chosen
+    return pick_entry(recipes, name, "recipe", RobustTraining)
 
 
 def trainable_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
