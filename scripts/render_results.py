@@ -239,6 +239,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "balance": ("balance.json", balance_table),
     "overhead": ("overhead.json", overhead_table),
     "multiview": ("multiview.json", multiview_table),
+    "robust": ("balance_robust.json", robust_table),
     "step": ("step.json", step_table),
 }
 
