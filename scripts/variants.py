@@ -206,6 +206,14 @@ def _robust(description: str, method: str = "joint", default: bool = False, **se
 #: CGGM as a signal only: its heads and B, no magnitude, no direction term (what a guided recipe reads)
 _CGGM_SIGNAL = {"methods#cggm#magnitude": "off", "methods#cggm#direction": "off"}
 
+
+def _guided(description: str, **settings: Any) -> Variant:
+    """A robust recipe steered by CGGM used as a signal only (``_CGGM_SIGNAL``)."""
+    return Variant(
+        description, {**_robust("", method="cggm", **settings).overrides, **_CGGM_SIGNAL}, default=False
+    )
+
+
 #: The robust-training variants (``bench_balance.py --section robust``): the bundle's recipe
 #: (``recipes#robust``: uniform-15 subsets, feature masking, the full view beside the subset view
 #: with a BCE consistency 0.5, per-sequence heads 0.5) and its ablations.
@@ -243,38 +251,31 @@ ROBUST_VARIANTS: dict[str, Variant] = {
     "two_view_size": _robust("two_view with k ~ U{1..4} sequences kept", sampler="size"),
     "two_view_warmup": _robust("two_view after 20 epochs on the full input only", warmup_epochs=20),
     "two_view_cggm": _robust("two_view under CGGM (magnitude grad + direction, the bundle's)", method="cggm"),
-    "two_view_guided_drop": Variant(
+    "two_view_guided_drop": _guided(
         "two_view, CGGM's B sets each sequence's drop probability (0.5 / r_i, r_i = B_i / mean B)",
-        {**_robust("", method="cggm", guide="drop").overrides, **_CGGM_SIGNAL},
-        default=False,
+        guide="drop",
     ),
-    "two_view_k4_guided_drop": Variant(
+    "two_view_k4_guided_drop": _guided(
         "two_view_k4, CGGM's B sets each sequence's drop probability (0.5 / r_i, r_i = B_i / mean B)",
-        {**_robust("", method="cggm", subset_views=4, guide="drop").overrides, **_CGGM_SIGNAL},
-        default=False,
+        guide="drop",
+        subset_views=4,
     ),
-    "two_view_k4_score_drop": Variant(
+    "two_view_k4_score_drop": _guided(
         "two_view_k4, the CGGM heads' scores set each sequence's drop probability (0.5 / r_i, r_i from "
         "1 / eps_i: the best-scored sequence dropped most)",
-        {
-            **_robust("", method="cggm", subset_views=4, guide="drop", guide_signal="score").overrides,
-            **_CGGM_SIGNAL,
-        },
-        default=False,
+        guide="drop",
+        subset_views=4,
+        guide_signal="score",
     ),
-    "two_view_k4_score_sep": Variant(
+    "two_view_k4_score_sep": _guided(
         "two_view_k4, the CGGM heads' scores set each per-sequence head's weight (0.5 r_i: the lowest-scored "
         "sequence supervised most)",
-        {
-            **_robust("", method="cggm", subset_views=4, guide="sep", guide_signal="score").overrides,
-            **_CGGM_SIGNAL,
-        },
-        default=False,
+        guide="sep",
+        subset_views=4,
+        guide_signal="score",
     ),
-    "two_view_guided_sep": Variant(
-        "two_view, CGGM's B sets each per-sequence head's weight (0.5 r_i)",
-        {**_robust("", method="cggm", guide="sep").overrides, **_CGGM_SIGNAL},
-        default=False,
+    "two_view_guided_sep": _guided(
+        "two_view, CGGM's B sets each per-sequence head's weight (0.5 r_i)", guide="sep"
     ),
     "sep": Variant(
         "per-sequence heads (weight 1) whose loss trains the encoders, no missing sequences (the sep recipe)",
