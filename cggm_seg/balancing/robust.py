@@ -376,7 +376,13 @@ class RobustIteration:
         if recipe.sep_weight > 0 and not sep_heads:
             raise ValueError(
                 "sep_weight > 0 needs the per-sequence heads: "
-                "make_heads('segmentation', network, level=recipe.sep_level)."
+                "make_heads('segmentation', network, level=recipe.sep_level, detach=False)."
+            )
+        detaching = sorted(m for m, head in (sep_heads or {}).items() if getattr(head, "detach", False))
+        if recipe.sep_weight > 0 and detaching:
+            raise ValueError(
+                f"the per-sequence heads of {detaching} detach their input features, so their loss would "
+                "not reach the encoders: build them with make_heads(..., detach=False)."
             )
         if recipe.guide != "none" and method is None:
             raise ValueError(
@@ -402,7 +408,7 @@ class RobustIteration:
         self.inner: nn.Module | None = None
         self.shared_encoders = False
         self._epoch_sums: dict[str, float] = {}
-        self._epoch_steps = 0
+        self._epoch_counts: dict[str, int] = {}
         #: running mean of the method's head scores (``guide_signal="score"``)
         self.scores: torch.Tensor | None = None
         #: per epoch, the mean of each loss term and (with guidance) drop probability and head weight
@@ -411,6 +417,11 @@ class RobustIteration:
     def _check(self, engine: Any) -> None:
         network = engine.network
         inner = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+        if inner is not network and (self.sep_heads is not None or self.combines):
+            raise ValueError(
+                "robust training with per-sequence heads does not support DistributedDataParallel: the heads "
+                "are not wrapped, so their gradients would differ between processes."
+            )
         if int(getattr(engine, "accumulation_steps", 1) or 1) > 1:
             raise ValueError(
                 "robust training does not support gradient accumulation (accumulation_steps > 1)."
@@ -492,12 +503,17 @@ class RobustIteration:
         return 1.0 / self.scores.clamp_min(1e-3)
 
     def state_dict(self) -> dict[str, Any]:
-        """The running mean of the head scores (guidance by score), for a resume."""
-        return {"scores": None if self.scores is None else self.scores.clone()}
+        """The running mean of the head scores (guidance by score) and the per-epoch history, for a
+        resume."""
+        return {
+            "scores": None if self.scores is None else self.scores.clone(),
+            "history": [dict(row) for row in self.history],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         scores = state.get("scores")
         self.scores = None if scores is None else torch.as_tensor(scores, dtype=torch.float64)
+        self.history = [dict(row) for row in state.get("history", [])]
 
     def __call__(self, engine: Any, batchdata: Any) -> dict[str, Any]:
         from monai.engines.utils import IterationEvents
@@ -516,7 +532,13 @@ class RobustIteration:
         subset = epoch >= recipe.warmup_epochs and recipe.sampler != "none"
         balance = self._balance()
         n_seq = inputs.shape[1]
+        if len(self.modalities) != n_seq:
+            raise ValueError(
+                f"robust training needs the input's sequences by name, one per channel; found "
+                f"{list(self.modalities)} for an input of {n_seq} channels."
+            )
         terms: dict[str, torch.Tensor] = {}
+        self.last = {}  # this step's loss terms, drop probabilities and head weights
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             return engine.inferer(x, engine.network, *args, **kwargs)
@@ -592,21 +614,21 @@ class RobustIteration:
         for name, value in self.last.items():
             setattr(engine.state, name, value)
             self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + value
-        self._epoch_steps += 1
+            self._epoch_counts[name] = self._epoch_counts.get(name, 0) + 1
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
     def _log_epoch(self, engine: Any) -> None:
         """The epoch's mean loss terms, drop probabilities and head weights: logged and kept."""
-        if not self._epoch_steps:
+        if not self._epoch_counts:
             return
-        means = {k: v / self._epoch_steps for k, v in self._epoch_sums.items()}
+        means = {k: v / self._epoch_counts[k] for k, v in self._epoch_sums.items()}
         self.history.append({"epoch": float(engine.state.epoch), **means})
         engine.logger.info(
             f"robust training, epoch {engine.state.epoch}: "
             + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
         )
-        self._epoch_sums, self._epoch_steps = {}, 0
+        self._epoch_sums, self._epoch_counts = {}, {}
 
     def _combined_backward(
         self, terms: dict[str, torch.Tensor], scale: Callable[[torch.Tensor], torch.Tensor]

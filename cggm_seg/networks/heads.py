@@ -1,10 +1,12 @@
 """Light unimodal heads: predict the task from one modality's encoder features alone.
 
 CGGM (Guo et al., NeurIPS 2024) gives each modality a head f_i that observes its encoder phi_i and
-never trains it: every head here detaches its input features in ``forward``, so a head loss sends
-no gradient into the encoder whatever the caller passes. Heads are deliberately light (a few
-thousand parameters for segmentation, not a decoder) and end in a layer ``final`` of exactly the
-shape of the fused model's ``final``, so CGGM's direction term compares gradients like with like.
+never trains it: by default every head here detaches its input features in ``forward``, so a head
+loss sends no gradient into the encoder whatever the caller passes. Built with ``detach=False`` a
+head is a per-sequence supervision path instead: its loss trains the encoder too (robust
+training). Heads are deliberately light (a few thousand parameters for segmentation, not a
+decoder) and end in a layer ``final`` of exactly the shape of the fused model's ``final``, so
+CGGM's direction term compares gradients like with like.
 
 Use :func:`make_heads` to build one head per modality with shapes read from the model.
 """
@@ -74,12 +76,14 @@ class SegmentationHead(nn.Module):
             Defaults to False (plain ``nn.Conv3d``).
         level: the map whose resolution the head predicts at (0: the finest map, upsampled by
             ``stride`` to the input's size). Defaults to 0.
+        detach: detach the features first, so that the head's loss never reaches the encoder
+            (an observer, the default); ``False``: the loss trains the encoder too.
 
     Forward: a list of maps ``B x in_channels[i] x D_i x H_i x W_i`` (as an encoder returns them,
     fine to coarse; a head of one map also takes the map itself) and optionally ``spatial_size``
     (the output's ``[D, H, W]``; default: the finest map's size times its stride at level 0, the
     ``level``-th map's size above) -> logits ``B x out_channels x D x H x W``. The features are
-    detached first.
+    detached first unless ``detach=False``.
 
     Attributes:
         final: a 1x1x1 ``nn.Conv3d(hidden, out_channels)`` (a ``PointwiseConv3d`` with
@@ -98,8 +102,10 @@ class SegmentationHead(nn.Module):
         interp_mode: str = "nearest",
         cpu_fast_paths: bool = False,
         level: int = 0,
+        detach: bool = True,
     ) -> None:
         super().__init__()
+        self.detach = bool(detach)
         if not in_channels:
             raise ValueError("in_channels must list at least one feature map.")
         if interp_mode not in ("nearest", "trilinear"):
@@ -124,7 +130,7 @@ class SegmentationHead(nn.Module):
             features = self._checked(features)
         # Projecting before upsampling is the same map (both linear) on fewer channels.
         projected = [
-            projection(features[self.level + i].detach()) for i, projection in enumerate(self.projections)
+            projection(self._input(features[self.level + i])) for i, projection in enumerate(self.projections)
         ]
         y = projected[-1]
         for i in range(len(projected) - 2, -1, -1):
@@ -195,10 +201,10 @@ class SegmentationHead(nn.Module):
                 f"forward_sublattice needs map {self.level + 1} at half the size of map {self.level} "
                 f"({half}), got {list(features[self.level + 1].shape[2:])}."
             )
-        strided = grid.detach()[(slice(None), slice(None), *(slice(o, None, 2) for o in offset))]
+        strided = self._input(grid)[(slice(None), slice(None), *(slice(o, None, 2) for o in offset))]
         projected = [self.projections[0](strided)]
         projected += [
-            projection(features[self.level + i].detach())
+            projection(self._input(features[self.level + i]))
             for i, projection in enumerate(self.projections)
             if i
         ]
@@ -237,6 +243,9 @@ class SegmentationHead(nn.Module):
             )
         return list(features)
 
+    def _input(self, feature: torch.Tensor) -> torch.Tensor:
+        return feature.detach() if self.detach else feature
+
     def _upsample(self, y: torch.Tensor, size: list[int]) -> torch.Tensor:
         return F.interpolate(y, size=size, mode=self.interp_mode, align_corners=self.align_corners)
 
@@ -245,16 +254,19 @@ class _VectorHead(nn.Module):
     """Two-layer head on a ``B x in_features`` feature: Linear -> act -> dropout -> ``final``."""
 
     def __init__(
-        self, in_features: int, hidden: int, out_features: int, act: tuple | str, dropout: float
+        self, in_features: int, hidden: int, out_features: int, act: tuple | str, dropout: float, detach: bool
     ) -> None:
         super().__init__()
+        self.detach = bool(detach)
         self.fc = nn.Linear(in_features, hidden)
         self.act = get_act_layer(act)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.final = nn.Linear(hidden, out_features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.final(self.dropout(self.act(self.fc(features.detach()))))
+        if self.detach:
+            features = features.detach()
+        return self.final(self.dropout(self.act(self.fc(features))))
 
 
 class ClassificationHead(_VectorHead):
@@ -267,8 +279,9 @@ class ClassificationHead(_VectorHead):
         num_classes: output logits (binary tasks: 2 with cross-entropy, or 1 with BCE).
         act: activation. Defaults to ``("RELU", {"inplace": True})``.
         dropout: dropout before ``final``. Defaults to 0.
+        detach: detach the features first (the default); ``False``: the loss trains the encoder too.
 
-    The features are detached first. Attributes: ``final = nn.Linear(hidden, num_classes)``.
+    Attributes: ``final = nn.Linear(hidden, num_classes)``.
     """
 
     def __init__(
@@ -278,8 +291,9 @@ class ClassificationHead(_VectorHead):
         num_classes: int,
         act: tuple | str = ("RELU", {"inplace": True}),
         dropout: float = 0.0,
+        detach: bool = True,
     ) -> None:
-        super().__init__(in_features, hidden, num_classes, act, dropout)
+        super().__init__(in_features, hidden, num_classes, act, dropout, detach)
 
 
 class RegressionHead(_VectorHead):
@@ -292,8 +306,9 @@ class RegressionHead(_VectorHead):
         out_features: regression targets. Defaults to 1.
         act: activation. Defaults to ``("RELU", {"inplace": True})``.
         dropout: dropout before ``final``. Defaults to 0.
+        detach: detach the features first (the default); ``False``: the loss trains the encoder too.
 
-    The features are detached first. Attributes: ``final = nn.Linear(hidden, out_features)``.
+    Attributes: ``final = nn.Linear(hidden, out_features)``.
     """
 
     def __init__(
@@ -303,8 +318,9 @@ class RegressionHead(_VectorHead):
         out_features: int = 1,
         act: tuple | str = ("RELU", {"inplace": True}),
         dropout: float = 0.0,
+        detach: bool = True,
     ) -> None:
-        super().__init__(in_features, hidden, out_features, act, dropout)
+        super().__init__(in_features, hidden, out_features, act, dropout, detach)
 
 
 def build_heads(
@@ -338,7 +354,7 @@ def build_heads(
             ``network.branch_names()``); a branch of several modules gives its head the tuple of
             their outputs, read as maps fine to coarse.
         final: name (or module) of the fused final layer. Defaults to ``"final"``.
-        kwargs: passed to each head (``act``, ``interp_mode``, ``cpu_fast_paths``, ``level``,
+        kwargs: passed to each head (``act``, ``detach``, ``interp_mode``, ``cpu_fast_paths``, ``level``,
             ``dropout``...). A segmentation head's ``level`` defaults to :data:`DEFAULT_LEVEL` where
             its branch returns several maps and to 0 (full resolution) where it returns one.
 
@@ -429,8 +445,8 @@ def make_heads(task: str, model: nn.Module, **kwargs: Any) -> nn.ModuleDict:
         task: one of :data:`TASKS`.
         model: a cggm_seg network (``encoders``, ``final``); pass the network itself, not its
             ``DistributedDataParallel`` wrapper.
-        kwargs: passed to each head: ``act``; ``interp_mode``, ``cpu_fast_paths``, ``level``
-            (segmentation: the level the heads predict at, ``None`` or left out for
+        kwargs: passed to each head: ``act``, ``detach``; ``interp_mode``, ``cpu_fast_paths``,
+            ``level`` (segmentation: the level the heads predict at, ``None`` or left out for
             :data:`DEFAULT_LEVEL`, 0 for full resolution); ``dropout`` (classification, regression).
 
     Raises:

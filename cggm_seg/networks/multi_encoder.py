@@ -248,9 +248,7 @@ class MultiEncoderSegNet(MultiBranchNet):
         """``B x M x D x H x W`` -> ``B x out_channels x D x H x W`` region logits."""
         per_modality = self._encode(x)
         if self.mask_missing:
-            present = present_channels(x)
-            if not bool(present.all()):
-                per_modality = _mask(per_modality, present)
+            per_modality = _mask(per_modality, present_channels(x))
         return self._decode(per_modality)
 
     def forward_views(self, x: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -259,7 +257,11 @@ class MultiEncoderSegNet(MultiBranchNet):
         View ``k`` is ``x`` with the sequences ``keeps[k]`` does not keep (``B x M`` booleans)
         missing: with ``mask_missing`` its logits equal ``forward`` of ``x`` with those channels
         zero-filled, since each encoder sees its own sequence only; only the fusion and decoder
-        run once per view.
+        run once per view. One exception: a sample that a view leaves with no sequence at all
+        gets all its features zeroed, where ``forward`` would read its all-zero input as complete
+        (a sampler's non-empty subset of a complete case never does that). The full view is
+        decoded last, so that hooks on the decoder (CGGM's on ``final``) see its forward last, as
+        after ``forward(x)``.
 
         Returns:
             ``[forward(x), view_1, ..., view_K]``.
@@ -269,15 +271,13 @@ class MultiEncoderSegNet(MultiBranchNet):
         """
         if not self.mask_missing:
             raise ValueError("forward_views needs a network built with mask_missing=True.")
-        per_modality = self._encode(x)
         present = present_channels(x)
-        full = per_modality if bool(present.all()) else _mask(per_modality, present)
-        outputs = [self._decode(full)]
         for keep in keeps:
             if tuple(keep.shape) != tuple(present.shape):
                 raise ValueError(f"each keep must be B x M = {list(present.shape)}, got {list(keep.shape)}.")
-            outputs.append(self._decode(_mask(per_modality, present & keep.to(present.device))))
-        return outputs
+        per_modality = self._encode(x)
+        views = [self._decode(_mask(per_modality, present & keep.to(present.device))) for keep in keeps]
+        return [self._decode(_mask(per_modality, present)), *views]
 
     def _encode(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         if x.dim() != 5 or x.shape[1] != len(self.modalities):
@@ -310,7 +310,10 @@ class MultiEncoderSegNet(MultiBranchNet):
 
 
 def _mask(per_modality: list[list[torch.Tensor]], present: torch.Tensor) -> list[list[torch.Tensor]]:
-    """Each modality's features times 0 in the samples where it is not ``present`` (``B x M``)."""
+    """Each modality's features times 0 in the samples where it is not ``present`` (``B x M``);
+    the features themselves where every sample has every modality."""
+    if bool(present.all()):
+        return per_modality
     masked: list[list[torch.Tensor]] = []
     for m, features in enumerate(per_modality):
         weight = present[:, m].to(features[0].dtype).view(-1, 1, 1, 1, 1)

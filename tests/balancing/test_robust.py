@@ -19,8 +19,10 @@ from cggm_seg.balancing import (
     sample_subsets,
     trainable_parameters,
 )
+from cggm_seg.balancing.branches import FeatureTap
+from cggm_seg.balancing.robust import _zero_fill
 from cggm_seg.handlers import BalancingHandler
-from cggm_seg.networks import MultiEncoderSegNet, present_channels
+from cggm_seg.networks import MultiEncoderSegNet, make_heads, present_channels
 
 from .toy_nets import MODALITIES, SegHead, ToySegNet
 
@@ -176,10 +178,10 @@ def test_masked_network_ignores_a_missing_sequences_encoder():
 
 
 # -- the training step ----------------------------------------------------------------------------------
-def _trainer(net, recipe, heads=None, method=None, handlers=(), epochs=1, accumulation=1):
+def _trainer(net, recipe, heads=None, method=None, handlers=(), epochs=1, accumulation=1, steps=3, lr=0.1):
     torch.manual_seed(0)
-    data = [{"image": torch.randn(1, 4, 8, 8, 8), "label": (torch.rand(1, 3, 8, 8, 8) > 0.5).float()}] * 3
-    optimizer = torch.optim.SGD(trainable_parameters(net, heads), lr=0.1)
+    data = [{"image": torch.randn(1, 4, 8, 8, 8), "label": (torch.rand(1, 3, 8, 8, 8) > 0.5).float()}] * steps
+    optimizer = torch.optim.SGD(trainable_parameters(net, heads), lr=lr)
     return SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=epochs,
@@ -208,7 +210,7 @@ def test_two_view_step_trains_network_and_heads_and_reports_its_terms():
     output = state.output[0]  # decollated by the trainer
     assert float(output["loss"]) == pytest.approx(total, rel=1e-5)
     assert output["pred"].shape == (3, 8, 8, 8)
-    # the heads' loss trains the heads (they are in the optimizer) and reaches the encoders
+    # the heads' loss trains the heads (they are in the optimizer)
     assert any(not torch.equal(before[k], v) for k, v in heads.state_dict().items())
     assert len(monitor.history) == 3  # the balancing handler ran on every step
 
@@ -229,11 +231,37 @@ def test_sep_loss_reaches_the_encoders():
     assert net.final.weight.grad is None  # the fused path is not in the heads' loss
 
 
+def test_sep_heads_of_the_segmentation_network_train_its_encoders_linearly_in_the_weight():
+    # one SGD step (lr 1, no momentum): each parameter moves by -grad, and grad is
+    # grad(task loss) + w * grad(heads' loss), so the encoders' moves are affine in w
+    def step(weight: float, detach: bool = False) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True)
+        heads = make_heads("segmentation", net, level=1, detach=detach)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        recipe = RobustTraining(sampler="none", sep_weight=weight)
+        _trainer(net, recipe, heads, steps=1, lr=1.0).run()
+        return {k: v - before[k] for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    moves = [step(w) for w in (0.0, 1.0, 2.0)]
+    encoder = [k for k in moves[0] if k.startswith("encoders.t1.") and k.endswith("weight")]
+    assert encoder
+    for k in encoder:
+        first, second = moves[1][k] - moves[0][k], moves[2][k] - moves[1][k]
+        assert first.abs().max() > 1e-6, k  # the heads' loss reaches the encoder
+        assert torch.allclose(first, second, atol=1e-5), k
+    assert torch.equal(moves[0]["final.weight"], moves[2]["final.weight"])  # not the fused decoder
+    with pytest.raises(ValueError, match="detach=False"):
+        step(1.0, detach=True)
+
+
 def test_warmup_epochs_train_the_full_view_only():
     recipe = RobustTraining(warmup_epochs=1, feature_masking=False)
-    trainer = _trainer(ToySegNet(), recipe, epochs=1)
+    trainer = _trainer(ToySegNet(), recipe, epochs=2)
     trainer.run()
-    assert hasattr(trainer.state, "robust_full") and not hasattr(trainer.state, "robust_subset")
+    first, second = trainer._process_function.history
+    assert "robust_full" in first and "robust_subset" not in first
+    assert "robust_subset" in second
 
 
 def test_guided_drop_follows_cggm_coefficients():
@@ -275,7 +303,7 @@ def test_every_subset_of_a_uniform_sampler_reaches_the_network():
     g = torch.Generator().manual_seed(3)
     keep = sample_subsets(200, torch.full((4,), 0.5), generator=g)
     x = torch.randn(200, 4, 2, 2, 2) + 10
-    masked = x * keep.view(200, 4, 1, 1, 1)
+    masked = _zero_fill(x, keep)
     assert torch.equal(present_channels(masked), keep)
     seen = {tuple(row.tolist()) for row in keep}
     assert len(seen) == 15 and seen <= {s for s in itertools.product([False, True], repeat=4) if any(s)}
@@ -289,6 +317,18 @@ def test_forward_views_equal_separate_forwards_of_zero_filled_inputs():
     full, view = net.forward_views(x, keeps)
     zero_filled = x * keeps[0].view(2, 4, 1, 1, 1)
     assert torch.allclose(full, net(x), atol=1e-6) and torch.allclose(view, net(zero_filled), atol=1e-6)
+    # a sample that a view leaves with nothing: every feature zeroed, so its input does not matter
+    x[1, 3] = 0
+    _, view = net.forward_views(x, keeps)
+    x[1, :3] = torch.randn(3, 8, 8, 8)
+    assert torch.allclose(net.forward_views(x, keeps)[1][1], view[1], atol=1e-6)
+    # the full view is decoded last: a hook on `final` sees its input, as after forward(x)
+    tap = FeatureTap(net, final="final")
+    net.forward_views(x, keeps)
+    after_views = tap.final_input.clone()
+    net(x)
+    assert torch.equal(after_views, tap.final_input)
+    tap.remove()
     with pytest.raises(ValueError, match="B x M"):
         net.forward_views(x, [torch.ones(1, 4, dtype=torch.bool)])
     with pytest.raises(ValueError, match="mask_missing=True"):
@@ -311,7 +351,12 @@ def test_several_subset_views_share_one_encoder_pass():
 def test_each_epoch_logs_and_keeps_the_mean_terms_and_guided_probabilities(caplog):
     class Signal:
         modalities = MODALITIES
-        balance = {"t1": 2.0, "t1ce": 0.5, "t2": 1.0, "flair": 0.5}
+        calls = 0
+
+        @property
+        def balance(self):  # none before the first step, as CGGM's
+            self.calls += 1
+            return None if self.calls == 1 else {"t1": 2.0, "t1ce": 0.5, "t2": 1.0, "flair": 0.5}
 
     recipe = RobustTraining(sampler="bernoulli", drop=0.5, guide="drop", feature_masking=False)
     trainer = _trainer(ToySegNet(), recipe, method=Signal(), epochs=2)
@@ -319,7 +364,11 @@ def test_each_epoch_logs_and_keeps_the_mean_terms_and_guided_probabilities(caplo
     with caplog.at_level("INFO"):
         trainer.run()
     assert [h["epoch"] for h in step.history] == [1.0, 2.0]
+    # the first step has no B yet: p_drop is averaged over the two steps that logged it
     assert step.history[0]["p_drop_t1"] == pytest.approx(0.25)
+    fresh = recipe.iteration(None, Signal())
+    fresh.load_state_dict(step.state_dict())
+    assert fresh.history == step.history  # kept across a resume
     assert any(
         "robust training, epoch 2: " in r.getMessage() and "p_drop_t1 0.250" in r.getMessage()
         for r in caplog.records
