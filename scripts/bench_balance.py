@@ -107,6 +107,16 @@ def bundle_command(method: str, seed: int, args: argparse.Namespace) -> list[str
     return command
 
 
+def run_env(args: argparse.Namespace) -> dict[str, str]:
+    """A bundle subprocess's environment: its threads, unbuffered output, the benchmark's cache."""
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS=str(args.threads),
+        PYTHONUNBUFFERED="1",
+        CGGM_SEG_CACHE=str(args.out / "cache"),
+    )
+
+
 def validation_audit(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
     """The run's best-on-validation model audited on the validation split (``evaluate.json``:
     Dice and the 15 subsets), run once and kept in ``<run>/evaluation/metrics.json``: what a
@@ -120,10 +130,8 @@ def validation_audit(method: str, seed: int, args: argparse.Namespace) -> dict[s
         files = [*variant.config_files, str(variant.bundle.parent / "evaluate.json")]
         command[command.index("--config_file") + 1] = str(files)
         command += ["--evaluate_split", "validation"]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
-        env["CGGM_SEG_CACHE"] = str(args.out / "cache")
         with open(folder / "evaluation.log", "w") as log:
-            done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+            done = subprocess.run(command, cwd=ROOT, env=run_env(args), stdout=log, stderr=log)
         if done.returncode != 0:
             return None
     return json.loads(result.read_text())
@@ -141,12 +149,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         metrics.unlink()
     if not metrics.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
-        env["CGGM_SEG_CACHE"] = str(args.out / "cache")
+        (folder / "evaluation" / "metrics.json").unlink(missing_ok=True)  # the old model's audit
         start = time.monotonic()
         with open(folder / "bench.log", "w") as log:
             done = subprocess.run(
-                bundle_command(method, seed, args), cwd=ROOT, env=env, stdout=log, stderr=log
+                bundle_command(method, seed, args), cwd=ROOT, env=run_env(args), stdout=log, stderr=log
             )
         timing.write_text(json.dumps({"seconds": time.monotonic() - start, "exit": done.returncode}))
         if done.returncode != 0:  # reported as a failed run; the other runs go on

@@ -118,7 +118,11 @@ def robust_table(data: dict[str, Any]) -> list[str]:
         fraction = "-" if v.get("ceiling_fraction") is None else f"{v['ceiling_fraction']:.2f}"
         minutes = "-" if v.get("minutes_per_run") is None else f"{v['minutes_per_run']:.1f}"
         val_all, val_subset = m.get("val_dice_mean"), m.get("val_subset_mean")
-        validation = "-" if val_all is None else f"{val_all['mean']:.3f} / {val_subset['mean']:.3f}"
+        validation = (
+            "-"
+            if val_all is None or val_subset is None
+            else f"{val_all['mean']:.3f} / {val_subset['mean']:.3f}"
+        )
         lines.append(
             f"| {name} | {len(v['seeds'])} | {validation} | {cell(m.get('dice_mean'))} "
             f"| {_delta_of(v, 'dice_mean')} "
