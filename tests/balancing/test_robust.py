@@ -27,6 +27,11 @@ from cggm_seg.networks import MultiEncoderSegNet, make_heads, present_channels
 from .toy_nets import MODALITIES, SegHead, ToySegNet
 
 
+def _small_net(mask_missing: bool = True) -> MultiEncoderSegNet:
+    """The segmentation network at two levels of 8 and 16 channels."""
+    return MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=mask_missing)
+
+
 # -- samplers ---------------------------------------------------------------------------------------
 def test_bernoulli_at_one_half_is_uniform_over_the_fifteen_non_empty_subsets():
     keep = sample_subsets(30_000, torch.full((4,), 0.5), generator=torch.Generator().manual_seed(0))
@@ -162,7 +167,7 @@ def test_present_channels_by_hand():
 
 def test_masked_network_ignores_a_missing_sequences_encoder():
     torch.manual_seed(0)
-    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True).eval()
+    net = _small_net().eval()
     x = torch.randn(2, 4, 8, 8, 8)
     x[0, 1] = 0  # t1ce missing in sample 0
     before = net(x)
@@ -172,7 +177,7 @@ def test_masked_network_ignores_a_missing_sequences_encoder():
     after = net(x)
     assert torch.allclose(before[0], after[0], atol=1e-6)  # sample 0 does not see t1ce's encoder
     assert not torch.allclose(before[1], after[1], atol=1e-3)  # sample 1 does
-    unmasked = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,)).eval()
+    unmasked = _small_net(mask_missing=False).eval()
     unmasked.load_state_dict(net.state_dict())
     assert torch.allclose(unmasked(x)[1], after[1], atol=1e-6)  # nothing missing: the same network
 
@@ -236,7 +241,7 @@ def test_sep_heads_of_the_segmentation_network_train_its_encoders_linearly_in_th
     # grad(task loss) + w * grad(heads' loss), so the encoders' moves are affine in w
     def step(weight: float, detach: bool = False) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True)
+        net = _small_net()
         heads = make_heads("segmentation", net, level=1, detach=detach)
         before = {k: v.clone() for k, v in net.state_dict().items()}
         recipe = RobustTraining(sampler="none", sep_weight=weight)
@@ -311,7 +316,7 @@ def test_every_subset_of_a_uniform_sampler_reaches_the_network():
 
 def test_forward_views_equal_separate_forwards_of_zero_filled_inputs():
     torch.manual_seed(0)
-    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True).eval()
+    net = _small_net().eval()
     x = torch.randn(2, 4, 8, 8, 8)
     keeps = [torch.tensor([[True, False, True, False], [False, False, False, True]])]
     full, view = net.forward_views(x, keeps)
@@ -332,11 +337,11 @@ def test_forward_views_equal_separate_forwards_of_zero_filled_inputs():
     with pytest.raises(ValueError, match="B x M"):
         net.forward_views(x, [torch.ones(1, 4, dtype=torch.bool)])
     with pytest.raises(ValueError, match="mask_missing=True"):
-        MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,)).forward_views(x, keeps)
+        _small_net(mask_missing=False).forward_views(x, keeps)
 
 
 def test_several_subset_views_share_one_encoder_pass():
-    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True)
+    net = _small_net()
     calls = []
     net.encoders["t1"].register_forward_hook(lambda *_: calls.append(1))
     recipe = RobustTraining(full_view=True, subset_views=3, distill_weight=0.5)
@@ -376,7 +381,7 @@ def test_each_epoch_logs_and_keeps_the_mean_terms_and_guided_probabilities(caplo
 
 
 def test_single_views_add_each_sequence_alone():
-    net = MultiEncoderSegNet(channels=(8, 16), blocks_down=(0, 1), blocks_up=(1,), mask_missing=True)
+    net = _small_net()
     seen = []
     original = net.forward_views
     net.forward_views = lambda x, keeps: seen.append([k.clone() for k in keeps]) or original(x, keeps)
