@@ -50,6 +50,7 @@ __all__ = [
     "UNLABELLED",
     "DEFAULT_FRACTIONS",
     "make_datalist",
+    "case_entry",
     "describe_splits",
     "require_splits",
     "write_datalist",
@@ -117,8 +118,8 @@ def make_datalist(
     }
     splits: dict[str, list[dict[str, Any]]] = {split: [] for split in (*SPLITS, UNLABELLED)}
     for case in labelled:
-        splits[assignment[case.case_id]].append(_entry(case, allow_missing))
-    splits[UNLABELLED] = [_entry(c, allow_missing) for c in cases if c.label is None]
+        splits[assignment[case.case_id]].append(case_entry(case, allow_missing))
+    splits[UNLABELLED] = [case_entry(c, allow_missing) for c in cases if c.label is None]
     for split, entries in splits.items():
         datalist[f"num{split.capitalize()}"] = len(entries)
     datalist.update(splits)
@@ -265,7 +266,9 @@ def _assign_splits(case_ids: Sequence[str], seed: int, fractions: tuple[float, .
     return split_of
 
 
-def _entry(case: Case, allow_missing: bool = False) -> dict[str, Any]:
+def case_entry(case: Case, allow_missing: bool = False, label: bool = True) -> dict[str, Any]:
+    """A case's datalist entry: absolute paths, ``None`` for a sequence file it lacks and
+    ``"missing"`` naming them (``allow_missing``), the label when it has one and ``label``."""
     image = case.image_allowing_missing() if allow_missing else case.image
     entry: dict[str, Any] = {
         "case_id": case.case_id,
@@ -276,7 +279,7 @@ def _entry(case: Case, allow_missing: bool = False) -> dict[str, Any]:
     }
     if allow_missing and case.missing_sequences:
         entry["missing"] = case.missing_sequences
-    if case.label is not None:
+    if label and case.label is not None:
         entry["label"] = os.path.abspath(case.label)
     return entry
 

@@ -29,6 +29,7 @@ from cggm_seg.apps.brats.check import CheckReport, check_dataset
 from cggm_seg.apps.brats.datalist import (
     DEFAULT_FRACTIONS,
     SPLITS,
+    case_entry,
     describe_splits,
     load_datalist,
     make_datalist,
@@ -293,20 +294,10 @@ def inference_datalist(
     ]
     if problems:
         raise ValueError(f"cannot run inference on {dataset_dir}:\n  " + "\n  ".join(problems))
-    entries = []
     for c in cases:
-        image = c.image_allowing_missing() if allow_missing else c.image
-        paths = (
-            [None if p is None else os.path.abspath(p) for p in image]
-            if isinstance(image, list)
-            else os.path.abspath(image)
-        )
-        entry = {"image": paths, "case_id": c.case_id, "layout": c.layout}
         if allow_missing and c.missing_sequences:
-            entry["missing"] = c.missing_sequences
             logger.warning(f"case {c.case_id}: {', '.join(c.missing_sequences)} missing, zero-filled")
-        entries.append(entry)
-    return entries
+    return [case_entry(c, allow_missing, label=False) for c in cases]
 
 
 def check_roi_size(data: dict[str, Any], roi_size: Any, split: str = "training") -> list[int]:
