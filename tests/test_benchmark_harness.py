@@ -41,9 +41,10 @@ def test_every_multiview_variant_names_a_method_of_its_bundle(name):
     assert parser["method"] in parser["methods"]
 
 
-def test_the_results_page_is_what_the_results_render_to():
+@pytest.mark.parametrize("page", ["results.md", "archive.md"])
+def test_the_results_pages_are_what_the_results_render_to(page):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check"],
+        [sys.executable, str(ROOT / "scripts" / "render_results.py"), "--check", "--doc", f"docs/{page}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
