@@ -434,6 +434,8 @@ class RobustIteration:
                 "at the input only."
             )
         if self.sep_heads is not None:
+            # hooks of its own, beside a balancing handler's: these keep the graph (the heads'
+            # loss trains the encoders), the handler's detach (its heads only observe)
             self.tap = FeatureTap(network, self.branches, detach=False)
             if set(self.sep_heads) != set(self.tap.branches):
                 self.tap.remove()
