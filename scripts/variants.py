@@ -59,6 +59,11 @@ class Variant:
     default: bool = True
     bundle: Path = BRATS_BUNDLE
 
+    def __post_init__(self) -> None:
+        # a BraTS variant that names no recipe trains without one, whatever the bundle's default
+        if self.bundle == BRATS_BUNDLE and "recipe" not in self.overrides:
+            object.__setattr__(self, "overrides", {"recipe": "none", **self.overrides})
+
     @property
     def config_files(self) -> list[str]:
         """The bundle and the variant's files, as paths (what ``ConfigParser.read_config`` takes)."""
