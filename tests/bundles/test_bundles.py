@@ -38,7 +38,8 @@ def _config(method: str = "cggm") -> str | list[str]:
 
 
 def _method_args(method: str) -> list[str]:
-    return [] if method in VARIANTS else ["--method", method]
+    """The method without the bundle's default recipe: each method's own training step."""
+    return [] if method in VARIANTS else ["--method", method, "--recipe", "none"]
 
 
 @pytest.mark.parametrize("method", [*METHODS, *VARIANTS])
@@ -206,7 +207,7 @@ def cggm_tiny_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_the_default_bundle_end_to_end_tiny(cggm_tiny_run):
     root, result = cggm_tiny_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run_dir = root / "runs" / "brats_cggm"
+    run_dir = root / "runs" / "brats_joint_robust"
     _assert_metrics(run_dir, heads=True)
     assert (run_dir / "models" / "model.pt").is_file()
     assert "Dice (fused)" in result.stdout
@@ -247,7 +248,7 @@ def test_bundle_stops_with_the_check_report_on_bad_data(tmp_path):
     assert result.returncode != 0
     assert victim.name in result.stdout + result.stderr
     assert "nothing was trained" in result.stdout + result.stderr
-    assert not (tmp_path / "runs" / "brats_cggm" / "models").exists()
+    assert not (tmp_path / "runs" / "brats_joint_robust" / "models").exists()
 
 
 @pytest.mark.slow
@@ -259,14 +260,14 @@ def test_evaluate_bundle_audits_a_checkpoint_on_another_dataset(cggm_tiny_run, t
     trained_root, trained = cggm_tiny_run
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     shutil.copytree(trained_root / "runs", tmp_path / "runs")
-    run_dir = tmp_path / "runs" / "brats_cggm"
+    run_dir = tmp_path / "runs" / "brats_joint_robust"
     data = tmp_path / "other"
     write_phantom_dataset(
         data, 3, seed=5, layout="brats2023", config=PhantomConfig(spacing=4.0), progress=False
     )
     evaluate = [CONFIG, str(BUNDLES / "evaluate.json")]
     extra = ["--dataset_dir", str(data), "--evaluate_split", "all"]
-    result = _run_bundle(evaluate, tmp_path, *extra, "--run_name", "brats_cggm")  # the trained run
+    result = _run_bundle(evaluate, tmp_path, *extra, "--run_name", "brats_joint_robust")  # the trained run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Epoch[1]" not in result.stdout + result.stderr  # nothing trained
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())

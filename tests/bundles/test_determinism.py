@@ -65,7 +65,7 @@ def test_brats_bundle_is_deterministic(tmp_path):
         command += ["--roi_size", "[32,32,32]"]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-2000:]
-        runs.append(tmp_path / name / "runs" / "brats_cggm")
+        runs.append(tmp_path / name / "runs" / "brats_joint_robust")
     assert _metrics(runs[0]) == _metrics(runs[1])  # every figure, every case, the audit, the heads
     _same_weights(runs[0] / "models" / "model.pt", runs[1] / "models" / "model.pt")
     a, b = (

@@ -267,7 +267,7 @@ def test_an_inference_run_without_its_checkpoint_ends_naming_the_file(cache, tmp
     data = tmp_path / "data"
     write_phantom_dataset(data, 1, seed=0, config=PhantomConfig(spacing=4.0), progress=False)
     lines = _run(["--dataset_dir", str(data)], cache, tmp_path, config=INFERENCE)
-    checkpoint = tmp_path / "runs" / "brats_data_cggm" / "models" / "model.pt"  # the run of --dataset_dir
+    checkpoint = tmp_path / "runs" / "brats_data_joint_robust" / "models" / "model.pt"
     assert lines[-1].startswith("cggm_seg: the run stopped: FileNotFoundError: "), lines[-3:]
     assert str(checkpoint) in lines[-1]
 
@@ -280,7 +280,7 @@ def test_a_dataset_too_small_to_split_stops_before_the_first_epoch(cases, cache,
     assert "Epoch[1]" not in out
     assert lines[-1].startswith(f"cggm_seg: the run stopped: ValueError: {cache}"), lines[-3:]
     assert (
-        "fractions 0.7 / 0.15 / 0.15 give" in lines[-1] and "empty; expected at least one case" in lines[-1]
+        "fractions 0.55 / 0.15 / 0.3 give" in lines[-1] and "empty; expected at least one case" in lines[-1]
     )
     assert lines[-1].endswith("; nothing was trained")
     assert not list(tmp_path.glob("runs/*/models/*.pt"))

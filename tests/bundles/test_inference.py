@@ -33,7 +33,7 @@ TINY = {"phantom#cases": 3, "phantom#spacing": 4.0, "roi_size": [32, 32, 32]}
 
 @pytest.fixture(scope="module")
 def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A bundle root holding ``runs/brats_cggm/models/model.pt`` from a 1-epoch training run."""
+    """A bundle root holding ``runs/brats_joint_robust/models/model.pt`` from a 1-epoch training run."""
     tmp = tmp_path_factory.mktemp("inference")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CGGM_SEG_CACHE", str(tmp / "cache"))
@@ -47,7 +47,7 @@ def bundle_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             run=["$@train#trainer.run()"],  # model.pt is written on validation; skip the test-set report
             **TINY,
         )
-        assert (root / "runs" / "brats_cggm" / "models" / "model.pt").is_file()
+        assert (root / "runs" / "brats_joint_robust" / "models" / "model.pt").is_file()
         yield root
 
 
@@ -87,7 +87,7 @@ def check_predictions(output_dir: Path, dataset_dir: str | Path, layout: str) ->
 def test_brats2021_predictions_follow_the_inputs(bundle_root: Path) -> None:
     infer(bundle_root=str(bundle_root), **TINY)
     dataset_dir = default_phantom_dir(cases=3, spacing=4.0)
-    check_predictions(bundle_root / "runs" / "brats_cggm" / "predictions", dataset_dir, "brats2021")
+    check_predictions(bundle_root / "runs" / "brats_joint_robust" / "predictions", dataset_dir, "brats2021")
 
 
 @pytest.mark.slow
@@ -106,7 +106,7 @@ def test_msd_4d_predictions_in_any_orientation_and_without_labels(bundle_root: P
 
     infer(
         bundle_root=str(bundle_root),
-        run_name="brats_cggm",  # the trained run: by default, the run a training on dataset_dir would name
+        run_name="brats_joint_robust",  # the run a training on dataset_dir would name
         dataset_dir=str(dataset_dir),
         prediction_dir=str(output_dir),
         roi_size=TINY["roi_size"],
@@ -229,7 +229,11 @@ def test_a_case_without_t2_is_predicted_from_the_other_sequences(
     (t2,) = dataset_dir.glob("*/*_t2.nii.gz")
     t2.unlink()
     output_dir = tmp_path / "predictions"
-    settings = {"bundle_root": str(bundle_root), "run_name": "brats_cggm", "dataset_dir": str(dataset_dir)}
+    settings = {
+        "bundle_root": str(bundle_root),
+        "run_name": "brats_joint_robust",
+        "dataset_dir": str(dataset_dir),
+    }
     with pytest.raises(Exception, match="allow_missing_sequences"):
         infer(prediction_dir=str(output_dir), roi_size=TINY["roi_size"], **settings)
     infer(prediction_dir=str(output_dir), roi_size=TINY["roi_size"], allow_missing_sequences=True, **settings)

@@ -92,6 +92,7 @@ def test_two_cpu_ranks_train_and_log_identical_balancing(tmp_path):
         # --standalone: the rendezvous store takes a port from the OS and the ranks are told it
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "--config_file", config_files,
+        "--method", "cggm", "--split_fractions", "[0.7,0.15,0.15]",
         "--epochs", "1", "--val_interval", "1", "--roi_size", "[32,32,32]",
         # 6 cases -> 4 training cases, 2 iterations per rank: the second gives a non-neutral B
         # (the first has no delta yet) with the per-iteration 'guarded' preset and tau 0, so that the

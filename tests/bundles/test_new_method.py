@@ -64,7 +64,7 @@ def test_a_method_added_through_the_registry_alone_trains_in_the_bundle(
     handler = workflow.parser.get_parsed_content("balancing")
     assert isinstance(handler.method, Uniform) and handler.method_key == "uniform"
     assert handler.history and all(h["B_t1"] == 1.0 and h["B_flair"] == 1.0 for h in handler.history)
-    run_dir = tmp_path / "runs" / "brats_uniform"
+    run_dir = tmp_path / "runs" / "brats_uniform_robust"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["summary"]["dice_mean"]["mean"] <= 1.0
     assert (run_dir / "balance.png").stat().st_size > 5000

@@ -83,7 +83,7 @@ def test_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(tmp_path):
         _command(root), cwd=ROOT, env=_env(tmp_path, 2), capture_output=True, text=True, timeout=900
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    run_b = root / "runs" / "brats_cggm"
+    run_b = root / "runs" / "brats_joint_robust"
     assert latest_checkpoint(run_b / "models").name == "checkpoint_epoch=1.pt"  # killed during epoch 2
     assert not (run_b / "metrics.json").exists()
     resumed = subprocess.run(
@@ -95,7 +95,7 @@ def test_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(tmp_path):
 
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log  # epoch 1 was not trained again
     assert sorted(p.name for p in (run_b / "models").glob("checkpoint_epoch=*")) == ["checkpoint_epoch=3.pt"]
-    run_a = tmp_path / "a" / "runs" / "brats_cggm"
+    run_a = tmp_path / "a" / "runs" / "brats_joint_robust"
     a, b = (torch.load(r / "models" / "checkpoint_epoch=3.pt", weights_only=True) for r in (run_a, run_b))
     _assert_same_state(a["network"], b["network"], "network.")
     assert a["balancing"]["history"] == b["balancing"]["history"]  # B and the scores, iteration by iteration
@@ -122,7 +122,7 @@ def _bundle(root: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def quick_start(tmp_path_factory) -> tuple[Path, Path]:
-    """(bundle root, phantom cache) of a finished 1-epoch run of the quick start, ``runs/brats_cggm``."""
+    """(bundle root, phantom cache) of the quick start, 1 epoch (``runs/brats_joint_robust``)."""
     root, cache = tmp_path_factory.mktemp("quick_start"), tmp_path_factory.mktemp("cache")
     done = _bundle(root, cache, "--epochs", "1")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -144,17 +144,17 @@ def _files(run: Path) -> dict[str, bytes]:
 CHANGES = {
     "dataset": (["--phantom#cases", "5"], "data: 1 case added (BraTS2021_00004)"),
     "seed": (["--seed", "1"], "seed: 0 -> 1"),
-    "lam": (["--methods#cggm#lam", "0.2"], "lam: 0.1 -> 0.2"),
+    "recipe setting": (["--recipes#robust#distill_weight", "0.3"], "distill_weight: 0.5 -> 0.3"),
     "learning_rate": (["--learning_rate", "0.02"], "optimizer.lr: 0.01 -> 0.02"),
 }
 
 
 @pytest.mark.slow
 def test_a_resume_with_other_data_seed_or_settings_refuses_and_names_the_differences(quick_start, tmp_path):
-    """One run that changes the data, the seed, a method setting and the optimizer: each is named."""
+    """One run that changes the data, the seed, a recipe setting and the optimizer: each is named."""
     args = [a for change, _ in CHANGES.values() for a in change]
     root, cache = _copy(quick_start, tmp_path), quick_start[1]
-    run = root / "runs" / "brats_cggm"
+    run = root / "runs" / "brats_joint_robust"
     before = _files(run)
     done = _bundle(root, cache, "--epochs", "2", *args)  # more epochs alone would resume
     assert done.returncode != 0
@@ -197,13 +197,13 @@ def test_the_readme_quick_start_then_a_dataset_dir_trains_the_second_run_in_its_
     root, cache = _copy(quick_start, tmp_path), quick_start[1]
     data = tmp_path / "BraTS2021"
     write_phantom_dataset(data, 4, seed=1, config=PhantomConfig(spacing=4.0), progress=False)
-    quick = root / "runs" / "brats_cggm"
+    quick = root / "runs" / "brats_joint_robust"
     before = _files(quick)
     done = _bundle(root, cache, "--epochs", "1", "--dataset_dir", str(data))
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
     assert "no checkpoint to resume from" in log and "Epoch[1] Complete" in log
-    run = root / "runs" / "brats_BraTS2021_cggm"
+    run = root / "runs" / "brats_BraTS2021_joint_robust"
     assert (run / "metrics.json").is_file() and (run / "models" / "model.pt").is_file()
     cases = json.loads((run / "datalist.json").read_text())["training"]
     assert cases and all(case["label"].startswith(str(data)) for case in cases)

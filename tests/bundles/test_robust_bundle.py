@@ -32,16 +32,31 @@ def test_the_robust_recipe_trains_in_the_bundle_and_its_run_carries_its_name(tmp
         assert hasattr(trainer.state, term), term
     network = workflow.parser.get_parsed_content("network")
     assert network.mask_missing
-    run_dir = tmp_path / "runs" / "brats_cggm_robust"
+    run_dir = tmp_path / "runs" / "brats_joint_robust"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["missing_sequences"]["subsets"]) == 15
 
 
-def test_the_default_recipe_leaves_the_network_and_step_as_before():
+def test_the_default_is_joint_training_with_the_robust_recipe():
     parser = ConfigParser()
     parser.read_config(CONFIG)
     parser.update({"device": "$torch.device('cpu')"})
-    assert parser.get_parsed_content("recipe") == "none"
+    assert (parser.get_parsed_content("method"), parser.get_parsed_content("recipe")) == ("joint", "robust")
+    recipe = parser.get_parsed_content("robust")
+    assert (recipe.sampler, recipe.full_view, recipe.subset_views, recipe.feature_masking) == (
+        "uniform",
+        True,
+        4,
+        True,
+    )
+    assert all(not head.detach for head in parser.get_parsed_content("sep_heads").values())
+    assert parser.get_parsed_content("network").mask_missing is True
+
+
+def test_recipe_none_leaves_the_network_and_step_as_before():
+    parser = ConfigParser()
+    parser.read_config(CONFIG)
+    parser.update({"device": "$torch.device('cpu')", "recipe": "none"})
     assert parser.get_parsed_content("robust") is None
     assert parser.get_parsed_content("sep_heads") is None
     assert parser.get_parsed_content("network").mask_missing is False
