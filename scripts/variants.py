@@ -8,11 +8,15 @@ the multi-view ones through ``ConfigWorkflow``, and ``bench_overhead.py`` builds
 network, heads and balancing handler with ``ConfigParser``; none of them knows a method by its
 name. A new variant is one entry here.
 
-Retired: ``ogmge_level1_full`` (OGM-GE's half-resolution heads scored at full resolution,
-``score_at="full"``), ``cggm_every4`` (CGGM's heads, B and direction term every 4th iteration,
-CGGM's ``observe_every``) and ``cggm_sublattice`` (CGGM's heads on one voxel in 8,
-CGGM's ``sublattice``) were measured, not adopted, and their options deleted; their results are
-in ``docs/archive.md``.
+Retired: ``two_view_singles`` (each sequence alone as a view beside the others) and the
+CGGM-guided recipes (``two_view_guided_drop``, ``two_view_k4_guided_drop``,
+``two_view_k4_score_drop``, ``two_view_k4_score_sep``, ``two_view_guided_sep``) were measured,
+not adopted, and their options deleted after commit bf89dd8; their results stay in
+``docs/results/balance_robust*.json``. ``ogmge_level1_full`` (OGM-GE's half-resolution heads
+scored at full resolution, ``score_at="full"``), ``cggm_every4`` (CGGM's heads, B and direction
+term every 4th iteration, CGGM's ``observe_every``) and ``cggm_sublattice`` (CGGM's heads on one
+voxel in 8, CGGM's ``sublattice``) were measured, not adopted, and their options deleted; their
+results are in ``docs/archive.md``.
 """
 
 from __future__ import annotations
@@ -192,13 +196,11 @@ TWO_VIEW = {
     "feature_masking": True,
     "full_view": True,
     "subset_views": 1,
-    "single_views": False,
     "distill_weight": 0.5,
     "distill": "bce",
     "sep_weight": 0.5,
     "sep_level": 1,
     "warmup_epochs": 0,
-    "guide": "none",
 }
 
 
@@ -206,17 +208,6 @@ def _robust(description: str, method: str = "joint", default: bool = False, **se
     overrides: dict[str, Any] = {"method": method, "recipe": "robust"}
     overrides.update({f"recipes#robust#{k}": v for k, v in {**TWO_VIEW, **settings}.items()})
     return Variant(description, overrides, default=default)
-
-
-#: CGGM as a signal only: its heads and B, no magnitude, no direction term (what a guided recipe reads)
-_CGGM_SIGNAL = {"methods#cggm#magnitude": "off", "methods#cggm#direction": "off"}
-
-
-def _guided(description: str, **settings: Any) -> Variant:
-    """A robust recipe steered by CGGM used as a signal only (``_CGGM_SIGNAL``)."""
-    return Variant(
-        description, {**_robust("", method="cggm", **settings).overrides, **_CGGM_SIGNAL}, default=False
-    )
 
 
 #: The robust-training variants (``bench_balance.py --section robust``): the bundle's recipe
@@ -249,39 +240,9 @@ ROBUST_VARIANTS: dict[str, Variant] = {
     "two_view_k4": _robust(
         "two_view with 4 subset views per step (the encoders run once for all views)", subset_views=4
     ),
-    "two_view_singles": _robust(
-        "two_view plus each sequence alone as a view every step (5 views, one encoder pass)",
-        single_views=True,
-    ),
     "two_view_size": _robust("two_view with k ~ U{1..4} sequences kept", sampler="size"),
     "two_view_warmup": _robust("two_view after 20 epochs on the full input only", warmup_epochs=20),
     "two_view_cggm": _robust("two_view under CGGM (magnitude grad + direction, the bundle's)", method="cggm"),
-    "two_view_guided_drop": _guided(
-        "two_view, CGGM's B sets each sequence's drop probability (0.5 / r_i, r_i = B_i / mean B)",
-        guide="drop",
-    ),
-    "two_view_k4_guided_drop": _guided(
-        "two_view_k4, CGGM's B sets each sequence's drop probability (0.5 / r_i, r_i = B_i / mean B)",
-        guide="drop",
-        subset_views=4,
-    ),
-    "two_view_k4_score_drop": _guided(
-        "two_view_k4, the CGGM heads' scores set each sequence's drop probability (0.5 / r_i, r_i from "
-        "1 / eps_i: the best-scored sequence dropped most)",
-        guide="drop",
-        subset_views=4,
-        guide_signal="score",
-    ),
-    "two_view_k4_score_sep": _guided(
-        "two_view_k4, the CGGM heads' scores set each per-sequence head's weight (0.5 r_i: the lowest-scored "
-        "sequence supervised most)",
-        guide="sep",
-        subset_views=4,
-        guide_signal="score",
-    ),
-    "two_view_guided_sep": _guided(
-        "two_view, CGGM's B sets each per-sequence head's weight (0.5 r_i)", guide="sep"
-    ),
     "sep": Variant(
         "per-sequence heads (weight 1) whose loss trains the encoders, no missing sequences (the sep recipe)",
         {"method": "joint", "recipe": "sep"},

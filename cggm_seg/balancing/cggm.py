@@ -214,11 +214,6 @@ class CGGM(BalancingMethod):
         return {"magnitude": self.magnitude.mode, "direction": self.direction, "lam": self.lam, **rest}
 
     @property
-    def balance(self) -> dict[str, float] | None:
-        """B_i of the current iteration (:attr:`coefficients`)."""
-        return self.coefficients
-
-    @property
     def adds_to_gradients(self) -> bool:
         """The direction term adds its gradient after the backward (not with direction ``off``)."""
         return self.direction != "off"

@@ -160,13 +160,6 @@ class BalancingMethod:
         raise NotImplementedError
 
     @property
-    def balance(self) -> dict[str, float] | None:
-        """modality -> the method's current balance coefficient (above 1: the modality lags and
-        is boosted; below 1: it dominates), what a robust-training recipe's ``guide`` follows;
-        ``None`` for a method without one, or before its first observation."""
-        return None
-
-    @property
     def adds_to_gradients(self) -> bool:
         """Whether :meth:`after_backward` may add to the network's gradients this iteration."""
         return False

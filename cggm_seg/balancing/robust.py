@@ -12,11 +12,7 @@ method. Each training step it may
   toward the full view's detached prediction (``distill_weight``, :func:`consistency`);
 - train one light segmentation head per sequence on its encoder's features, with the task loss,
   *not* detached, so that every encoder learns its sequence (``sep_weight``);
-- keep the first ``warmup_epochs`` epochs on the full input only;
-- let the balancing method's per-sequence signal steer the recipe (``guide``): CGGM's B_i
-  (:attr:`BalancingMethod.balance`) sets the probability that each sequence is dropped (the
-  dominant sequence, B_i < 1, dropped more) and/or the weight of each sequence's supervision
-  (the lagging sequence, B_i > 1, supervised more) (:func:`guided_weights`).
+- keep the first ``warmup_epochs`` epochs on the full input only.
 
 The total loss of a step is ``L(full) + L(subset) + distill_weight * C(subset, full)
 + sum_i w_i L(head_i)`` with the terms the recipe turns on (``docs/methods.md``).
@@ -40,13 +36,10 @@ from cggm_seg.balancing.method import pick_entry
 
 __all__ = [
     "SAMPLERS",
-    "GUIDES",
-    "GUIDE_SIGNALS",
     "CONSISTENCIES",
     "RobustTraining",
     "RobustIteration",
     "sample_subsets",
-    "guided_weights",
     "consistency",
     "pick_recipe",
     "trainable_parameters",
@@ -56,10 +49,6 @@ __all__ = [
 #: (bernoulli at 0.5: uniform over the non-empty subsets), ``"size"`` (k ~ U{1..M} kept),
 #: ``"none"`` (the full input only: per-sequence heads without missing sequences)
 SAMPLERS = ("bernoulli", "uniform", "size", "none")
-#: what the method's signal steers: nothing, the drop probabilities, the heads' weights, both
-GUIDES = ("none", "drop", "sep", "both")
-#: what guidance reads from the method: its balance coefficients B_i, or its heads' scores
-GUIDE_SIGNALS = ("balance", "score")
 #: the consistency term's forms (:func:`consistency`)
 CONSISTENCIES = ("bce", "mse", "kl")
 
@@ -68,7 +57,6 @@ def sample_subsets(
     batch: int,
     drop: torch.Tensor,
     kind: str = "bernoulli",
-    keep_weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The sequences each sample keeps: ``batch x M`` booleans, at least one True per row.
@@ -79,9 +67,8 @@ def sample_subsets(
             that keep nothing are drawn again, so each row follows the product distribution
             conditioned on a non-empty subset (uniform over the ``2^M - 1`` subsets at 0.5).
         kind: ``"bernoulli"`` or ``"size"``: ``k ~ U{1..M}``, then ``k`` sequences drawn without
-            replacement with probabilities proportional to ``keep_weights`` (equal by default).
-            (``"uniform"`` is ``"bernoulli"`` at 0.5: the caller passes that ``drop``.)
-        keep_weights: shape ``M``, positive (``"size"`` only).
+            replacement, each equally likely (``drop`` unused). (``"uniform"`` is
+            ``"bernoulli"`` at 0.5: the caller passes that ``drop``.)
         generator: the random generator (``None``: torch's global one, which a bundle seeds and
             checkpoints).
 
@@ -91,7 +78,7 @@ def sample_subsets(
     drop = torch.as_tensor(drop, dtype=torch.float64)
     m = drop.numel()
     if kind == "size":
-        weights = torch.ones(m, dtype=torch.float64) if keep_weights is None else keep_weights.double()
+        weights = torch.ones(m, dtype=torch.float64)
         keep = torch.zeros(batch, m, dtype=torch.bool)
         sizes = torch.randint(1, m + 1, (batch,), generator=generator)
         for b in range(batch):
@@ -107,22 +94,6 @@ def sample_subsets(
         keep[empty] = torch.rand(int(empty.sum()), m, generator=generator, dtype=torch.float64) >= drop
         empty = ~keep.any(dim=1)
     return keep
-
-
-def guided_weights(balance: torch.Tensor, power: float = 1.0) -> torch.Tensor:
-    """Relative weights ``r_i = (B_i / mean_j B_j) ** power``, normalised to mean 1.
-
-    ``r_i > 1`` for a sequence the balancing method finds lagging (B_i above the others'), ``< 1``
-    for a dominant one; all ones when every B_i is equal.
-
-    Raises:
-        ValueError: a B_i that is not positive and finite.
-    """
-    balance = torch.as_tensor(balance, dtype=torch.float64)
-    if not bool(torch.isfinite(balance).all()) or bool((balance <= 0).any()):
-        raise ValueError(f"the balance coefficients must be positive and finite, got {balance.tolist()}.")
-    r = (balance / balance.mean()) ** float(power)
-    return r / r.mean()
 
 
 def consistency(
@@ -171,21 +142,12 @@ class RobustTraining:
         subset_views: subset views drawn per step beside the full view (their losses averaged).
             With feature masking and a network that has ``forward_views`` the encoders run once
             for all views and only the fusion and decoder run per view.
-        single_views: also train each sequence alone as a view, every step (PASSION's
-            per-sequence path through the fusion; needs ``full_view``).
         distill_weight: weight of :func:`consistency` from the subset view to the full view
             (needs ``full_view``).
         distill: the consistency's form (:data:`CONSISTENCIES`).
         temperature: the consistency's temperature.
         sep_weight: weight of each sequence head's task loss into its encoder (0: no heads).
         sep_level: the level the per-sequence heads predict at (``make_heads(level=...)``).
-        guide: what the method's balance coefficients steer (:data:`GUIDES`).
-        guide_power: exponent of :func:`guided_weights`.
-        drop_range: the drop probabilities guidance may set, ``(low, high)``.
-        guide_signal: ``"balance"``: the method's balance coefficients B_i (CGGM's); ``"score"``:
-            its heads' scores eps_i (the stats ``eps_<m>`` of CGGM, joint's monitor, MMPareto),
-            averaged with ``score_momentum``, read as ``B_i = 1 / eps_i`` (a low score: lagging).
-        score_momentum: the running mean's momentum for ``guide_signal="score"``.
 
     Raises:
         ValueError: any setting out of range, or ``distill_weight > 0`` without ``full_view``.
@@ -199,24 +161,14 @@ class RobustTraining:
         feature_masking: bool = True,
         full_view: bool = False,
         subset_views: int = 1,
-        single_views: bool = False,
         distill_weight: float = 0.0,
         distill: str = "bce",
         temperature: float = 1.0,
         sep_weight: float = 0.0,
         sep_level: int = 1,
-        guide: str = "none",
-        guide_power: float = 1.0,
-        drop_range: tuple[float, float] = (0.05, 0.9),
-        guide_signal: str = "balance",
-        score_momentum: float = 0.99,
     ) -> None:
         if int(subset_views) != subset_views or subset_views < 1:
             raise ValueError(f"subset_views must be an integer >= 1, got {subset_views!r}.")
-        if single_views and not full_view:
-            raise ValueError(
-                "single_views adds each sequence alone beside the full view: set full_view=True."
-            )
         if subset_views > 1 and not full_view:
             raise ValueError("subset_views > 1 draws several views beside the full view: set full_view=True.")
         if sampler not in SAMPLERS:
@@ -230,44 +182,25 @@ class RobustTraining:
         for name, value in (("distill_weight", distill_weight), ("sep_weight", sep_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
-        if sampler == "none" and (full_view or distill_weight > 0 or guide in ("drop", "both")):
-            raise ValueError(
-                "sampler='none' draws no subset view: full_view, distill_weight and guide 'drop' need one."
-            )
+        if sampler == "none" and (full_view or distill_weight > 0):
+            raise ValueError("sampler='none' draws no subset view: full_view and distill_weight need one.")
         if distill_weight > 0 and not full_view:
             raise ValueError(
                 "distill_weight > 0 distils the subset view toward the full view: set full_view=True."
             )
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if guide_signal not in GUIDE_SIGNALS:
-            raise ValueError(f"guide_signal must be one of {GUIDE_SIGNALS}, got {guide_signal!r}.")
-        if not 0 <= score_momentum < 1:
-            raise ValueError(f"score_momentum must lie in [0, 1), got {score_momentum}.")
-        if guide not in GUIDES:
-            raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
-        if guide in ("sep", "both") and sep_weight == 0:
-            raise ValueError(f"guide={guide!r} steers the per-sequence heads' weights: set sep_weight > 0.")
-        low, high = (float(v) for v in drop_range)
-        if not 0 <= low <= high < 1:
-            raise ValueError(f"drop_range must be 0 <= low <= high < 1, got {tuple(drop_range)}.")
         self.sampler = sampler
         self.drop = 0.5 if sampler == "uniform" else float(drop)
         self.warmup_epochs = int(warmup_epochs)
         self.feature_masking = bool(feature_masking)
         self.full_view = bool(full_view)
         self.subset_views = int(subset_views)
-        self.single_views = bool(single_views)
         self.distill_weight = float(distill_weight)
         self.distill = distill
         self.temperature = float(temperature)
         self.sep_weight = float(sep_weight)
         self.sep_level = int(sep_level)
-        self.guide = guide
-        self.guide_power = float(guide_power)
-        self.drop_range = (low, high)
-        self.guide_signal = guide_signal
-        self.score_momentum = float(score_momentum)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -279,44 +212,15 @@ class RobustTraining:
             "feature_masking": self.feature_masking,
             "full_view": self.full_view,
             "subset_views": self.subset_views,
-            "single_views": self.single_views,
             "distill_weight": self.distill_weight,
             "distill": self.distill,
             "temperature": self.temperature,
             "sep_weight": self.sep_weight,
             "sep_level": self.sep_level,
-            "guide": self.guide,
-            "guide_power": self.guide_power,
-            "drop_range": list(self.drop_range),
-            "guide_signal": self.guide_signal,
-            "score_momentum": self.score_momentum,
         }
 
     def __repr__(self) -> str:
         return f"RobustTraining({', '.join(f'{k}={v!r}' for k, v in self.settings.items())})"
-
-    def drop_probabilities(self, sequences: int, balance: torch.Tensor | None = None) -> torch.Tensor:
-        """Each of ``sequences`` sequences' drop probability this step: :attr:`drop`, or under guide
-        ``"drop"`` / ``"both"`` (with ``balance`` known) ``drop / r_i`` (:func:`guided_weights`),
-        clipped to :attr:`drop_range`."""
-        if balance is None or self.guide not in ("drop", "both"):
-            return torch.full((sequences,), self.drop, dtype=torch.float64)
-        r = guided_weights(balance, self.guide_power)
-        return (self.drop / r).clamp(*self.drop_range)
-
-    def keep_weights(self, balance: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The ``"size"`` sampler's weights of keeping each sequence: ``r_i`` under guide
-        ``"drop"`` / ``"both"`` (the dominant sequence kept less), else ``None`` (equal)."""
-        if balance is None or self.guide not in ("drop", "both"):
-            return None
-        return guided_weights(balance, self.guide_power)
-
-    def head_weights(self, modalities: tuple[str, ...], balance: torch.Tensor | None) -> dict[str, float]:
-        """Each sequence head's loss weight: :attr:`sep_weight`, times ``r_i`` under guide sep/both."""
-        if balance is None or self.guide not in ("sep", "both"):
-            return {m: self.sep_weight for m in modalities}
-        r = guided_weights(balance, self.guide_power)
-        return {m: self.sep_weight * float(w) for m, w in zip(modalities, r)}
 
     def iteration(
         self,
@@ -355,13 +259,12 @@ class RobustIteration:
     It fires ``FORWARD_COMPLETED`` after the last forward, ``LOSS_COMPLETED`` once the total loss
     is formed, ``BACKWARD_COMPLETED`` and ``MODEL_COMPLETED`` as MONAI's step does, and leaves the
     full view's prediction (or the subset view's, without one) in ``output["pred"]``. The terms of
-    the loss go to ``engine.state`` as ``robust_<term>`` and, with guidance, the drop probabilities
-    as ``p_drop_<m>``.
+    the loss go to ``engine.state`` as ``robust_<term>``.
 
     Raises:
         ValueError: on the first step, feature masking with a network that does not mask
             (``mask_missing``), per-sequence heads that do not match the network's branches,
-            guidance with a method that has no balance coefficients, or gradient accumulation.
+            or gradient accumulation.
     """
 
     def __init__(
@@ -384,11 +287,6 @@ class RobustIteration:
                 f"the per-sequence heads of {detaching} detach their input features, so their loss would "
                 "not reach the encoders: build them with make_heads(..., detach=False)."
             )
-        if recipe.guide != "none" and method is None:
-            raise ValueError(
-                f"guide={recipe.guide!r} follows a balancing method's coefficients: train with a method "
-                "that has them (CGGM)."
-            )
         self.recipe = recipe
         self.sep_heads = None if recipe.sep_weight == 0 else dict(sep_heads.items())
         self.method = method
@@ -409,9 +307,7 @@ class RobustIteration:
         self.shared_encoders = False
         self._epoch_sums: dict[str, float] = {}
         self._epoch_counts: dict[str, int] = {}
-        #: running mean of the method's head scores (``guide_signal="score"``)
-        self.scores: torch.Tensor | None = None
-        #: per epoch, the mean of each loss term and (with guidance) drop probability and head weight
+        #: per epoch, the mean of each loss term
         self.history: list[dict[str, float]] = []
 
     def _check(self, engine: Any) -> None:
@@ -460,61 +356,16 @@ class RobustIteration:
         names = getattr(inner, "modalities", None) or getattr(self.method, "modalities", None)
         names = names or (tuple(self.tap.branches) if self.tap is not None else ())
         self.modalities = tuple(names)
-        if (
-            self.recipe.guide != "none"
-            and self.recipe.guide_signal == "score"
-            and "eps" not in getattr(self.method, "stat_kinds", ())
-        ):
-            raise ValueError(
-                f"guide_signal='score' reads the heads' scores eps_<m>: "
-                f"{type(self.method).__name__} has none."
-            )
-        if (
-            self.recipe.guide != "none"
-            and self.recipe.guide_signal == "balance"
-            and not hasattr(self.method, "balance")
-        ):
-            raise ValueError(
-                f"guide={self.recipe.guide!r}: {type(self.method).__name__} has no balance coefficients."
-            )
         self._checked = True
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_epoch)
 
-    def _balance(self) -> torch.Tensor | None:
-        if self.recipe.guide == "none" or self.method is None:
-            return None
-        if self.recipe.guide_signal == "score":
-            return self._score_balance()
-        balance = self.method.balance
-        if balance is None:
-            return None
-        return torch.tensor([float(balance[m]) for m in self.modalities], dtype=torch.float64)
-
-    def _score_balance(self) -> torch.Tensor | None:
-        """``1 / eps_i`` of the running mean of the method's head scores (``None`` before any)."""
-        stats = getattr(self.method, "stats", {}) or {}
-        if not all(f"eps_{m}" in stats for m in self.modalities):
-            return None
-        scores = torch.tensor([float(stats[f"eps_{m}"]) for m in self.modalities], dtype=torch.float64)
-        if not bool(torch.isfinite(scores).all()):
-            return None
-        momentum = self.recipe.score_momentum
-        self.scores = scores if self.scores is None else momentum * self.scores + (1 - momentum) * scores
-        return 1.0 / self.scores.clamp_min(1e-3)
-
     def state_dict(self) -> dict[str, Any]:
-        """The running mean of the head scores (guidance by score) and the per-epoch history, for a
-        resume."""
-        return {
-            "scores": None if self.scores is None else self.scores.clone(),
-            "history": [dict(row) for row in self.history],
-        }
+        """The per-epoch history, for a resume."""
+        return {"history": [dict(row) for row in self.history]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        scores = state.get("scores")
-        self.scores = None if scores is None else torch.as_tensor(scores, dtype=torch.float64)
         self.history = [dict(row) for row in state.get("history", [])]
 
     def __call__(self, engine: Any, batchdata: Any) -> dict[str, Any]:
@@ -532,7 +383,6 @@ class RobustIteration:
         recipe = self.recipe
         epoch = engine.state.epoch - 1
         subset = epoch >= recipe.warmup_epochs and recipe.sampler != "none"
-        balance = self._balance()
         n_seq = inputs.shape[1]
         if len(self.modalities) != n_seq:
             raise ValueError(
@@ -540,7 +390,7 @@ class RobustIteration:
                 f"{list(self.modalities)} for an input of {n_seq} channels."
             )
         terms: dict[str, torch.Tensor] = {}
-        self.last = {}  # this step's loss terms, drop probabilities and head weights
+        self.last = {}  # this step's loss terms
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             return engine.inferer(x, engine.network, *args, **kwargs)
@@ -549,20 +399,11 @@ class RobustIteration:
             keep = None
             keeps: list[torch.Tensor] = []
             if subset:
-                drop = recipe.drop_probabilities(n_seq, balance)
+                drop = torch.full((n_seq,), recipe.drop, dtype=torch.float64)
                 kind = "size" if recipe.sampler == "size" else "bernoulli"
                 for _ in range(recipe.subset_views if recipe.full_view else 1):
-                    keeps.append(
-                        sample_subsets(
-                            inputs.shape[0], drop, kind, keep_weights=recipe.keep_weights(balance)
-                        ).to(inputs.device)
-                    )
+                    keeps.append(sample_subsets(inputs.shape[0], drop, kind).to(inputs.device))
                 keep = keeps[0]
-                if recipe.single_views:
-                    eye = torch.eye(n_seq, dtype=torch.bool, device=inputs.device)
-                    keeps += [eye[i].expand(inputs.shape[0], n_seq) for i in range(n_seq)]
-                if balance is not None:
-                    self.last.update({f"p_drop_{m}": float(p) for m, p in zip(self.modalities, drop)})
             if subset and not recipe.full_view:  # one view: the subset, zero-filled
                 pred = forward(_zero_fill(inputs, keep))
                 terms["subset"] = engine.loss_function(pred, targets).mean()
@@ -587,7 +428,7 @@ class RobustIteration:
             engine.state.output[Keys.PRED] = pred
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             if self.sep_heads is not None:
-                terms["sep"] = self._sep_loss(engine, targets, keep, balance)
+                terms["sep"] = self._sep_loss(engine, targets, keep)
             engine.state.output[Keys.LOSS] = sum(terms.values())
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
@@ -621,7 +462,7 @@ class RobustIteration:
         return engine.state.output
 
     def _log_epoch(self, engine: Any) -> None:
-        """The epoch's mean loss terms, drop probabilities and head weights: logged and kept."""
+        """The epoch's mean loss terms: logged and kept."""
         if not self._epoch_counts:
             return
         means = {k: v / self._epoch_counts[k] for k, v in self._epoch_sums.items()}
@@ -653,12 +494,9 @@ class RobustIteration:
                 p.grad = combined[m][offset : offset + n].view_as(p).to(p.dtype).clone()
                 offset += n
 
-    def _sep_loss(
-        self, engine: Any, targets: torch.Tensor, keep: torch.Tensor | None, balance: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _sep_loss(self, engine: Any, targets: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """Each present sequence's head on its encoder's (attached) features, the task loss, weighted."""
         features = self.tap.features
-        weights = self.recipe.head_weights(self.modalities, balance)
         total = targets.new_zeros(())
         for index, m in enumerate(self.modalities):
             rows = None if keep is None else keep[:, index]
@@ -669,8 +507,7 @@ class RobustIteration:
             prediction = self.sep_heads[m](feats)
             if prediction.shape[2:] != target.shape[2:]:
                 target = pool_target(target, prediction.shape[2:])
-            total = total + weights[m] * engine.loss_function(prediction.float(), target).mean()
-            self.last[f"sep_weight_{m}"] = weights[m]
+            total = total + self.recipe.sep_weight * engine.loss_function(prediction.float(), target).mean()
         return total
 
     def remove(self) -> None:

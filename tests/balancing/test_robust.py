@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceLoss
 
@@ -14,7 +15,6 @@ from cggm_seg.balancing import (
     HeadMonitor,
     RobustTraining,
     consistency,
-    guided_weights,
     pick_recipe,
     sample_subsets,
     trainable_parameters,
@@ -53,16 +53,13 @@ def test_bernoulli_keeps_everything_at_drop_zero_and_follows_unequal_probabiliti
     assert torch.allclose(keep.double().mean(dim=0), expected.double(), atol=0.015)
 
 
-def test_size_sampler_keeps_k_uniform_in_one_to_m_and_follows_its_weights():
+def test_size_sampler_keeps_k_uniform_in_one_to_m_and_each_sequence_alike():
     g = torch.Generator().manual_seed(2)
     keep = sample_subsets(8_000, torch.zeros(4), kind="size", generator=g)
     sizes = torch.bincount(keep.sum(dim=1), minlength=5)
     assert sizes[0] == 0 and ((sizes[1:] - 2000).abs() < 150).all(), sizes.tolist()
-    weighted = sample_subsets(
-        8_000, torch.zeros(4), "size", keep_weights=torch.tensor([4.0, 1, 1, 1]), generator=g
-    )
-    singles = weighted[weighted.sum(dim=1) == 1].double().mean(dim=0)
-    assert abs(float(singles[0]) - 4 / 7) < 0.05  # one kept: chosen with probability w_i / sum w
+    # P(keep_i) = E[k] / M = 2.5 / 4 for every sequence
+    assert torch.allclose(keep.double().mean(dim=0), torch.full((4,), 0.625).double(), atol=0.02)
 
 
 def test_samplers_refuse_bad_settings():
@@ -73,35 +70,6 @@ def test_samplers_refuse_bad_settings():
 
 
 # -- guidance ---------------------------------------------------------------------------------------
-def test_guided_weights_by_hand():
-    # B = (1, 1, 2): mean 4/3, r = (0.75, 0.75, 1.5), mean 1 already
-    assert torch.allclose(
-        guided_weights(torch.tensor([1.0, 1.0, 2.0])), torch.tensor([0.75, 0.75, 1.5]).double()
-    )
-    # power 2: (0.5625, 0.5625, 2.25) / 1.125 = (0.5, 0.5, 2)
-    assert torch.allclose(
-        guided_weights(torch.tensor([1.0, 1.0, 2.0]), 2.0), torch.tensor([0.5, 0.5, 2.0]).double()
-    )
-    assert torch.allclose(guided_weights(torch.tensor([1.3, 1.3])), torch.ones(2).double())
-    with pytest.raises(ValueError, match="positive and finite"):
-        guided_weights(torch.tensor([1.0, 0.0]))
-
-
-def test_guided_drop_probabilities_and_head_weights_by_hand():
-    recipe = RobustTraining(sampler="bernoulli", drop=0.5, sep_weight=0.5, guide="both")
-    b = torch.tensor([1.0, 1.0, 2.0])
-    # drop / r = 0.5 / (0.75, 0.75, 1.5): the dominant (low-B) sequences are dropped more
-    assert torch.allclose(recipe.drop_probabilities(3, b), torch.tensor([2 / 3, 2 / 3, 1 / 3]).double())
-    assert recipe.head_weights(("a", "b", "c"), b) == pytest.approx({"a": 0.375, "b": 0.375, "c": 0.75})
-    # clipped to drop_range; unguided or no B yet: the plain settings
-    assert recipe.drop_probabilities(2, torch.tensor([1.0, 100.0])).tolist() == pytest.approx(
-        [0.9, 0.2525], abs=1e-4
-    )
-    assert recipe.drop_probabilities(3, None).tolist() == [0.5, 0.5, 0.5]
-    assert RobustTraining(sep_weight=0.5).head_weights(("a", "b"), b[:2]) == {"a": 0.5, "b": 0.5}
-    assert torch.allclose(recipe.keep_weights(b), torch.tensor([0.75, 0.75, 1.5]).double())
-
-
 # -- consistency -------------------------------------------------------------------------------------
 def test_consistency_forms_by_hand():
     zero = torch.zeros(1, 3, 2, 2, 2)
@@ -135,10 +103,7 @@ def test_consistency_does_not_train_the_teacher():
         ({"warmup_epochs": -1}, "warmup_epochs"),
         ({"distill_weight": 0.5}, "set full_view=True"),
         ({"sep_weight": -0.1}, "sep_weight must be"),
-        ({"guide": "sep"}, "set sep_weight > 0"),
-        ({"guide": "loss"}, "guide must be"),
         ({"distill": "l2", "full_view": True}, "distill must be"),
-        ({"drop_range": (0.5, 0.2)}, "drop_range"),
     ],
 )
 def test_recipe_refuses_bad_settings(kwargs, match):
@@ -230,7 +195,7 @@ def test_sep_loss_reaches_the_encoders():
     step._check(trainer)
     x = torch.randn(1, 4, 8, 8, 8)
     net(x)
-    loss = step._sep_loss(trainer, (torch.rand(1, 3, 8, 8, 8) > 0.5).float(), None, None)
+    loss = step._sep_loss(trainer, (torch.rand(1, 3, 8, 8, 8) > 0.5).float(), None)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoders.parameters())
     assert net.final.weight.grad is None  # the fused path is not in the heads' loss
@@ -269,20 +234,6 @@ def test_warmup_epochs_train_the_full_view_only():
     assert "robust_subset" in second
 
 
-def test_guided_drop_follows_cggm_coefficients():
-    class Signal:
-        modalities = MODALITIES
-        balance = {"t1": 2.0, "t1ce": 0.5, "t2": 1.0, "flair": 0.5}
-
-    recipe = RobustTraining(sampler="bernoulli", drop=0.5, guide="drop", feature_masking=False)
-    trainer = _trainer(ToySegNet(), recipe, method=Signal())
-    trainer.run()
-    p = {m: getattr(trainer.state, f"p_drop_{m}") for m in MODALITIES}
-    assert p["t1"] < p["t2"] < p["t1ce"] == p["flair"]  # the lagging t1 dropped least
-    # r = B / mean B = (2, 0.5, 1, 0.5), mean 1: p = 0.5 / r clipped to 0.9
-    assert p == pytest.approx({"t1": 0.25, "t1ce": 0.9, "t2": 0.5, "flair": 0.9})
-
-
 @pytest.mark.parametrize(
     "recipe, kwargs, match",
     [
@@ -296,9 +247,7 @@ def test_step_refuses_what_it_cannot_do(recipe, kwargs, match):
         trainer.run()
 
 
-def test_guided_recipe_needs_a_method_and_sep_recipe_needs_heads():
-    with pytest.raises(ValueError, match="follows a balancing method"):
-        RobustTraining(guide="drop").iteration(None, None)
+def test_sep_recipe_needs_heads():
     with pytest.raises(ValueError, match="needs the per-sequence heads"):
         RobustTraining(sep_weight=0.5).iteration(None)
 
@@ -353,78 +302,21 @@ def test_several_subset_views_share_one_encoder_pass():
         RobustTraining(subset_views=2)
 
 
-def test_each_epoch_logs_and_keeps_the_mean_terms_and_guided_probabilities(caplog):
-    class Signal:
-        modalities = MODALITIES
-        calls = 0
-
-        @property
-        def balance(self):  # none before the first step, as CGGM's
-            self.calls += 1
-            return None if self.calls == 1 else {"t1": 2.0, "t1ce": 0.5, "t2": 1.0, "flair": 0.5}
-
-    recipe = RobustTraining(sampler="bernoulli", drop=0.5, guide="drop", feature_masking=False)
-    trainer = _trainer(ToySegNet(), recipe, method=Signal(), epochs=2)
+def test_each_epoch_logs_and_keeps_the_mean_of_each_term_across_a_resume(caplog):
+    recipe = RobustTraining(full_view=True, distill_weight=0.5, feature_masking=False)
+    trainer = _trainer(ToySegNet(), recipe, epochs=2)
     step = trainer._process_function  # the RobustIteration the trainer runs
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.robust_full))
     with caplog.at_level("INFO"):
         trainer.run()
     assert [h["epoch"] for h in step.history] == [1.0, 2.0]
-    # the first step has no B yet: p_drop is averaged over the two steps that logged it
-    assert step.history[0]["p_drop_t1"] == pytest.approx(0.25)
-    fresh = recipe.iteration(None, Signal())
-    fresh.load_state_dict(step.state_dict())
-    assert fresh.history == step.history  # kept across a resume
+    assert step.history[0]["robust_full"] == pytest.approx(sum(seen[:3]) / 3)
+    assert step.history[1]["robust_full"] == pytest.approx(sum(seen[3:]) / 3)
     assert any(
-        "robust training, epoch 2: " in r.getMessage() and "p_drop_t1 0.250" in r.getMessage()
+        f"robust training, epoch 2: robust_full {step.history[1]['robust_full']:.3f}" in r.getMessage()
         for r in caplog.records
     )
-
-
-def test_single_views_add_each_sequence_alone():
-    net = _small_net()
-    seen = []
-    original = net.forward_views
-    net.forward_views = lambda x, keeps: seen.append([k.clone() for k in keeps]) or original(x, keeps)
-    trainer = _trainer(net, RobustTraining(full_view=True, single_views=True))
-    trainer.run()
-    keeps = seen[0]
-    assert len(keeps) == 5  # one drawn subset, then t1, t1ce, t2, flair alone
-    assert [k[0].tolist() for k in keeps[1:]] == torch.eye(4, dtype=torch.bool).tolist()
-    with pytest.raises(ValueError, match="full_view=True"):
-        RobustTraining(single_views=True)
-
-
-def test_score_guidance_drops_the_best_scored_sequence_more_and_resumes_its_mean():
-    class Monitor:
-        modalities = MODALITIES
-        stat_kinds = ("eps", "head_loss")
-        stats = {"eps_t1": 0.2, "eps_t1ce": 0.8, "eps_t2": 0.4, "eps_flair": 0.8}
-
-    recipe = RobustTraining(
-        sampler="bernoulli", drop=0.5, guide="drop", guide_signal="score", feature_masking=False
-    )
-    trainer = _trainer(ToySegNet(), recipe, method=Monitor())
-    trainer.run()
-    p = {m: getattr(trainer.state, f"p_drop_{m}") for m in MODALITIES}
-    # B = 1 / eps = (5, 1.25, 2.5, 1.25), mean 2.5: r = (2, 0.5, 1, 0.5), p = 0.5 / r clipped to 0.9
-    assert p == pytest.approx({"t1": 0.25, "t1ce": 0.9, "t2": 0.5, "flair": 0.9})
-    step = trainer._process_function
-    state = step.state_dict()
-    assert torch.allclose(state["scores"], torch.tensor([0.2, 0.8, 0.4, 0.8], dtype=torch.float64))
-    fresh = recipe.iteration(None, Monitor())
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh.scores, state["scores"])
-    with pytest.raises(ValueError, match="guide_signal must be"):
-        RobustTraining(guide="drop", guide_signal="loss")
-
-
-def test_score_guidance_refuses_a_method_without_scores():
-    class NoScores:
-        modalities = MODALITIES
-        stat_kinds = ("head_loss",)
-        balance = None
-
-    recipe = RobustTraining(guide="drop", guide_signal="score", feature_masking=False)
-    trainer = _trainer(ToySegNet(), recipe, method=NoScores())
-    with pytest.raises(ValueError, match="reads the heads' scores"):
-        trainer.run()
+    fresh = recipe.iteration(None)
+    fresh.load_state_dict(step.state_dict())
+    assert fresh.history == step.history  # kept across a resume
