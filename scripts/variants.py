@@ -240,8 +240,12 @@ ROBUST_VARIANTS: dict[str, Variant] = {
     "two_view_k4": _robust(
         "two_view with 4 subset views per step (the encoders run once for all views)", subset_views=4
     ),
-    "two_view_size": _robust("two_view with k ~ U{1..4} sequences kept", sampler="size"),
-    "two_view_warmup": _robust("two_view after 20 epochs on the full input only", warmup_epochs=20),
+    "two_view_k4_size": _robust(
+        "two_view_k4 with k ~ U{1..4} sequences kept in each subset view", subset_views=4, sampler="size"
+    ),
+    "two_view_k4_warmup": _robust(
+        "two_view_k4 after 20 epochs on the full input only", subset_views=4, warmup_epochs=20
+    ),
     "two_view_cggm": _robust("two_view under CGGM (magnitude grad + direction, the bundle's)", method="cggm"),
     "sep": Variant(
         "per-sequence heads (weight 1) whose loss trains the encoders, no missing sequences (the sep recipe)",
