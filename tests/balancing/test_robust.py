@@ -320,3 +320,21 @@ def test_each_epoch_logs_and_keeps_the_mean_of_each_term_across_a_resume(caplog)
     fresh = recipe.iteration(None)
     fresh.load_state_dict(step.state_dict())
     assert fresh.history == step.history  # kept across a resume
+
+
+def test_per_sequence_heads_are_refused_under_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+    try:
+        net = torch.nn.parallel.DistributedDataParallel(ToySegNet())
+        heads = torch.nn.ModuleDict({m: SegHead() for m in MODALITIES})
+        trainer = _trainer(net, RobustTraining(sep_weight=0.5, feature_masking=False), heads)
+        with pytest.raises(ValueError, match="does not support DistributedDataParallel"):
+            trainer.run()
+    finally:
+        import ignite.distributed as idist
+
+        idist.finalize()  # Ignite may have cached the group: reset it, as the multi-GPU tests do
+        if dist.is_initialized():
+            dist.destroy_process_group()
