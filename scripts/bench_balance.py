@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render_results import balance_table, cell, shapley_table  # noqa: E402
-from results import RESULTS, paired_stat, stat, write_results  # noqa: E402
+from results import RESULTS, paired_stat, read_results, stat, write_results  # noqa: E402
 from variants import ROBUST_VARIANTS, SEQUENCES, VARIANTS, bundle_arguments, default_names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -658,6 +658,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--doc", type=Path, default=None, help="the full tables' page (default --out/report.md)")
     p.add_argument("--no-doc", action="store_true", help="print the tables only: write no file, no plot")
     p.add_argument(
+        "--keep-retired", action="store_true",
+        help="keep the rows of the results file's variants that scripts/variants.py no longer defines "
+        "(retired options), each marked with where it came from",
+    )  # fmt: skip
+    p.add_argument(
         "--section",
         default="main",
         help="the section to write (default: main); another name writes its own results file, section "
@@ -720,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(body))
     if args.no_doc:
         return 0
+    if args.keep_retired:
+        summary["variants"].update(retired_rows(args.results))
     write_results(args.results, summary)
     print(f"wrote {args.results}")
     plot_curves(records, methods, FIGURES / png_name(args, "curves"))
@@ -748,6 +755,20 @@ def main(argv: list[str] | None = None) -> int:
     update_doc(args.doc, text, *markers(args.section))
     print(f"wrote {args.doc}")
     return 0
+
+
+def retired_rows(results: Path) -> dict[str, Any]:
+    """The rows of ``results`` (an earlier results file) whose variants are no longer defined, each
+    with ``retired`` saying where it came from; ``{}`` without the file."""
+    if not results.is_file():
+        return {}
+    earlier = read_results(results)
+    source = earlier.get("source", str(results))
+    return {
+        name: {**row, "retired": row.get("retired", f"variant retired; row kept from: {source}")}
+        for name, row in earlier.get("variants", {}).items()
+        if name not in VARIANTS
+    }
 
 
 def reproduce_command() -> str:

@@ -3,6 +3,7 @@ is what the committed results render to."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,16 @@ def test_a_missing_marker_is_refused_and_nothing_else_changes():
     filled = render_results.fill(page + "<!-- results:balance:end -->\nprose\n", "balance", "new table")
     assert filled.startswith("intro\n") and filled.endswith("<!-- results:balance:end -->\nprose\n")
     assert "new table" in filled and "old" not in filled
+
+
+def test_retired_rows_keep_only_variants_no_longer_defined(tmp_path):
+    import bench_balance
+
+    earlier = tmp_path / "balance_robust.json"
+    rows = {"joint": {"seeds": [0]}, "gone_variant": {"seeds": [0], "metrics": {}}}
+    data = {"benchmark": "bench_balance", "source": "runs of a day", "variants": rows}
+    earlier.write_text(json.dumps(data))
+    kept = bench_balance.retired_rows(earlier)
+    assert list(kept) == ["gone_variant"]
+    assert kept["gone_variant"]["retired"] == "variant retired; row kept from: runs of a day"
+    assert bench_balance.retired_rows(tmp_path / "none.json") == {}
