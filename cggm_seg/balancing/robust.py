@@ -313,7 +313,7 @@ class RobustIteration:
     def _check(self, engine: Any) -> None:
         network = engine.network
         inner = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-        if inner is not network and (self.sep_heads is not None or self.combines):
+        if inner is not network and self.sep_heads is not None:  # MMPareto's combining needs them too
             raise ValueError(
                 "robust training with per-sequence heads does not support DistributedDataParallel: the heads "
                 "are not wrapped, so their gradients would differ between processes."
