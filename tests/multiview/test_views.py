@@ -120,7 +120,11 @@ def test_records_are_image_label_dicts():
     "call, message",
     [
         (lambda: load_views("iris"), "unknown dataset 'iris'"),
-        (lambda: load_views("digits", "/data"), "ships with scikit-learn"),
+        (lambda: load_views("digits", "/data"), "'digits' takes neither dataset_dir nor data_options"),
+        (
+            lambda: load_views("mfeat", modalities=["fou"]),
+            "'mfeat' takes neither dataset_dir nor data_options",
+        ),
         (lambda: load_views("mosi"), "give --dataset_dir"),
         (lambda: load_sklearn_views("digits", fractions=(0.5, 0.5)), "three positive numbers"),
         (lambda: load_sklearn_views("digits", fractions=(0.8, 0.0, 0.2)), "three positive numbers"),

@@ -135,7 +135,8 @@ def load_aligned_features(
     Args:
         path: the ``.pkl`` file, or a folder holding exactly one.
         dataset: ``"mosi"`` (regression, scores in [-3, 3]) or ``"iemocap"`` (classification).
-        modalities: the modalities to read, in input order (a subset of text, audio, vision).
+        modalities: the modalities to read, in input order: keys present in every split (the
+            format's are text, audio and vision; a pickle may carry others under their own names).
         nonfinite: ``"raise"`` (default): fail on NaN / inf features; ``"zero"``: replace them by 0.
         num_classes: IEMOCAP classes; labels must lie in [0, num_classes). Default: from the
             largest label (4 for the usual neutral / happy / sad / angry).

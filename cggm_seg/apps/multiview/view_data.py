@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = ["SPLITS", "ViewData", "standardise"]
+__all__ = ["SPLITS", "ViewData", "standardise", "stratified_split"]
 
 #: the splits of a :class:`ViewData`, in order
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
@@ -83,3 +84,37 @@ def standardise(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...
     std = train.std(axis=axes, keepdims=True)
     std = np.where(std > 1e-8, std, 1.0)
     return tuple(((a - mean) / std).astype(np.float32) for a in (train, *others))
+
+
+def stratified_split(
+    strata: np.ndarray, fractions: Sequence[float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of a seeded train / validation / test split that keeps each stratum's proportion.
+
+    Args:
+        strata: one stratum per sample (class labels, or quantile bins of a regression target).
+        fractions: three positive fractions (normalised to sum to 1).
+        seed: the split's seed.
+
+    Raises:
+        ValueError: not three positive fractions, or a split that would be empty.
+    """
+    from sklearn.model_selection import train_test_split
+
+    f = np.asarray(fractions, dtype=float)
+    if f.shape != (3,) or (f <= 0).any():
+        raise ValueError(
+            f"fractions must be three positive numbers (train, val, test), got {list(fractions)}."
+        )
+    f = f / f.sum()
+    index = np.arange(len(strata))
+    try:
+        train, rest = train_test_split(index, train_size=f[0], random_state=seed, stratify=strata)
+        val, test = train_test_split(
+            rest, train_size=f[1] / (f[1] + f[2]), random_state=seed, stratify=strata[rest]
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"cannot split {len(strata)} samples by fractions {f.round(3).tolist()}: {err}"
+        ) from None
+    return np.sort(train), np.sort(val), np.sort(test)

