@@ -1,4 +1,4 @@
-"""Robust training: a network that keeps working when any sequence is missing.
+"""Robust training: a network that keeps working when any sequence (or view) is missing.
 
 A recipe (:class:`RobustTraining`) is built from its settings and composes with any balancing
 method. Each training step it may
@@ -7,10 +7,12 @@ method. Each training step it may
   probability ``drop`` (``"bernoulli"``; the empty subset is redrawn, so that ``drop=0.5`` is
   uniform over the ``2^M - 1`` non-empty subsets, ``"uniform"``), or ``k ~ U{1..M}`` sequences
   kept (``"size"``); the others are zero-filled, the toolkit's contract for a missing sequence
-  (a network built with ``mask_missing=True`` also zeroes their features before fusion);
+  (a network built with ``mask_missing=True`` also zeroes their features before fusion; a
+  network with a ``keep_views(x, keep)`` method, such as :class:`~cggm_seg.networks.MultiViewNet`,
+  zero-fills its own views, otherwise each input channel is a sequence);
 - train the full input beside that subset view (``full_view``), the subset view also pulled
   toward the full view's detached prediction (``distill_weight``, :func:`consistency`);
-- train one light segmentation head per sequence on its encoder's features, with the task loss,
+- train one light head per sequence on its encoder's features, with the task loss,
   *not* detached, so that every encoder learns its sequence (``sep_weight``);
 - keep the first ``warmup_epochs`` epochs on the full input only.
 
@@ -50,7 +52,7 @@ __all__ = [
 #: ``"none"`` (the full input only: per-sequence heads without missing sequences)
 SAMPLERS = ("bernoulli", "uniform", "size", "none")
 #: the consistency term's forms (:func:`consistency`)
-CONSISTENCIES = ("bce", "mse", "kl")
+CONSISTENCIES = ("bce", "mse", "kl", "softmax_kl", "l2")
 
 
 def sample_subsets(
@@ -105,7 +107,10 @@ def consistency(
       (region outputs, each voxel and channel a Bernoulli);
     - ``"mse"``: mean squared difference of the two probabilities;
     - ``"kl"``: ``T^2 * KL(p_teacher || p_student)`` of the Bernoulli probabilities at temperature
-      ``T`` (PASSION's form), averaged over voxels and channels.
+      ``T`` (PASSION's form), averaged over voxels and channels;
+    - ``"softmax_kl"``: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over the classes
+      (dimension 1), averaged over the samples (class logits);
+    - ``"l2"``: mean squared difference of the raw outputs (regression).
 
     Raises:
         ValueError: an unknown form or ``temperature <= 0``.
@@ -114,7 +119,13 @@ def consistency(
         raise ValueError(f"form must be one of {CONSISTENCIES}, got {form!r}.")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if form == "l2":
+        return F.mse_loss(student.float(), teacher.detach().float())
     student = student.float() / temperature
+    if form == "softmax_kl":
+        log_q = F.log_softmax(student, dim=1)
+        log_p = F.log_softmax(teacher.detach().float() / temperature, dim=1)
+        return temperature**2 * (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
     target = torch.sigmoid(teacher.detach().float() / temperature)
     if form == "bce":
         return F.binary_cross_entropy_with_logits(student, target)
@@ -279,7 +290,7 @@ class RobustIteration:
         if recipe.sep_weight > 0 and not sep_heads:
             raise ValueError(
                 "sep_weight > 0 needs the per-sequence heads: "
-                "make_heads('segmentation', network, level=recipe.sep_level, detach=False)."
+                "make_heads(task, network, level=recipe.sep_level, detach=False)."
             )
         detaching = sorted(m for m, head in (sep_heads or {}).items() if getattr(head, "detach", False))
         if recipe.sep_weight > 0 and detaching:
@@ -325,9 +336,9 @@ class RobustIteration:
         if self.recipe.feature_masking and not getattr(inner, "mask_missing", False):
             raise ValueError(
                 f"feature_masking=True needs a network that zeroes a missing sequence's features; "
-                f"{type(inner).__name__} does not (MultiEncoderSegNet(mask_missing=True) does). For a "
-                "network of your own set feature_masking=False: missing sequences are then zero-filled "
-                "at the input only."
+                f"{type(inner).__name__} does not (MultiEncoderSegNet and MultiViewNet with "
+                "mask_missing=True do). For a network of your own set feature_masking=False: missing "
+                "sequences are then zero-filled at the input only."
             )
         if self.sep_heads is not None:
             # hooks of its own, beside a balancing handler's: these keep the graph (the heads'
@@ -352,8 +363,9 @@ class RobustIteration:
             and inner is network
             and isinstance(engine.inferer, SimpleInferer)
         )
-        # input channel order: the network's modalities, else its branches' order
-        names = getattr(inner, "modalities", None) or getattr(self.method, "modalities", None)
+        # input order: the network's modalities (or views), else its branches' order
+        names = getattr(inner, "modalities", None) or getattr(inner, "view_names", None)
+        names = names or getattr(self.method, "modalities", None)
         names = names or (tuple(self.tap.branches) if self.tap is not None else ())
         self.modalities = tuple(names)
         self._checked = True
@@ -383,12 +395,17 @@ class RobustIteration:
         recipe = self.recipe
         epoch = engine.state.epoch - 1
         subset = epoch >= recipe.warmup_epochs and recipe.sampler != "none"
-        n_seq = inputs.shape[1]
-        if len(self.modalities) != n_seq:
+        n_seq = len(self.modalities)
+        keep_views = getattr(self.inner, "keep_views", None)
+        if keep_views is None and inputs.shape[1] != n_seq:
             raise ValueError(
                 f"robust training needs the input's sequences by name, one per channel; found "
-                f"{list(self.modalities)} for an input of {n_seq} channels."
+                f"{list(self.modalities)} for an input of {inputs.shape[1]} channels."
             )
+
+        def zero_fill(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            return keep_views(x, keep) if keep_views is not None else _zero_fill(x, keep)
+
         terms: dict[str, torch.Tensor] = {}
         self.last = {}  # this step's loss terms
 
@@ -405,13 +422,13 @@ class RobustIteration:
                     keeps.append(sample_subsets(inputs.shape[0], drop, kind).to(inputs.device))
                 keep = keeps[0]
             if subset and not recipe.full_view:  # one view: the subset, zero-filled
-                pred = forward(_zero_fill(inputs, keep))
+                pred = forward(zero_fill(inputs, keep))
                 terms["subset"] = engine.loss_function(pred, targets).mean()
             else:
                 if self.shared_encoders and keeps:  # the encoders once, the decoder per view
                     pred, *sub_preds = self.inner.forward_views(inputs, keeps)
                 else:  # the full view last, so that the heads observe its features
-                    sub_preds = [forward(_zero_fill(inputs, k)) for k in keeps]
+                    sub_preds = [forward(zero_fill(inputs, k)) for k in keeps]
                     pred = forward(inputs)
                 terms["full"] = engine.loss_function(pred, targets).mean()
                 if sub_preds:

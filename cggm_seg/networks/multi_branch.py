@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["FUSIONS", "Fusion", "MultiBranchNet", "check_branch_names"]
+__all__ = ["FUSIONS", "Fusion", "MultiBranchNet", "check_branch_names", "check_keeps"]
 
 #: The ways of fusing the per-modality features of one level.
 FUSIONS: tuple[str, ...] = ("concat", "sum", "mean")
@@ -51,6 +51,17 @@ def check_branch_names(names: Sequence[str], what: str = "modalities") -> tuple[
                 f"each of {what} must be a non-empty string without '.', got {name!r} in {names}."
             )
     return names
+
+
+def check_keeps(present: torch.Tensor, keeps: Sequence[torch.Tensor], what: str = "M") -> None:
+    """Check that every subset view's ``keep`` has the shape of ``present`` (``B x what``).
+
+    Raises:
+        ValueError: a keep of another shape.
+    """
+    for keep in keeps:
+        if tuple(keep.shape) != tuple(present.shape):
+            raise ValueError(f"each keep must be B x {what} = {list(present.shape)}, got {list(keep.shape)}.")
 
 
 class Fusion(nn.Module):

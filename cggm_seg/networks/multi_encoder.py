@@ -31,7 +31,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from cggm_seg.networks.depth_split import use_depth_split_convs
-from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
+from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names, check_keeps
 from cggm_seg.networks.pointwise import use_pointwise_convs
 
 __all__ = ["PRESETS", "ModalityEncoder", "MultiEncoderSegNet", "present_channels"]
@@ -272,9 +272,7 @@ class MultiEncoderSegNet(MultiBranchNet):
         if not self.mask_missing:
             raise ValueError("forward_views needs a network built with mask_missing=True.")
         present = present_channels(x)
-        for keep in keeps:
-            if tuple(keep.shape) != tuple(present.shape):
-                raise ValueError(f"each keep must be B x M = {list(present.shape)}, got {list(keep.shape)}.")
+        check_keeps(present, keeps, "M")
         per_modality = self._encode(x)
         views = [self._decode(_mask(per_modality, present & keep.to(present.device))) for keep in keeps]
         return [self._decode(_mask(per_modality, present)), *views]

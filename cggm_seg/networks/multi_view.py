@@ -24,7 +24,7 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
+from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names, check_keeps
 
 __all__ = ["ENCODERS", "ViewEncoder", "SequenceEncoder", "MultiViewNet"]
 
@@ -126,6 +126,10 @@ class MultiViewNet(MultiBranchNet):
         encoder: ``"mlp"`` (vectors, default), ``"gru"`` or ``"transformer"`` (sequences; see
             :class:`SequenceEncoder`).
         encoder_layers, attention_heads: layers and attention heads of the sequence encoders.
+        mask_missing: treat a view whose inputs are all zero in a sample as missing there and zero
+            its encoder's output before fusion (:meth:`present_views`), as
+            :class:`~cggm_seg.networks.MultiEncoderSegNet` does for a sequence; robust training's
+            feature masking needs it. Defaults to False.
 
     Input ``B x sum(view_dims)`` (the views concatenated in order), or ``B x T x sum(view_dims)``
     for the sequence encoders; output ``B x out_features``.
@@ -136,6 +140,7 @@ class MultiViewNet(MultiBranchNet):
         hidden: each encoder's output width (= ``final.in_features``).
         out_features: output width.
         sequential: whether the input is ``B x T x sum(view_dims)``.
+        mask_missing: whether missing views' features are zeroed before fusion.
         final_layer_name: ``"final"``.
 
     Raises:
@@ -154,6 +159,7 @@ class MultiViewNet(MultiBranchNet):
         encoder: str = "mlp",
         encoder_layers: int = 1,
         attention_heads: int = 4,
+        mask_missing: bool = False,
     ) -> None:
         super().__init__()
         if encoder not in ENCODERS:
@@ -172,6 +178,7 @@ class MultiViewNet(MultiBranchNet):
         self.out_features = int(out_features)
         self.encoder = encoder
         self.sequential = encoder != "mlp"
+        self.mask_missing = bool(mask_missing)
 
         def make_encoder(width: int) -> nn.Module:
             if encoder == "mlp":
@@ -197,6 +204,60 @@ class MultiViewNet(MultiBranchNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B x sum(view_dims)`` (or ``B x T x sum(view_dims)``) -> ``B x out_features``."""
+        features = self._encode(x)
+        if self.mask_missing:
+            features = _mask(features, self.present_views(x))
+        return self._fuse(features)
+
+    def present_views(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x V`` booleans: a view is present in a sample where any of its inputs is non-zero.
+
+        The toolkit's contract for a missing view: it is zero-filled. A sample whose every input is
+        zero has nothing known to be missing: all its views count as present.
+        """
+        views = torch.split(x.detach(), self.view_dims, dim=-1)
+        present = torch.stack([v.reshape(v.shape[0], -1).ne(0).any(dim=1) for v in views], dim=1)
+        return present | ~present.any(dim=1, keepdim=True)
+
+    def keep_views(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``x`` with the views that ``keep`` (``B x V`` booleans) does not keep zero-filled.
+
+        Raises:
+            ValueError: a keep of the wrong shape.
+        """
+        if tuple(keep.shape) != (x.shape[0], len(self.view_dims)):
+            raise ValueError(
+                f"keep must be B x V = {[x.shape[0], len(self.view_dims)]}, got {list(keep.shape)}."
+            )
+        widths = torch.tensor(self.view_dims, device=keep.device)
+        weight = torch.repeat_interleave(keep.to(x.dtype), widths, dim=1).to(x.device)
+        return x * (weight[:, None, :] if x.dim() == 3 else weight)
+
+    def forward_views(self, x: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The outputs of ``x`` and of subset views of it, the encoders run once.
+
+        View ``k`` is ``x`` with the views ``keeps[k]`` does not keep (``B x V`` booleans) missing:
+        with ``mask_missing`` it equals ``forward(keep_views(x, keeps[k]))`` since each encoder
+        sees its own view only, except that a sample left with no view at all has all its
+        features zeroed. The full view is fused last, so that hooks on ``final`` see its forward
+        last.
+
+        Returns:
+            ``[forward(x), view_1, ..., view_K]``.
+
+        Raises:
+            ValueError: the network was built without ``mask_missing``, or a keep of the wrong shape.
+        """
+        if not self.mask_missing:
+            raise ValueError("forward_views needs a network built with mask_missing=True.")
+        present = self.present_views(x)
+        check_keeps(present, keeps, "V")
+        features = self._encode(x)
+        views = [self._fuse(_mask(features, present & keep.to(present.device))) for keep in keeps]
+        full = self._fuse(_mask(features, present))  # last: hooks on final see it last
+        return [full, *views]
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         rank = 3 if self.sequential else 2
         if x.dim() != rank or x.shape[-1] != self.in_features:
             shape = f"B x T x {self.in_features}" if self.sequential else f"B x {self.in_features}"
@@ -210,4 +271,14 @@ class MultiViewNet(MultiBranchNet):
         for encoder in self.encoders.values():
             features.append(encoder(views[index]))
             index += 1
+        return features
+
+    def _fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.final(self.dropout(self.fusion(features)))
+
+
+def _mask(features: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
+    """Each view's ``B x hidden`` features times 0 in the samples where it is not ``present``."""
+    if bool(present.all()):
+        return features
+    return [f * present[:, v : v + 1].to(f.dtype) for v, f in enumerate(features)]

@@ -22,7 +22,7 @@ from cggm_seg.balancing import (
 from cggm_seg.balancing.branches import FeatureTap
 from cggm_seg.balancing.robust import _zero_fill
 from cggm_seg.handlers import BalancingHandler
-from cggm_seg.networks import MultiEncoderSegNet, make_heads, present_channels
+from cggm_seg.networks import MultiEncoderSegNet, MultiViewNet, make_heads, present_channels
 
 from .toy_nets import MODALITIES, SegHead, ToySegNet
 
@@ -87,6 +87,22 @@ def test_consistency_forms_by_hand():
         consistency(zero, zero, "l1")
 
 
+def test_consistency_forms_of_class_logits_and_regression_outputs_by_hand():
+    student = torch.zeros(2, 2)  # softmax (0.5, 0.5)
+    teacher = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])  # (0.75, 0.25) and (0.5, 0.5)
+    # KL of the first sample 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812, of the second 0; mean over samples
+    assert float(consistency(student, teacher, "softmax_kl")) == pytest.approx(0.130812 / 2, abs=1e-5)
+    # temperature 2: teacher (sqrt 3, 1) / (1 + sqrt 3), times T^2 = 4
+    t = math.sqrt(3) / (1 + math.sqrt(3))
+    expected = 4 * (t * math.log(t / 0.5) + (1 - t) * math.log((1 - t) / 0.5)) / 2
+    assert float(consistency(student, teacher, "softmax_kl", temperature=2.0)) == pytest.approx(
+        expected, abs=1e-5
+    )
+    assert float(consistency(torch.zeros(3, 1), torch.tensor([[1.0], [2.0], [3.0]]), "l2")) == pytest.approx(
+        14 / 3
+    )
+
+
 def test_consistency_does_not_train_the_teacher():
     student = torch.zeros(1, 3, 2, 2, 2, requires_grad=True)
     teacher = torch.ones(1, 3, 2, 2, 2, requires_grad=True)
@@ -103,7 +119,7 @@ def test_consistency_does_not_train_the_teacher():
         ({"warmup_epochs": -1}, "warmup_epochs"),
         ({"distill_weight": 0.5}, "set full_view=True"),
         ({"sep_weight": -0.1}, "sep_weight must be"),
-        ({"distill": "l2", "full_view": True}, "distill must be"),
+        ({"distill": "l1", "full_view": True}, "distill must be"),
     ],
 )
 def test_recipe_refuses_bad_settings(kwargs, match):
@@ -338,3 +354,50 @@ def test_per_sequence_heads_are_refused_under_distributed_data_parallel(tmp_path
         idist.finalize()  # Ignite may have cached the group: reset it, as the multi-GPU tests do
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_the_step_drops_whole_views_of_a_multi_view_network_and_trains_its_encoders():
+    torch.manual_seed(0)
+    net = MultiViewNet({"a": 3, "b": 2, "c": 4}, out_features=3, mask_missing=True)
+    heads = make_heads("classification", net, detach=False)
+    recipe = RobustTraining(
+        full_view=True, subset_views=2, distill_weight=0.5, distill="softmax_kl", sep_weight=0.5
+    )
+    step = recipe.iteration(heads)
+    seen = []
+    original = net.forward_views
+    net.forward_views = lambda x, keeps: seen.append(keeps) or original(x, keeps)
+    data = [{"image": torch.randn(4, 9), "label": torch.randint(0, 3, (4,))} for _ in range(3)]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
+        optimizer=torch.optim.SGD(trainable_parameters(net, heads), lr=0.1),
+        loss_function=torch.nn.CrossEntropyLoss(), iteration_update=step,
+    )  # fmt: skip
+    trainer.run()
+    assert step.modalities == ("a", "b", "c") and step.shared_encoders
+    assert len(seen) == 3 and all(len(k) == 2 and k[0].shape == (4, 3) for k in seen)
+    for term in ("robust_full", "robust_subset", "robust_distill", "robust_sep"):
+        assert math.isfinite(getattr(trainer.state, term)), term
+    assert all(
+        not torch.equal(before[k], v) for k, v in net.state_dict().items() if k.startswith("encoders.")
+    )
+
+
+def test_a_view_network_without_masking_gets_its_views_zero_filled_at_the_input():
+    torch.manual_seed(0)
+    net = MultiViewNet({"a": 3, "b": 2}, out_features=2)
+    inputs = []
+    net.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    recipe = RobustTraining(feature_masking=False)  # one subset view per step
+    data = [{"image": torch.randn(6, 5) + 5.0, "label": torch.randint(0, 2, (6,))}]
+    SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=torch.nn.CrossEntropyLoss(),
+        iteration_update=recipe.iteration(),
+    ).run()  # fmt: skip
+    (x,) = inputs
+    zero_a, zero_b = (x[:, :3] == 0).all(dim=1), (x[:, 3:] == 0).all(dim=1)
+    # each sample keeps a non-empty subset; each view is zeroed whole or kept whole
+    assert not (zero_a & zero_b).any()
+    assert ((x[:, :3] == 0).any(dim=1) == zero_a).all() and ((x[:, 3:] == 0).any(dim=1) == zero_b).all()

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from cggm_seg.apps.multiview.aligned import synthetic_aligned_features, write_aligned_features
+from cggm_seg.apps.multiview.arrays import write_view_file
 from cggm_seg.balancing import CGGM, OGMGE, HeadMonitor
 from cggm_seg.handlers import BalancingHandler
 
@@ -89,3 +91,34 @@ def test_unknown_dataset_fails_when_the_config_is_parsed(tmp_path):
     with pytest.raises(RuntimeError) as raised:
         workflow.parser.get_parsed_content("data")
     assert "unknown dataset 'iris'" in str(raised.value.__cause__)
+
+
+def test_your_own_npz_trains_under_its_own_name_with_an_mlp(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 3
+    views = {"clinic": rng.normal(size=(90, 3)) + y[:, None], "blood": rng.normal(size=(90, 5))}
+    file = write_view_file(tmp_path / "data" / "my_cohort.npz", views, y)
+    workflow = _workflow(tmp_path, dataset=str(file), method="joint", epochs=2)
+    workflow.initialize()
+    assert workflow.parser.get_parsed_content("encoder") == "mlp"
+    workflow.run()
+    metrics = json.loads((tmp_path / "runs" / "multiview_my_cohort_joint" / "metrics.json").read_text())
+    assert metrics["dataset"] == "my_cohort" and list(metrics["heads"]) == ["clinic", "blood"]
+    assert len(metrics["missing_views"]["subsets"]) == 3
+    workflow.finalize()
+
+
+@pytest.mark.parametrize("method", ["joint", "mmpareto"])
+def test_the_robust_recipe_trains_the_multiview_bundle(tmp_path, method):
+    workflow = _workflow(tmp_path, dataset="breast_cancer", method=method, recipe="robust", epochs=2)
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("network")
+    step = workflow.parser.get_parsed_content("robust_step")
+    assert network.mask_missing and step.recipe.distill == "softmax_kl" and step.sep_heads is not None
+    workflow.run()
+    run = tmp_path / "runs" / f"multiview_breast_cancer_{method}_robust"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["missing_views"]["subsets"]) == 7
+    assert [round(row["epoch"]) for row in step.history] == [1, 2]
+    assert {"robust_full", "robust_subset", "robust_distill", "robust_sep"} <= set(step.history[0])
+    workflow.finalize()

@@ -112,3 +112,43 @@ def test_sequence_encoder_errors():
     net = MultiViewNet([3, 2], encoder="gru")
     with pytest.raises(ValueError, match=r"expected input B x T x 5 .* got shape \[4, 5\]"):
         net(torch.randn(4, 5))
+
+
+# -- missing views ------------------------------------------------------------------------------------
+def test_present_and_keep_views_by_hand():
+    net = MultiViewNet({"a": 2, "b": 1, "c": 3}, out_features=2, mask_missing=True)
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    # sample 0 has a and c; sample 1 has nothing, so nothing is known to be missing
+    assert net.present_views(x).tolist() == [[True, False, True], [True, True, True]]
+    keep = torch.tensor([[False, True, True], [True, False, False]])
+    y = net.keep_views(torch.arange(1.0, 13.0).view(2, 6), keep)
+    assert y.tolist() == [[0, 0, 3, 4, 5, 6], [7, 8, 0, 0, 0, 0]]
+    seq = net.keep_views(torch.ones(2, 3, 6), keep)  # sequences: the same columns at every step
+    assert seq[:, 1].tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]]
+    with pytest.raises(ValueError, match=r"keep must be B x V = \[2, 3\]"):
+        net.keep_views(x, keep[:, :2])
+
+
+@pytest.mark.parametrize("encoder, shape", [("mlp", (5, 9)), ("gru", (5, 4, 9))])
+def test_masked_views_equal_zero_filled_inputs_and_share_one_encoder_pass(encoder, shape):
+    torch.manual_seed(0)
+    net = MultiViewNet({"a": 3, "b": 2, "c": 4}, 4, encoder=encoder, mask_missing=True).eval()
+    x = torch.randn(*shape)
+    keeps = [torch.rand(5, 3) > 0.4 for _ in range(2)]
+    for keep in keeps:
+        keep[~keep.any(dim=1), 0] = True
+    calls = []
+    hook = net.encoders["a"].register_forward_hook(lambda *_: calls.append(1))
+    full, *views = net.forward_views(x, keeps)
+    hook.remove()
+    assert len(calls) == 1
+    torch.testing.assert_close(full, net(x))
+    for keep, view in zip(keeps, views):
+        torch.testing.assert_close(view, net(net.keep_views(x, keep)))
+    # a masked view's features are zeroed: the same output whatever the missing view held
+    other = x.clone()
+    other[..., 3:5] = torch.randn_like(other[..., 3:5])
+    keep = torch.tensor([[True, False, True]] * 5)
+    torch.testing.assert_close(net(net.keep_views(x, keep)), net.forward_views(other, [keep])[1])
+    with pytest.raises(ValueError, match="needs a network built with mask_missing=True"):
+        MultiViewNet({"a": 3, "b": 2, "c": 4}, 4, encoder=encoder).forward_views(x, keeps)
