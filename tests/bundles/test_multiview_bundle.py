@@ -122,3 +122,18 @@ def test_the_robust_recipe_trains_the_multiview_bundle(tmp_path, method):
     assert [round(row["epoch"]) for row in step.history] == [1, 2]
     assert {"robust_full", "robust_subset", "robust_distill", "robust_sep"} <= set(step.history[0])
     workflow.finalize()
+
+
+def test_an_encoder_that_does_not_read_the_data_fails_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    file = write_view_file(tmp_path / "seq.npz", {"a": rng.normal(size=(30, 4, 2))}, np.arange(30) % 2)
+    workflow = _workflow(tmp_path, dataset=str(file), encoder="mlp")
+    with pytest.raises(RuntimeError) as raised:
+        workflow.parser.get_parsed_content("initialize")
+    assert "encoder 'mlp' reads vectors N x D, but the views are sequences (18, 4, 2)" in str(
+        raised.value.__cause__
+    )
+    workflow = _workflow(tmp_path, dataset="digits", encoder="gru")
+    with pytest.raises(RuntimeError) as raised:
+        workflow.parser.get_parsed_content("initialize")
+    assert "encoder 'gru' reads sequences N x T x D, but the views are vectors" in str(raised.value.__cause__)

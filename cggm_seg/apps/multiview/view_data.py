@@ -62,6 +62,24 @@ class ViewData:
         """The heads' score for balancing: true-class probability (classification), 1 / (1 + MAE)."""
         return "true_class_probability" if self.task == "classification" else "inverse_mae"
 
+    def check_encoder(self, encoder: str) -> None:
+        """Check that ``encoder`` (:class:`~cggm_seg.networks.MultiViewNet`'s) reads this data.
+
+        Raises:
+            ValueError: an ``mlp`` on sequences ``N x T x D``, or a sequence encoder on vectors.
+        """
+        shape = tuple(self.x["training"].shape)
+        if encoder == "mlp" and self.sequential:
+            raise ValueError(
+                f"{self.name}: encoder 'mlp' reads vectors N x D, but the views are sequences {shape}; "
+                "use --encoder gru or transformer, or store the views as N x D."
+            )
+        if encoder != "mlp" and not self.sequential:
+            raise ValueError(
+                f"{self.name}: encoder {encoder!r} reads sequences N x T x D, but the views are vectors "
+                f"{shape}; use --encoder mlp."
+            )
+
     def records(self, split: str) -> list[dict[str, torch.Tensor]]:
         """The split as MONAI-style dicts ``{"image": x_i, "label": y_i}`` for a ``Dataset``."""
         return [{"image": x, "label": y} for x, y in zip(self.x[split], self.y[split])]
