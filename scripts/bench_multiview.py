@@ -115,6 +115,7 @@ def measures(metrics: dict[str, Any]) -> dict[str, float]:
     out = {main: metrics["metrics"][main], SECOND[main]: metrics["metrics"][SECOND[main]]}
     out["subset_mean"] = audit["subset_mean"]
     out["weakest_head"] = min(m[main] for m in metrics["heads"].values())
+    out.update({f"head_{v}": m[main] for v, m in metrics["heads"].items()})
     out.update({f"shapley_{v}": phi for v, phi in audit["shapley"].items()})
     return out
 

@@ -8,12 +8,17 @@ written by hand. The tables (NAME: the file it reads):
 - ``overhead``: the step time of each variant against plain training, per configuration, and the
   worst peak memory (``overhead.json``);
 - ``multiview``: the classification and regression benchmark, each dataset's main metric and the
-  subset means against joint (``multiview.json``);
+  subset means against joint (``multiview.json``, every dataset but mfeat);
+- ``mfeat``: that benchmark on UCI Multiple Features: accuracy, the mean over the 63 view subsets,
+  each view's Shapley value and the weakest view's against joint's (``multiview.json``);
 - ``robust``: the robust-training benchmark, against joint training and the phantom's ceiling
   (``balance_robust.json``);
 - ``step``: the training step of the robust settings against joint training (``step.json``);
 - ``robust_detached`` (``docs/archive.md``): the robust-training runs whose per-sequence heads
   did not reach the encoders (``balance_robust_detached.json``).
+
+``docs/results.md`` shows the main rows of a benchmark (``MAIN_ROWS``); the tables whose names end
+in ``_more`` show the other rows, beside joint training's, in ``docs/archive.md``.
 
     python scripts/render_results.py            # fill docs/results.md
     python scripts/render_results.py --check    # fail if docs/results.md is not up to date; writes nothing
@@ -38,6 +43,7 @@ __all__ = [
     "balance_table",
     "shapley_table",
     "multiview_table",
+    "mfeat_table",
     "overhead_table",
     "robust_table",
     "step_table",
@@ -166,10 +172,15 @@ def shapley_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: the datasets of the multi-view benchmark with a table of their own
+OWN_TABLE = ("mfeat",)
+
+
 def multiview_table(data: dict[str, Any]) -> list[str]:
     """The classification and regression benchmark in one table: each dataset's main metric and its
-    paired difference to joint, and the differences of the subset means."""
-    datasets = data["datasets"]
+    paired difference to joint, and the differences of the subset means (datasets of
+    :data:`OWN_TABLE` left out)."""
+    datasets = {k: d for k, d in data["datasets"].items() if k not in OWN_TABLE}
     names = list(dict.fromkeys(name for d in datasets.values() for name in d["variants"]))
     header = "| variant | "
     for dataset, d in datasets.items():
@@ -191,6 +202,31 @@ def multiview_table(data: dict[str, Any]) -> list[str]:
             subsets.append("-" if subset is None else f"{subset['mean']:+.3f}")
         subset_cell = "" if name == "joint" else " / ".join(subsets)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {subset_cell} |")
+    return lines
+
+
+def mfeat_table(data: dict[str, Any]) -> list[str]:
+    """UCI Multiple Features: accuracy and the mean over every view subset, each against joint,
+    each view's Shapley value, and the weakest view's (joint's lowest) against joint's."""
+    d = data["datasets"]["mfeat"]
+    views, main = d["views"], d["main_metric"]
+    joint = d["variants"]["joint"]["metrics"]
+    weakest = min(views, key=lambda view: joint[f"shapley_{view}"]["mean"])
+    lines = [
+        f"| variant | seeds | {main} | Δ vs joint | {2 ** len(views) - 1}-subset mean | Δ vs joint | "
+        + " | ".join(f"Shapley {view}" for view in views)
+        + f" | {weakest} (weakest): value / joint's |",
+        "|---|" + "---|" * (6 + len(views)),
+    ]
+    for name, v in d["variants"].items():
+        m = v["metrics"]
+        ratio = m[f"shapley_{weakest}"]["mean"] / joint[f"shapley_{weakest}"]["mean"]
+        lines.append(
+            f"| {name} | {len(v['seeds'])} | {cell(m.get(main))} | {_delta_of(v, main)} "
+            f"| {cell(m.get('subset_mean'))} | {_delta_of(v, 'subset_mean')} | "
+            + " | ".join(cell(m.get(f"shapley_{view}")) for view in views)
+            + f" | {ratio:.2f}x |"
+        )
     return lines
 
 
@@ -244,23 +280,57 @@ def overhead_table(data: dict[str, Any]) -> list[str]:
 #: table name -> (results file, the function that renders it)
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "balance": ("balance.json", balance_table),
+    "balance_more": ("balance.json", balance_table),
     "overhead": ("overhead.json", overhead_table),
     "multiview": ("multiview.json", multiview_table),
+    "multiview_more": ("multiview.json", multiview_table),
+    "mfeat": ("multiview.json", mfeat_table),
+    "mfeat_more": ("multiview.json", mfeat_table),
     "robust": ("balance_robust.json", robust_table),
+    "robust_more": ("balance_robust.json", robust_table),
     "step": ("step.json", step_table),
     "robust_detached": ("balance_robust_detached.json", robust_table),
 }
-#: page -> the tables it holds (the archive keeps superseded runs)
+#: the rows ``docs/results.md`` shows of each benchmark; its ``_more`` table shows the others
+MAIN_ROWS: dict[str, tuple[str, ...]] = {
+    "balance": ("joint", "cggm", "ogmge", "moddrop", "moddrop_p25", "early_fusion"),
+    "multiview": ("joint", "ogmge", "cggm", "subset", "robust", "cggm_robust", "mmpareto_robust"),
+    "robust": ("joint", "moddrop", "two_view_k4", "mmpareto", "subset_masked"),
+}  # fmt: skip
+MAIN_ROWS["mfeat"] = MAIN_ROWS["multiview"]
+#: page -> the tables it holds (the archive keeps the other rows and superseded runs)
 PAGES: dict[str, tuple[str, ...]] = {
-    "results.md": ("balance", "overhead", "multiview", "robust", "step"),
-    "archive.md": ("robust_detached",),
+    "results.md": ("balance", "overhead", "multiview", "mfeat", "robust", "step"),
+    "archive.md": ("balance_more", "multiview_more", "mfeat_more", "robust_more", "robust_detached"),
 }
+
+
+def select_rows(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """``data`` with the variants table ``name`` shows: the benchmark's :data:`MAIN_ROWS`, or for a
+    ``_more`` table the others and joint; every variant for a table without main rows."""
+    base = name.removesuffix("_more")
+    if base not in MAIN_ROWS:
+        return data
+    main = MAIN_ROWS[base]
+
+    def keep(variant: str) -> bool:
+        return variant in main if name == base else variant == "joint" or variant not in main
+
+    def pick(variants: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in variants.items() if keep(k)}
+
+    out = dict(data)
+    if "variants" in data:
+        out["variants"] = pick(data["variants"])
+    if "datasets" in data:
+        out["datasets"] = {k: {**d, "variants": pick(d["variants"])} for k, d in data["datasets"].items()}
+    return out
 
 
 def render(name: str, results: Path) -> str:
     """The text between table ``name``'s markers: the table and where its numbers come from."""
     file, table = TABLES[name]
-    data = read_results(results / file)
+    data = select_rows(read_results(results / file), name)
     # where each number came from (runs, dates) stays in the JSON file; the page names the file
     return "\n".join(["", *table(data), "", f"Data: `docs/results/{file}`.", ""])
 

@@ -64,8 +64,8 @@ class Variant:
     bundle: Path = BRATS_BUNDLE
 
     def __post_init__(self) -> None:
-        # a BraTS variant that names no recipe trains without one, whatever the bundle's default
-        if self.bundle == BRATS_BUNDLE and "recipe" not in self.overrides:
+        # a variant that names no recipe trains without one, whatever the bundle's default
+        if "recipe" not in self.overrides:
             object.__setattr__(self, "overrides", {"recipe": "none", **self.overrides})
 
     @property

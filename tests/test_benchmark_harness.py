@@ -71,3 +71,16 @@ def test_retired_rows_keep_only_variants_no_longer_defined(tmp_path):
     assert list(kept) == ["gone_variant"]
     assert kept["gone_variant"]["retired"] == "variant retired; row kept from: runs of a day"
     assert bench_balance.retired_rows(tmp_path / "none.json") == {}
+
+
+def test_the_results_page_and_the_archive_split_a_benchmarks_rows():
+    data = {"variants": {"joint": 1, "cggm": 2, "cggm_paper": 3, "moddrop": 4}}
+    main = render_results.select_rows(data, "balance")["variants"]
+    more = render_results.select_rows(data, "balance_more")["variants"]
+    assert list(main) == ["joint", "cggm", "moddrop"] and list(more) == ["joint", "cggm_paper"]
+    nested = {"datasets": {"mfeat": {"views": ["a"], "variants": {"joint": 1, "robust": 2, "cggm_paper": 3}}}}
+    assert list(render_results.select_rows(nested, "mfeat_more")["datasets"]["mfeat"]["variants"]) == [
+        "joint",
+        "cggm_paper",
+    ]
+    assert render_results.select_rows(data, "overhead") is data  # no main rows: every row

@@ -40,7 +40,7 @@ def test_multiview_bundle_is_deterministic(tmp_path):
         workflow.initialize()
         workflow.run()
         workflow.finalize()
-        runs.append(tmp_path / name / "runs" / "multiview_breast_cancer_cggm")
+        runs.append(tmp_path / name / "runs" / "multiview_breast_cancer_joint_robust")
     assert _metrics(runs[0]) == _metrics(runs[1])
     _same_weights(runs[0] / "models" / "model.pt", runs[1] / "models" / "model.pt")
 

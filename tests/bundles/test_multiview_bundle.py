@@ -47,7 +47,7 @@ def test_model_zoo_properties(tmp_path, dataset):
     ],
 )
 def test_shipped_datasets_train_and_report(tmp_path, dataset, method, views, main):
-    workflow = _workflow(tmp_path, dataset=dataset, method=method, epochs=2)
+    workflow = _workflow(tmp_path, dataset=dataset, method=method, recipe="none", epochs=2)
     workflow.initialize()
     handler = workflow.parser.get_parsed_content("balancing")
     assert isinstance(handler, BalancingHandler) and isinstance(handler.method, METHODS[method])
@@ -70,11 +70,11 @@ def test_shipped_datasets_train_and_report(tmp_path, dataset, method, views, mai
 @pytest.mark.parametrize("dataset, main", [("mosi", "r2"), ("iemocap", "accuracy")])
 def test_aligned_features_train_with_a_sequence_encoder(tmp_path, dataset, main):
     pickle = write_aligned_features(tmp_path / "data" / f"{dataset}.pkl", synthetic_aligned_features(dataset))
-    workflow = _workflow(tmp_path, dataset=dataset, dataset_dir=str(pickle.parent), epochs=2)
+    workflow = _workflow(tmp_path, dataset=dataset, dataset_dir=str(pickle.parent), epochs=2)  # the default
     workflow.initialize()
     assert workflow.parser.get_parsed_content("encoder") == "gru"
     workflow.run()
-    metrics = json.loads((tmp_path / "runs" / f"multiview_{dataset}_cggm" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / f"multiview_{dataset}_joint_robust" / "metrics.json").read_text())
     assert list(metrics["heads"]) == ["text", "audio", "vision"]
     if dataset == "mosi":
         assert {"mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7"} <= set(
@@ -98,11 +98,11 @@ def test_your_own_npz_trains_under_its_own_name_with_an_mlp(tmp_path):
     y = np.arange(90) % 3
     views = {"clinic": rng.normal(size=(90, 3)) + y[:, None], "blood": rng.normal(size=(90, 5))}
     file = write_view_file(tmp_path / "data" / "my_cohort.npz", views, y)
-    workflow = _workflow(tmp_path, dataset=str(file), method="joint", epochs=2)
+    workflow = _workflow(tmp_path, dataset=str(file), epochs=2)
     workflow.initialize()
     assert workflow.parser.get_parsed_content("encoder") == "mlp"
     workflow.run()
-    metrics = json.loads((tmp_path / "runs" / "multiview_my_cohort_joint" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / "multiview_my_cohort_joint_robust" / "metrics.json").read_text())
     assert metrics["dataset"] == "my_cohort" and list(metrics["heads"]) == ["clinic", "blood"]
     assert len(metrics["missing_views"]["subsets"]) == 3
     workflow.finalize()

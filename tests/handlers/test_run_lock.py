@@ -80,7 +80,7 @@ def test_a_second_bundle_run_into_the_same_folder_refuses(tmp_path):
     first = subprocess.Popen([*command, "--epochs", "500"], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        lock = tmp_path / "runs" / "multiview_digits_cggm" / "models" / "run.lock"
+        lock = tmp_path / "runs" / "multiview_digits_joint_robust" / "models" / "run.lock"
         deadline = time.monotonic() + 300
         while not lock.exists() and time.monotonic() < deadline:
             assert first.poll() is None, "the first run ended early"
