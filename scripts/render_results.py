@@ -28,6 +28,7 @@ in ``_more`` show the other rows, beside joint training's, in ``docs/archive.md`
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -208,10 +209,13 @@ def multiview_table(data: dict[str, Any]) -> list[str]:
 def mfeat_table(data: dict[str, Any]) -> list[str]:
     """UCI Multiple Features: accuracy and the mean over every view subset, each against joint,
     each view's Shapley value, and the weakest view's (joint's lowest) against joint's."""
-    d = data["datasets"]["mfeat"]
+    d = data["datasets"].get(OWN_TABLE[0])
+    if d is None or "joint" not in d["variants"]:
+        return [f"(no {OWN_TABLE[0]} runs with joint training in the results)"]
     views, main = d["views"], d["main_metric"]
     joint = d["variants"]["joint"]["metrics"]
     weakest = min(views, key=lambda view: joint[f"shapley_{view}"]["mean"])
+    reference = joint[f"shapley_{weakest}"]["mean"]
     lines = [
         f"| variant | seeds | {main} | Δ vs joint | {2 ** len(views) - 1}-subset mean | Δ vs joint | "
         + " | ".join(f"Shapley {view}" for view in views)
@@ -220,12 +224,12 @@ def mfeat_table(data: dict[str, Any]) -> list[str]:
     ]
     for name, v in d["variants"].items():
         m = v["metrics"]
-        ratio = m[f"shapley_{weakest}"]["mean"] / joint[f"shapley_{weakest}"]["mean"]
+        ratio = m[f"shapley_{weakest}"]["mean"] / reference if reference > 0.005 else math.nan
         lines.append(
             f"| {name} | {len(v['seeds'])} | {cell(m.get(main))} | {_delta_of(v, main)} "
             f"| {cell(m.get('subset_mean'))} | {_delta_of(v, 'subset_mean')} | "
             + " | ".join(cell(m.get(f"shapley_{view}")) for view in views)
-            + f" | {ratio:.2f}x |"
+            + (" | - |" if math.isnan(ratio) else f" | {ratio:.2f}x |")
         )
     return lines
 

@@ -36,7 +36,8 @@ def check_branch_names(names: Sequence[str], what: str = "modalities") -> tuple[
 
     Raises:
         ValueError: when ``names`` is empty, has duplicates, or a name is not a valid
-            ``nn.ModuleDict`` key (empty, or containing ``"."``).
+            ``nn.ModuleDict`` key (empty, containing ``"."``, or an attribute of a module such as
+            ``"training"`` or ``"forward"``).
     """
     if isinstance(names, str):
         raise ValueError(f"{what} must be a sequence of names, got the string {names!r}.")
@@ -49,6 +50,11 @@ def check_branch_names(names: Sequence[str], what: str = "modalities") -> tuple[
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(
                 f"each of {what} must be a non-empty string without '.', got {name!r} in {names}."
+            )
+        if hasattr(nn.ModuleDict(), name):
+            raise ValueError(
+                f"{what}: {name!r} is the name of an attribute of a PyTorch module, which a branch "
+                f"cannot take; rename it (e.g. {name + '_'!r})."
             )
     return names
 

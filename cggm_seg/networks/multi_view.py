@@ -194,6 +194,9 @@ class MultiViewNet(MultiBranchNet):
         self.fusion = Fusion(fusion, projection)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.final = nn.Linear(self.hidden, self.out_features)
+        # each input column's view, for zero-filling whole views (not saved: it follows view_dims)
+        columns = torch.repeat_interleave(torch.arange(len(self.view_dims)), torch.tensor(self.view_dims))
+        self.register_buffer("view_of_column", columns, persistent=False)
 
     __jit_unused_properties__ = ["sample_shape"]
 
@@ -229,8 +232,7 @@ class MultiViewNet(MultiBranchNet):
             raise ValueError(
                 f"keep must be B x V = {[x.shape[0], len(self.view_dims)]}, got {list(keep.shape)}."
             )
-        widths = torch.tensor(self.view_dims, device=keep.device)
-        weight = torch.repeat_interleave(keep.to(x.dtype), widths, dim=1).to(x.device)
+        weight = keep.to(device=x.device, dtype=torch.bool)[:, self.view_of_column.to(x.device)].to(x.dtype)
         return x * (weight[:, None, :] if x.dim() == 3 else weight)
 
     def forward_views(self, x: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -250,10 +252,10 @@ class MultiViewNet(MultiBranchNet):
         """
         if not self.mask_missing:
             raise ValueError("forward_views needs a network built with mask_missing=True.")
+        features = self._encode(x)
         present = self.present_views(x)
         check_keeps(present, keeps, "V")
-        features = self._encode(x)
-        views = [self._fuse(_mask(features, present & keep.to(present.device))) for keep in keeps]
+        views = [self._fuse(_mask(features, present & keep.to(present.device, torch.bool))) for keep in keeps]
         full = self._fuse(_mask(features, present))  # last: hooks on final see it last
         return [full, *views]
 

@@ -13,6 +13,7 @@ from monai.bundle import ConfigWorkflow, verify_metadata
 from cggm_seg.apps.multiview.aligned import synthetic_aligned_features, write_aligned_features
 from cggm_seg.apps.multiview.arrays import write_view_file
 from cggm_seg.balancing import CGGM, OGMGE, HeadMonitor
+from cggm_seg.errors import root_cause
 from cggm_seg.handlers import BalancingHandler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +75,9 @@ def test_aligned_features_train_with_a_sequence_encoder(tmp_path, dataset, main)
     workflow.initialize()
     assert workflow.parser.get_parsed_content("encoder") == "gru"
     workflow.run()
-    metrics = json.loads((tmp_path / "runs" / f"multiview_{dataset}_joint_robust" / "metrics.json").read_text())
+    metrics = json.loads(
+        (tmp_path / "runs" / f"multiview_{dataset}_joint_robust" / "metrics.json").read_text()
+    )
     assert list(metrics["heads"]) == ["text", "audio", "vision"]
     if dataset == "mosi":
         assert {"mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7"} <= set(
@@ -102,7 +105,9 @@ def test_your_own_npz_trains_under_its_own_name_with_an_mlp(tmp_path):
     workflow.initialize()
     assert workflow.parser.get_parsed_content("encoder") == "mlp"
     workflow.run()
-    metrics = json.loads((tmp_path / "runs" / "multiview_my_cohort_joint_robust" / "metrics.json").read_text())
+    metrics = json.loads(
+        (tmp_path / "runs" / "multiview_my_cohort_joint_robust" / "metrics.json").read_text()
+    )
     assert metrics["dataset"] == "my_cohort" and list(metrics["heads"]) == ["clinic", "blood"]
     assert len(metrics["missing_views"]["subsets"]) == 3
     workflow.finalize()
@@ -137,3 +142,16 @@ def test_an_encoder_that_does_not_read_the_data_fails_before_training(tmp_path):
     with pytest.raises(RuntimeError) as raised:
         workflow.parser.get_parsed_content("initialize")
     assert "encoder 'gru' reads sequences N x T x D, but the views are vectors" in str(raised.value.__cause__)
+
+
+def test_mmpareto_needs_per_view_heads_and_the_sep_recipe_gives_them(tmp_path):
+    workflow = _workflow(tmp_path, dataset="breast_cancer", method="mmpareto", recipe="none", epochs=1)
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as refused:
+        workflow.run()
+    assert "--method mmpareto --recipe sep" in str(root_cause(refused.value))
+    workflow = _workflow(tmp_path / "sep", dataset="breast_cancer", method="mmpareto", recipe="sep", epochs=1)
+    workflow.initialize()
+    workflow.run()
+    assert (tmp_path / "sep" / "runs" / "multiview_breast_cancer_mmpareto_sep" / "metrics.json").is_file()
+    workflow.finalize()

@@ -225,7 +225,9 @@ def _multiview(root: Path, **overrides) -> ConfigWorkflow:
 
 def test_the_multiview_bundle_refuses_a_resume_with_another_seed_or_setting_and_resumes_more_epochs(tmp_path):
     _multiview(tmp_path, epochs=1).run()
-    checkpoint = tmp_path / "runs" / "multiview_breast_cancer_joint_robust" / "models" / "checkpoint_epoch=1.pt"
+    checkpoint = (
+        tmp_path / "runs" / "multiview_breast_cancer_joint_robust" / "models" / "checkpoint_epoch=1.pt"
+    )
     saved = checkpoint.read_bytes()
     for overrides, difference in (
         ({"seed": 1}, "seed: 0 -> 1"),

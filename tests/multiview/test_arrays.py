@@ -151,3 +151,51 @@ def test_bad_files_fail_naming_the_file_and_the_key(tmp_path):
         load_views(str(tmp_path / "missing.npz"))
     with pytest.raises(ValueError, match="takes neither dataset_dir nor data_options"):
         load_views(str(tmp_path / "extra.npz"), dataset_dir=str(tmp_path))
+
+
+def test_labels_must_cover_every_class_and_a_regression_target_must_vary():
+    views, y = _classification()
+    with pytest.raises(ValueError, match=r"every class present; labels up to 3 but no sample of \[0\]"):
+        views_from_arrays("d", views, y + 1)
+    with pytest.raises(ValueError, match=r"store floats or set task='regression'"):
+        views_from_arrays("d", views, np.where(y == 1, 10**9, y))
+    with pytest.raises(ValueError, match=r"regression target is constant \(2\) over the training split"):
+        views_from_arrays("d", views, np.full(60, 2.0))
+    with pytest.raises(ValueError, match=r"y: 2 samples; .* need at least 3"):
+        views_from_arrays("d", {"a": np.zeros((2, 2))}, np.array([0, 1]))
+    # integer targets read as a regression when the file says so
+    data = views_from_arrays("d", views, np.arange(60), task="regression")
+    assert data.task == "regression" and data.y["training"].dtype == torch.float32
+
+
+def test_a_class_missing_from_the_given_training_split_is_logged(caplog):
+    views, y = _classification()
+    split = np.array(["train"] * 36 + ["valid"] * 12 + ["test"] * 12)
+    y = y.copy()
+    y[:36][y[:36] == 2] = 0  # class 2 only in validation and test
+    with caplog.at_level("WARNING", logger="cggm_seg.data"):
+        views_from_arrays("d", views, y, split=split)
+    assert "classes [2] have no training sample" in caplog.text
+
+
+def test_a_regression_split_is_stratified_by_target_quintile():
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=200)
+    data = views_from_arrays("r", {"a": rng.normal(size=(200, 2))}, y, seed=0, fractions=(0.6, 0.2, 0.2))
+    edges = np.quantile(y, [0.2, 0.4, 0.6, 0.8])
+    for split, expected in (("training", 24), ("test", 8)):
+        target = data.y[split][:, 0].double().numpy() * data.target_std + data.target_mean
+        assert np.bincount(np.digitize(target, edges), minlength=5).tolist() == [expected] * 5
+
+
+def test_file_keys_task_and_class_names_and_the_name_from_the_file(tmp_path):
+    views, y = _classification()
+    file = write_view_file(tmp_path / "My Cohort.NPZ", views, y, task="regression")
+    data = load_views(str(file))
+    assert data.name == "My_Cohort" and data.task == "regression"
+    np.savez(tmp_path / "bad.npz", view_a=views["shape"], y=y, class_names=np.array("abc"))
+    with pytest.raises(ValueError, match=r"bad\.npz: class_names: expected C strings"):
+        load_view_file(tmp_path / "bad.npz")
+    np.savez(tmp_path / "mod.npz", view_training=views["shape"], y=y)
+    with pytest.raises(ValueError, match=r"'training' is the name of an attribute of a PyTorch module"):
+        load_view_file(tmp_path / "mod.npz")

@@ -33,7 +33,7 @@ import torch
 from cggm_seg.apps.multiview.view_data import SPLITS, ViewData, standardise, stratified_split
 from cggm_seg.networks.multi_branch import check_branch_names
 
-__all__ = ["SPLIT_ALIASES", "TASKS", "views_from_arrays", "load_view_file", "write_view_file"]
+__all__ = ["SPLIT_ALIASES", "DATA_TASKS", "views_from_arrays", "load_view_file", "write_view_file"]
 
 #: the values a ``split`` array may hold, and the split each means
 SPLIT_ALIASES: dict[str, str] = {
@@ -45,7 +45,7 @@ SPLIT_ALIASES: dict[str, str] = {
     "test": "test",
 }
 #: the tasks of a multi-view dataset
-TASKS: tuple[str, ...] = ("classification", "regression")
+DATA_TASKS: tuple[str, ...] = ("classification", "regression")
 _OPTIONAL_KEYS = ("split", "task", "class_names")
 
 logger = logging.getLogger("cggm_seg.data")
@@ -109,10 +109,12 @@ def views_from_arrays(
     if y.dtype.kind not in "biuf":
         raise ValueError(f"{at}y: expected integer labels or float targets, got dtype {y.dtype}.")
     n = y.shape[0]
+    if n < 3:
+        raise ValueError(f"{at}y: {n} samples; a training, a validation and a test split need at least 3.")
     if task is None:
         task = "regression" if y.dtype.kind == "f" else "classification"
-    if task not in TASKS:
-        raise ValueError(f"{at}task must be one of {TASKS}, got {task!r}.")
+    if task not in DATA_TASKS:
+        raise ValueError(f"{at}task must be one of {DATA_TASKS}, got {task!r}.")
 
     split_of = None
     if split is not None:
@@ -143,6 +145,13 @@ def views_from_arrays(
         if y.min() < 0:
             raise ValueError(f"{at}y: class labels must be 0 .. C-1, got {int(y.min())}.")
         num_classes = int(y.max()) + 1
+        absent = np.setdiff1d(np.arange(min(num_classes, n + 1)), y)
+        if num_classes > n or absent.size:
+            raise ValueError(
+                f"{at}y: class labels must be 0 .. C-1 with every class present; labels up to "
+                f"{num_classes - 1} but no sample of {absent[:10].tolist()}. For a regression target "
+                "stored as integers, store floats or set task='regression'."
+            )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"{at}class_names: {len(class_names)} names for {num_classes} classes "
@@ -210,7 +219,8 @@ def views_from_arrays(
     if task == "regression":
         target = y.astype(np.float64)
         mean, std = float(target[parts[0]].mean()), float(target[parts[0]].std())
-        std = std if std > 1e-12 else 1.0
+        if std <= 1e-12 * max(1.0, abs(mean)):
+            raise ValueError(f"{at}y: the regression target is constant ({mean:g}) over the training split.")
         out.target_mean, out.target_std = mean, std
         out.y = {
             s: torch.from_numpy(((target[p] - mean) / std).astype(np.float32))[:, None]
@@ -237,7 +247,8 @@ def load_view_file(
     Args:
         path: the ``.npz`` file.
         seed, fractions: the split, when the file carries none.
-        name: the dataset's name; default the file's name without ``.npz``.
+        name: the dataset's name; default the file's name without ``.npz`` (other characters than
+            letters, digits, ``_ - .`` replaced by ``_``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -281,10 +292,17 @@ def load_view_file(
                     f"{path}: task: expected one string, got shape {raw.shape} of dtype {raw.dtype}."
                 )
             task = str(raw)
-        class_names = [str(c) for c in read("class_names")] if "class_names" in keys else None
+        class_names = None
+        if "class_names" in keys:
+            raw = read("class_names")
+            if raw.ndim != 1 or raw.dtype.kind not in "US":
+                raise ValueError(
+                    f"{path}: class_names: expected C strings, got shape {raw.shape} of dtype {raw.dtype}."
+                )
+            class_names = [str(c) for c in raw]
         split = read("split") if "split" in keys else None
         y = read("y")
-    stem = path.name[: -len(".npz")] if path.name.endswith(".npz") else path.stem
+    stem = re.sub(r"[^A-Za-z0-9_.\-]+", "_", path.name[:-4] if path.suffix.lower() == ".npz" else path.stem)
     return views_from_arrays(
         name or stem, views, y, task=task, split=split, seed=seed, fractions=fractions,
         class_names=class_names, source=str(path),
@@ -302,9 +320,10 @@ def write_view_file(
     """Write multi-view data in the ``.npz`` format that :func:`load_view_file` reads.
 
     Raises:
-        ValueError: a view name the format cannot carry (empty, or with ``"."``).
+        ValueError: data that :func:`load_view_file` would refuse (checked by
+            :func:`views_from_arrays` before anything is written).
     """
-    check_branch_names(tuple(views), "views")
+    views_from_arrays("check", views, y, task=task, split=split, class_names=class_names)
     arrays: dict[str, np.ndarray] = {f"view_{v}": np.asarray(a) for v, a in views.items()}
     arrays["y"] = np.asarray(y)
     if split is not None:

@@ -66,8 +66,13 @@ class ViewData:
         """Check that ``encoder`` (:class:`~cggm_seg.networks.MultiViewNet`'s) reads this data.
 
         Raises:
-            ValueError: an ``mlp`` on sequences ``N x T x D``, or a sequence encoder on vectors.
+            ValueError: an unknown encoder, an ``mlp`` on sequences ``N x T x D``, or a sequence
+                encoder on vectors.
         """
+        from cggm_seg.networks.multi_view import ENCODERS
+
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
         shape = tuple(self.x["training"].shape)
         if encoder == "mlp" and self.sequential:
             raise ValueError(

@@ -145,7 +145,7 @@ def load_views(
             ``dataset_dir``, or options the dataset does not take.
         FileNotFoundError: an ``.npz`` path that is not a file.
     """
-    own = str(dataset).endswith(".npz")
+    own = str(dataset).lower().endswith(".npz")
     if (dataset in SKLEARN_DATASETS or dataset == "mfeat" or own) and (dataset_dir or kwargs):
         raise ValueError(
             f"{dataset!r} takes neither dataset_dir nor data_options (got {dataset_dir!r}, {dict(kwargs)}); "
