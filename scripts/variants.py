@@ -264,6 +264,21 @@ ROBUST_VARIANTS: dict[str, Variant] = {
 VARIANTS.update(ROBUST_VARIANTS)
 
 
+def _guided(guide: str) -> dict[str, Any]:
+    """Overrides that replace the bundle's robust step by the experiment of
+    ``scripts/guided_recipe.py`` (importable where ``scripts/`` is on the path, as in the
+    benchmarks)."""
+    return {
+        "robust_step": {
+            "_target_": "guided_recipe.GuidedStep",
+            "recipe": "@robust",
+            "sep_heads": "@sep_heads",
+            "method": "@balancing_method",
+            "guide": guide,
+        }
+    }
+
+
 def _multiview(description: str, overrides: dict[str, Any]) -> Variant:
     return Variant(description, overrides, bundle=MULTIVIEW_BUNDLE)
 
@@ -307,5 +322,14 @@ MULTIVIEW_VARIANTS: dict[str, Variant] = {
     "mmpareto_robust": _multiview(
         "MMPareto combining each encoder's fused and per-view gradients in the robust recipe",
         {"method": "mmpareto", "recipe": "robust"},
+    ),
+    # experiments (scripts/guided_recipe.py): the heads' scores steering the recipe
+    "guided_sep": _multiview(
+        "the robust recipe, the heads' scores setting each per-view head's weight (experiment)",
+        {"method": "joint", "recipe": "robust", **_guided("sep")},
+    ),
+    "guided_drop": _multiview(
+        "the robust recipe, the heads' scores setting each view's drop probability (experiment)",
+        {"method": "joint", "recipe": "robust", **_guided("drop")},
     ),
 }

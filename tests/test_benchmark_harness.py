@@ -84,3 +84,27 @@ def test_the_results_page_and_the_archive_split_a_benchmarks_rows():
         "cggm_paper",
     ]
     assert render_results.select_rows(data, "overhead") is data  # no main rows: every row
+
+
+def test_the_guided_experiment_weights_by_hand():
+    import torch
+    from guided_recipe import GuidedStep, lag
+
+    from cggm_seg.balancing import HeadMonitor, RobustTraining
+
+    # scores 0.5 and 0.25: inverses 2 and 4, mean 3 -> the lagging view 4/3, the other 2/3
+    assert lag(torch.tensor([0.5, 0.25])).tolist() == pytest.approx([2 / 3, 4 / 3])
+    recipe = RobustTraining(full_view=True, sep_weight=0.5)
+    heads = {"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 2)}
+    method = HeadMonitor()
+    step = GuidedStep(recipe, heads, method, guide="sep", momentum=0.5)
+    step.modalities = ("a", "b")
+    method.stats = {"eps_a": 0.5, "eps_b": 0.25}
+    assert step._sep_weights() == pytest.approx({"a": 1 / 3, "b": 2 / 3})
+    method.stats = {"eps_a": 0.5, "eps_b": 0.75}  # running mean (0.5, 0.5): no lag left
+    assert step._sep_weights() == pytest.approx({"a": 0.5, "b": 0.5})
+    drop = GuidedStep(recipe, heads, method, guide="drop")
+    drop.modalities = ("a", "b")
+    method.stats = {"eps_a": 0.8, "eps_b": 0.2}  # inverses 1.25 and 5: r = (0.4, 1.6)
+    # drop / r = (1.25, 0.3125), the first clipped to 0.95
+    assert drop._drop_probabilities().tolist() == pytest.approx([0.95, 0.3125])

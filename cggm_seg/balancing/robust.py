@@ -416,7 +416,7 @@ class RobustIteration:
             keep = None
             keeps: list[torch.Tensor] = []
             if subset:
-                drop = torch.full((n_seq,), recipe.drop, dtype=torch.float64)
+                drop = self._drop_probabilities()
                 kind = "size" if recipe.sampler == "size" else "bernoulli"
                 for _ in range(recipe.subset_views if recipe.full_view else 1):
                     keeps.append(sample_subsets(inputs.shape[0], drop, kind).to(inputs.device))
@@ -511,9 +511,20 @@ class RobustIteration:
                 p.grad = combined[m][offset : offset + n].view_as(p).to(p.dtype).clone()
                 offset += n
 
+    def _drop_probabilities(self) -> torch.Tensor:
+        """Each sequence's probability of being dropped this step: the recipe's ``drop`` for all
+        (a subclass may set them per sequence)."""
+        return torch.full((len(self.modalities),), self.recipe.drop, dtype=torch.float64)
+
+    def _sep_weights(self) -> dict[str, float]:
+        """Each sequence head's loss weight this step: the recipe's ``sep_weight`` for all (a
+        subclass may set them per sequence)."""
+        return dict.fromkeys(self.modalities, self.recipe.sep_weight)
+
     def _sep_loss(self, engine: Any, targets: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """Each present sequence's head on its encoder's (attached) features, the task loss, weighted."""
         features = self.tap.features
+        weights = self._sep_weights()
         total = targets.new_zeros(())
         for index, m in enumerate(self.modalities):
             rows = None if keep is None else keep[:, index]
@@ -524,7 +535,7 @@ class RobustIteration:
             prediction = self.sep_heads[m](feats)
             if prediction.shape[2:] != target.shape[2:]:
                 target = pool_target(target, prediction.shape[2:])
-            total = total + self.recipe.sep_weight * engine.loss_function(prediction.float(), target).mean()
+            total = total + weights[m] * engine.loss_function(prediction.float(), target).mean()
         return total
 
     def remove(self) -> None:
