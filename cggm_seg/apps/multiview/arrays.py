@@ -284,22 +284,20 @@ def load_view_file(
                 ) from None
 
         views = {k[len("view_") :]: read(k) for k in keys if k.startswith("view_")}
-        task = None
-        if "task" in keys:
-            raw = read("task")
-            if raw.ndim != 0 or raw.dtype.kind not in "US":
+
+        def strings(key: str, ndim: int, expected: str) -> np.ndarray | None:
+            if key not in keys:
+                return None
+            raw = read(key)
+            if raw.ndim != ndim or raw.dtype.kind not in "US":
                 raise ValueError(
-                    f"{path}: task: expected one string, got shape {raw.shape} of dtype {raw.dtype}."
+                    f"{path}: {key}: expected {expected}, got shape {raw.shape} of dtype {raw.dtype}."
                 )
-            task = str(raw)
-        class_names = None
-        if "class_names" in keys:
-            raw = read("class_names")
-            if raw.ndim != 1 or raw.dtype.kind not in "US":
-                raise ValueError(
-                    f"{path}: class_names: expected C strings, got shape {raw.shape} of dtype {raw.dtype}."
-                )
-            class_names = [str(c) for c in raw]
+            return raw
+
+        task_raw, names_raw = strings("task", 0, "one string"), strings("class_names", 1, "C strings")
+        task = None if task_raw is None else str(task_raw)
+        class_names = None if names_raw is None else [str(c) for c in names_raw]
         split = read("split") if "split" in keys else None
         y = read("y")
     stem = re.sub(r"[^A-Za-z0-9_.\-]+", "_", path.name[:-4] if path.suffix.lower() == ".npz" else path.stem)
