@@ -15,7 +15,7 @@ their mean and std, the paired differences to joint, seconds per run), which
 ``scripts/render_results.py`` puts in ``docs/results.md``; the tables also go to
 ``--out/report.md``, the validation curves of every run to ``docs/figures/``.
 
-    python scripts/bench_multiview.py                      # 4 datasets x 10 variants x 5 seeds
+    python scripts/bench_multiview.py                      # 4 datasets x 12 variants x 5 seeds
     python scripts/bench_multiview.py --datasets digits --seeds 0 1 --epochs 60
 """
 
@@ -216,7 +216,8 @@ def plot_curves(records: list[dict], datasets: list[str], methods: list[str], pn
             rs = [r for r in records if r["dataset"] == dataset and r["method"] == method and r["curve"]]
             for j, r in enumerate(rs):
                 x, y = zip(*r["curve"])
-                ax.plot(x, y, color=f"C{i}", alpha=0.6, linewidth=1, label=method if j == 0 else None)
+                colour = plt.get_cmap("tab20")(i % 20)  # one colour per variant, up to 20
+                ax.plot(x, y, color=colour, alpha=0.6, linewidth=1, label=method if j == 0 else None)
         rs = [r for r in records if r["dataset"] == dataset]
         main = rs[0]["metrics"]["missing_views"]["main_metric"] if rs else ""
         ax.set_title(dataset)
