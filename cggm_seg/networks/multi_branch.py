@@ -113,6 +113,43 @@ class MultiBranchNet(nn.Module):
 
     final_layer_name: str = "final"
 
+    #: the letter of the branch axis in error messages (``B x M`` sequences, ``B x V`` views)
+    branch_axis: str = "M"
+
+    def forward_views(self, x: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The outputs of ``x`` and of subset views of it, the encoders run once.
+
+        View ``k`` is ``x`` with the branches (sequences, views) that ``keeps[k]`` does not keep
+        (``B x M`` booleans) missing: with ``mask_missing`` it equals ``forward`` of ``x`` with
+        those branches zero-filled, since each encoder sees its own branch only; only what
+        follows the encoders runs once per view. One exception: a sample that a view leaves with
+        no branch at all gets all its features zeroed, where ``forward`` would read its all-zero
+        input as complete (a sampler's non-empty subset of a complete case never does that). The
+        full view runs last, so that hooks after the encoders (CGGM's on ``final``) see its
+        forward last, as after ``forward(x)``.
+
+        Subclasses provide ``_encode(x)`` (the per-branch features), ``_present(x)`` (``B x M``
+        booleans: the branches the input holds), ``_masked(features, present)`` and
+        ``_predict(features)`` (fusion onward).
+
+        Returns:
+            ``[forward(x), view_1, ..., view_K]``.
+
+        Raises:
+            ValueError: the network was built without ``mask_missing``, or a keep of the wrong shape.
+        """
+        if not getattr(self, "mask_missing", False):
+            raise ValueError("forward_views needs a network built with mask_missing=True.")
+        features = self._encode(x)
+        present = self._present(x)
+        check_keeps(present, keeps, self.branch_axis)
+        views = [
+            self._predict(self._masked(features, present & keep.to(present.device, torch.bool)))
+            for keep in keeps
+        ]
+        full = self._predict(self._masked(features, present))  # last: hooks see its forward last
+        return [full, *views]
+
     def branch_names(self) -> dict[str, str]:
         """Modality name -> name of its encoder module, e.g. ``{"t1": "encoders.t1", ...}``.
 

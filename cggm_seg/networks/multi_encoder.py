@@ -31,7 +31,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from cggm_seg.networks.depth_split import use_depth_split_convs
-from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names, check_keeps
+from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
 from cggm_seg.networks.pointwise import use_pointwise_convs
 
 __all__ = ["PRESETS", "ModalityEncoder", "MultiEncoderSegNet", "present_channels"]
@@ -249,33 +249,15 @@ class MultiEncoderSegNet(MultiBranchNet):
         per_modality = self._encode(x)
         if self.mask_missing:
             per_modality = _mask(per_modality, present_channels(x))
-        return self._decode(per_modality)
+        return self._predict(per_modality)
 
-    def forward_views(self, x: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The logits of ``x`` and of subset views of it, the encoders run once.
+    def _present(self, x: torch.Tensor) -> torch.Tensor:
+        return present_channels(x)
 
-        View ``k`` is ``x`` with the sequences ``keeps[k]`` does not keep (``B x M`` booleans)
-        missing: with ``mask_missing`` its logits equal ``forward`` of ``x`` with those channels
-        zero-filled, since each encoder sees its own sequence only; only the fusion and decoder
-        run once per view. One exception: a sample that a view leaves with no sequence at all
-        gets all its features zeroed, where ``forward`` would read its all-zero input as complete
-        (a sampler's non-empty subset of a complete case never does that). The full view is
-        decoded last, so that hooks on the decoder (CGGM's on ``final``) see its forward last, as
-        after ``forward(x)``.
-
-        Returns:
-            ``[forward(x), view_1, ..., view_K]``.
-
-        Raises:
-            ValueError: the network was built without ``mask_missing``, or a keep of the wrong shape.
-        """
-        if not self.mask_missing:
-            raise ValueError("forward_views needs a network built with mask_missing=True.")
-        present = present_channels(x)
-        check_keeps(present, keeps, "M")
-        per_modality = self._encode(x)
-        views = [self._decode(_mask(per_modality, present & keep.to(present.device))) for keep in keeps]
-        return [self._decode(_mask(per_modality, present)), *views]
+    def _masked(
+        self, per_modality: list[list[torch.Tensor]], present: torch.Tensor
+    ) -> list[list[torch.Tensor]]:
+        return _mask(per_modality, present)
 
     def _encode(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         if x.dim() != 5 or x.shape[1] != len(self.modalities):
@@ -296,7 +278,7 @@ class MultiEncoderSegNet(MultiBranchNet):
             index += 1
         return per_modality
 
-    def _decode(self, per_modality: list[list[torch.Tensor]]) -> torch.Tensor:
+    def _predict(self, per_modality: list[list[torch.Tensor]]) -> torch.Tensor:
         fused: list[torch.Tensor] = []
         for level, fusion in enumerate(self.fusions):
             fused.append(fusion([features[level] for features in per_modality]))

@@ -24,7 +24,7 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names, check_keeps
+from cggm_seg.networks.multi_branch import Fusion, MultiBranchNet, check_branch_names
 
 __all__ = ["ENCODERS", "ViewEncoder", "SequenceEncoder", "MultiViewNet"]
 
@@ -198,6 +198,7 @@ class MultiViewNet(MultiBranchNet):
         columns = torch.repeat_interleave(torch.arange(len(self.view_dims)), torch.tensor(self.view_dims))
         self.register_buffer("view_of_column", columns, persistent=False)
 
+    branch_axis = "V"
     __jit_unused_properties__ = ["sample_shape"]
 
     @property
@@ -210,7 +211,7 @@ class MultiViewNet(MultiBranchNet):
         features = self._encode(x)
         if self.mask_missing:
             features = _mask(features, self.present_views(x))
-        return self._fuse(features)
+        return self._predict(features)
 
     def present_views(self, x: torch.Tensor) -> torch.Tensor:
         """``B x V`` booleans: a view is present in a sample where any of its inputs is non-zero.
@@ -235,29 +236,11 @@ class MultiViewNet(MultiBranchNet):
         weight = keep.to(device=x.device, dtype=torch.bool)[:, self.view_of_column.to(x.device)].to(x.dtype)
         return x * (weight[:, None, :] if x.dim() == 3 else weight)
 
-    def forward_views(self, x: torch.Tensor, keeps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The outputs of ``x`` and of subset views of it, the encoders run once.
+    def _present(self, x: torch.Tensor) -> torch.Tensor:
+        return self.present_views(x)
 
-        View ``k`` is ``x`` with the views ``keeps[k]`` does not keep (``B x V`` booleans) missing:
-        with ``mask_missing`` it equals ``forward(keep_views(x, keeps[k]))`` since each encoder
-        sees its own view only, except that a sample left with no view at all has all its
-        features zeroed. The full view is fused last, so that hooks on ``final`` see its forward
-        last.
-
-        Returns:
-            ``[forward(x), view_1, ..., view_K]``.
-
-        Raises:
-            ValueError: the network was built without ``mask_missing``, or a keep of the wrong shape.
-        """
-        if not self.mask_missing:
-            raise ValueError("forward_views needs a network built with mask_missing=True.")
-        features = self._encode(x)
-        present = self.present_views(x)
-        check_keeps(present, keeps, "V")
-        views = [self._fuse(_mask(features, present & keep.to(present.device, torch.bool))) for keep in keeps]
-        full = self._fuse(_mask(features, present))  # last: hooks on final see it last
-        return [full, *views]
+    def _masked(self, features: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
+        return _mask(features, present)
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         rank = 3 if self.sequential else 2
@@ -275,7 +258,7 @@ class MultiViewNet(MultiBranchNet):
             index += 1
         return features
 
-    def _fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def _predict(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.final(self.dropout(self.fusion(features)))
 
 

@@ -161,7 +161,7 @@ def test_forward_views_zeroes_a_sample_left_with_no_view_and_takes_float_keeps()
     nothing = torch.tensor([[0.0, 0.0], [1.0, 0.0]])  # float keeps; sample 0 keeps no view
     _, view = net.forward_views(x, [nothing])
     # sample 0: every feature zeroed (forward would read its all-zero input as complete)
-    torch.testing.assert_close(view[0], net._fuse([torch.zeros(1, 32), torch.zeros(1, 32)])[0])
+    torch.testing.assert_close(view[0], net._predict([torch.zeros(1, 32), torch.zeros(1, 32)])[0])
     torch.testing.assert_close(view[1], net(net.keep_views(x, nothing))[1])
     with pytest.raises(ValueError, match=r"expected input B x 5"):
         net.forward_views(torch.randn(2, 6), [nothing])
