@@ -315,6 +315,7 @@ class RobustIteration:
             )
         self.encoder_params: dict[str, list[nn.Parameter]] = {}
         self.inner: nn.Module | None = None
+        self.zero_fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _zero_fill
         self.shared_encoders = False
         self._epoch_sums: dict[str, float] = {}
         self._epoch_counts: dict[str, int] = {}
@@ -368,6 +369,8 @@ class RobustIteration:
         names = names or getattr(self.method, "modalities", None)
         names = names or (tuple(self.tap.branches) if self.tap is not None else ())
         self.modalities = tuple(names)
+        #: how a subset view is made: the network's own ``keep_views``, else channels zero-filled
+        self.zero_fill = getattr(inner, "keep_views", None) or _zero_fill
         self._checked = True
         from ignite.engine import Events
 
@@ -395,17 +398,12 @@ class RobustIteration:
         recipe = self.recipe
         epoch = engine.state.epoch - 1
         subset = epoch >= recipe.warmup_epochs and recipe.sampler != "none"
-        n_seq = len(self.modalities)
-        keep_views = getattr(self.inner, "keep_views", None)
-        if keep_views is None and inputs.shape[1] != n_seq:
+        if self.zero_fill is _zero_fill and inputs.shape[1] != len(self.modalities):
             raise ValueError(
                 f"robust training needs the input's sequences by name, one per channel; found "
                 f"{list(self.modalities)} for an input of {inputs.shape[1]} channels."
             )
-
-        def zero_fill(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-            return keep_views(x, keep) if keep_views is not None else _zero_fill(x, keep)
-
+        zero_fill = self.zero_fill
         terms: dict[str, torch.Tensor] = {}
         self.last = {}  # this step's loss terms
 

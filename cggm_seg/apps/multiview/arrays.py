@@ -135,8 +135,8 @@ def views_from_arrays(
         if min(counts.values()) == 0:
             raise ValueError(f"{at}split: every split needs samples, got {counts}.")
 
-    if not np.isfinite(y.astype(np.float64)).all():
-        bad = ~np.isfinite(y.astype(np.float64))
+    bad = ~np.isfinite(y.astype(np.float64))
+    if bad.any():
         raise ValueError(f"{at}y: non-finite targets (NaN or inf) {_nonfinite_where(bad, split_of)}.")
     if task == "classification":
         if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cggm_seg.networks.multi_view import ENCODERS
+
 __all__ = ["SPLITS", "ViewData", "standardise", "stratified_split"]
 
 #: the splits of a :class:`ViewData`, in order
@@ -69,8 +71,6 @@ class ViewData:
             ValueError: an unknown encoder, an ``mlp`` on sequences ``N x T x D``, or a sequence
                 encoder on vectors.
         """
-        from cggm_seg.networks.multi_view import ENCODERS
-
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
         shape = tuple(self.x["training"].shape)
